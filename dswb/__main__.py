@@ -1,0 +1,6 @@
+"""`python -m dswb ...`: the same CLI as the `dswb` console script (used to launch detached runs)."""
+
+from dswb.cli.app import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""Placeholder, being written."""
+def run() -> None:
+    """Run a preset."""

@@ -1,0 +1,3 @@
+"""Placeholder, being written."""
+def tui() -> None:
+    """Open the dashboard."""

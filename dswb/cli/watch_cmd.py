@@ -1,0 +1,3 @@
+"""Placeholder, being written."""
+def watch() -> None:
+    """Follow a run's events."""

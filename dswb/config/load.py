@@ -1,0 +1,207 @@
+"""Load a preset: TOML -> `Config`, with `--set key=value` overrides and validation.
+
+Every problem is a `UserError` naming the file (or `--set`) and the dotted key:
+unknown keys (with a suggestion), wrong types, values out of range or not among the choices,
+and impossible combinations.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+import typing
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from dswb.config.schema import STAGES, Config
+from dswb.errors import UserError
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in fields(cls)}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotated type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise UserError(f"{where}: must be a finite number, got {value!r}")
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _check_bounds(value: Any, meta: dict, where: str) -> None:
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            lo, hi = meta.get("min"), meta.get("max")
+            if lo is not None and item < lo:
+                raise UserError(f"{where}: must be >= {lo}, got {item!r}")
+            if hi is not None and item > hi:
+                raise UserError(f"{where}: must be <= {hi}, got {item!r}")
+
+
+def _unknown(key: str, known: list[str], where: str) -> UserError:
+    close = difflib.get_close_matches(key.split(".")[-1], [k.split(".")[-1] for k in known], n=1)
+    hint = ""
+    if close:
+        prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        hint = f" (did you mean '{prefix}{close[0]}'?)"
+    return UserError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _set_field(section: Any, section_name: str, key: str, value: Any, where: str) -> None:
+    types = _field_types(type(section))
+    if key not in types:
+        raise _unknown(f"{section_name}.{key}", [f"{section_name}.{k}" for k in types], where)
+    tp, fld = types[key]
+    full = f"{where}: {section_name}.{key}"
+    coerced = _coerce(value, tp, full)
+    _check_bounds(coerced, fld.metadata, full)
+    setattr(section, key, coerced)
+
+
+def apply_mapping(config: Config, data: dict, where: str) -> None:
+    """Apply a parsed TOML mapping (`{section: {key: value}}`) onto `config`."""
+    section_names = [f.name for f in fields(Config)]
+    for name, table in data.items():
+        if name not in section_names:
+            raise _unknown(name, section_names, where)
+        if not isinstance(table, dict):
+            raise UserError(f"{where}: '{name}' must be a table ([{name}]), got {table!r}")
+        section = getattr(config, name)
+        for key, value in table.items():
+            _set_field(section, name, key, value, where)
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`["train.lr=3e-4", "run.name=x"]` -> `[("train.lr", 0.0003), ("run.name", "x")]`.
+
+    Values are read as TOML (numbers, booleans, lists, quoted strings); anything TOML cannot read
+    is taken as a bare string.
+    """
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or "." not in key:
+            raise UserError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=3e-4")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        parsed.append((key, value))
+    return parsed
+
+
+def apply_overrides(config: Config, overrides: list[tuple[str, Any]]) -> None:
+    section_names = [f.name for f in fields(Config)]
+    for key, value in overrides:
+        section_name, _, field_name = key.partition(".")
+        where = f"--set {key}"
+        if section_name not in section_names:
+            raise _unknown(section_name, section_names, where)
+        _set_field(getattr(config, section_name), section_name, field_name, value, "--set")
+
+
+def validate(config: Config, where: str) -> None:
+    """Checks that involve more than one field."""
+    for stage in config.run.stages:
+        if stage not in STAGES:
+            raise UserError(f"{where}: run.stages: unknown stage '{stage}' (available: {', '.join(STAGES)})")
+    if not config.run.stages:
+        raise UserError(f"{where}: run.stages: at least one stage is needed")
+    d = config.data
+    if d.chunk_overlap >= d.chunk_size:
+        raise UserError(f"{where}: data.chunk_overlap ({d.chunk_overlap}) must be smaller than data.chunk_size ({d.chunk_size})")
+    if d.min_chunk > d.chunk_size:
+        raise UserError(f"{where}: data.min_chunk ({d.min_chunk}) cannot exceed data.chunk_size ({d.chunk_size})")
+    if d.source == "files" and not d.paths:
+        raise UserError(f"{where}: data.paths: data.source = 'files' needs at least one path")
+    if len(config.train.betas) != 2 or not all(0 <= b < 1 for b in config.train.betas):
+        raise UserError(f"{where}: train.betas: expected two numbers in [0, 1), got {config.train.betas}")
+    if config.train.warmup_steps > config.train.steps:
+        raise UserError(f"{where}: train.warmup_steps ({config.train.warmup_steps}) exceeds train.steps ({config.train.steps})")
+    if config.batching.seq_len_warmup_start > config.model.max_seq_len:
+        raise UserError(f"{where}: batching.seq_len_warmup_start exceeds model.max_seq_len ({config.model.max_seq_len})")
+
+
+def load_config(path: Path | str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a preset file (or the defaults when `path` is None), apply overrides, validate."""
+    config = Config()
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such preset file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: cannot read: {exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path}: invalid TOML: {exc}") from None
+        apply_mapping(config, data, where)
+    apply_overrides(config, parse_overrides(list(overrides)))
+    validate(config, where)
+    return config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def config_to_toml(config: Config) -> str:
+    """The fully resolved config as TOML (round-trips through `load_config`)."""
+    lines = []
+    for sec in fields(Config):
+        section = getattr(config, sec.name)
+        assert is_dataclass(section)
+        lines.append(f"[{sec.name}]")
+        for f in fields(section):
+            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def config_to_dict(config: Config) -> dict:
+    return {sec.name: {f.name: getattr(getattr(config, sec.name), f.name)
+                       for f in fields(getattr(config, sec.name))} for sec in fields(Config)}

@@ -1,0 +1,1 @@
+"""The headless training engine (PyTorch + transformers). Never imports Textual."""

@@ -1,0 +1,108 @@
+"""`events.jsonl`: the append-only event stream of a run, and tolerant readers for it.
+
+Each line is one JSON object with `t` (unix seconds), `kind`, `stage` and `step`; kind `metrics`
+(and `eval`, `system`) carries `metrics: {name: number}`. Writers flush every line; readers
+keep a byte offset, return only complete lines and leave a torn last line for the next read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+EVENT_KINDS = ("run_start", "stage_start", "stage_end", "metrics", "eval", "system", "checkpoint",
+               "alert", "log", "batching", "control", "run_end")
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN/Inf: write them as null so every line stays standard JSON."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+        else:
+            out[k] = v
+    return out
+
+
+class EventWriter:
+    """Appends events to `events.jsonl`, one flushed line each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "a", buffering=1, encoding="utf-8")
+
+    def emit(self, kind: str, stage: str | None, step: int, **fields: Any) -> dict:
+        event = {"t": round(time.time(), 3), "kind": kind, "stage": stage, "step": step}
+        for key, value in fields.items():
+            event[key] = _finite(value) if isinstance(value, dict) else value
+        self._file.write(json.dumps(event, default=str, allow_nan=False) + "\n")
+        self._file.flush()
+        return event
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+
+class EventTail:
+    """Reads new complete events from a growing file, remembering the byte offset.
+
+    Tolerates a file that does not exist yet, a torn (partial) last line and, if the file is
+    replaced by a shorter one, starts again from the beginning.
+    """
+
+    def __init__(self, path: Path, offset: int = 0) -> None:
+        self.path = path
+        self.offset = offset
+        self.bad_lines = 0
+
+    def read_new(self, max_bytes: int = 64 << 20) -> list[dict]:
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            return []
+        if size < self.offset:
+            self.offset = 0
+        if size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(min(size - self.offset, max_bytes))
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        events = []
+        for line in data[: end + 1].splitlines():
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                self.bad_lines += 1
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            batch = self.read_new()
+            if not batch:
+                return
+            yield from batch
+
+
+def read_events(path: Path, kinds: tuple[str, ...] | None = None) -> list[dict]:
+    """All complete events in the file (a torn last line is ignored), optionally by kind."""
+    events = list(EventTail(path))
+    if kinds:
+        events = [e for e in events if e.get("kind") in kinds]
+    return events

@@ -1,0 +1,83 @@
+"""Streaming statistics per metric in O(1) memory.
+
+This is what the seed's `TrainingMonitor.get_statistics` computes (mean, std, min, max), without
+keeping every value: Welford's update for mean/variance, plus min, max, last value and an
+exponential moving average. Standard library only, so the engine and the TUI share it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RunningStats:
+    """Count, mean, std, min, max, last and EMA of a stream of numbers."""
+
+    ema_decay: float = 0.9
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+    last: float = math.nan
+    ema: float = math.nan
+
+    def update(self, value: float) -> None:
+        value = float(value)
+        if not math.isfinite(value):
+            return
+        self.count += 1
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (value - self.mean)
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+        self.last = value
+        self.ema = value if self.count == 1 else self.ema_decay * self.ema + (1 - self.ema_decay) * value
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation (numpy's default, as in the seed)."""
+        return math.sqrt(self.m2 / self.count) if self.count > 1 else 0.0
+
+    def summary(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "std": self.std, "min": self.min,
+                "max": self.max, "last": self.last, "ema": self.ema}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunningStats":
+        return cls(**data)
+
+
+@dataclass
+class StatsBook:
+    """One `RunningStats` per metric name."""
+
+    ema_decay: float = 0.9
+    by_name: dict[str, RunningStats] = field(default_factory=dict)
+
+    def update(self, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            stats = self.by_name.get(name)
+            if stats is None:
+                stats = self.by_name[name] = RunningStats(self.ema_decay)
+            stats.update(value)
+
+    def summaries(self) -> dict[str, dict[str, float]]:
+        return {name: s.summary() for name, s in sorted(self.by_name.items())}
+
+    def to_dict(self) -> dict:
+        return {"ema_decay": self.ema_decay, "by_name": {k: v.to_dict() for k, v in self.by_name.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StatsBook":
+        book = cls(data.get("ema_decay", 0.9))
+        book.by_name = {k: RunningStats.from_dict(v) for k, v in data.get("by_name", {}).items()}
+        return book
