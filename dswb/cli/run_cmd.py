@@ -1,3 +1,89 @@
-"""Placeholder, being written."""
-def run() -> None:
-    """Run a preset."""
+"""`dswb run PRESET`: train headless in this process (or `--detach` into the background)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dswb.cli.common import DEFAULT_RUNS_ROOT, RunsRoot
+from dswb.config import load_config
+from dswb.errors import UserError
+from dswb.rundir.layout import RunPaths, create_run_dir, new_run_id
+
+
+def _preset_path(preset: str) -> Path:
+    try:
+        from dswb.presets import find_preset
+    except ImportError:
+        return Path(preset)
+    return find_preset(preset)
+
+
+def run(
+    preset: Annotated[Optional[str], typer.Argument(help="Preset name (`demo`) or TOML file.")] = None,
+    overrides: Annotated[list[str], typer.Option("--set", "-s", help="Override a field: SECTION.KEY=VALUE (repeatable).")] = [],
+    runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Exact run directory (default: RUNS_ROOT/<time>-<name>).")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a stopped/failed/lost run (directory or id).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Start in the background and return at once.")] = False,
+    plain: Annotated[bool, typer.Option("--plain", help="Plain log lines instead of a progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the run directory and the outcome.")] = False,
+) -> None:
+    """Run the stages of a preset.
+
+    Examples: `dswb run presets/demo.toml`, `dswb run smoke --set train.lr=3e-4`,
+    `dswb run --resume runs/20261128-101500-demo`, `dswb run demo --detach`.
+    """
+    from dswb.rundir.layout import resolve_run
+
+    if resume is not None:
+        paths = resolve_run(resume, runs_root)
+        if not paths.config.exists():
+            raise UserError(f"{paths.root}: no config.toml, cannot resume")
+        config = load_config(paths.config, overrides)
+        if overrides:
+            raise UserError("--set cannot be combined with --resume (the run keeps its config)")
+        from dswb.rundir.status import effective_state, read_status
+        state = effective_state(read_status(paths.status))
+        if state in ("running", "paused", "starting"):
+            raise UserError(f"{paths.root}: the run is still {state} (pid alive); stop it first")
+        if state == "finished":
+            typer.echo(f"{paths.root}: already finished")
+            return
+        if detach:
+            from dswb.launch import resume_detached
+            _, pid = resume_detached(paths.root)
+            typer.echo(f"{paths.root}  (pid {pid}, resumed in background)")
+            return
+    else:
+        if preset is None:
+            raise UserError("give a preset (e.g. `dswb run presets/demo.toml`) or --resume RUN")
+        preset_path = _preset_path(preset)
+        if detach:
+            from dswb.launch import launch_detached
+            paths, pid = launch_detached(str(preset_path), runs_root, overrides, run_dir=run_dir)
+            typer.echo(f"{paths.root}  (pid {pid}; follow with `dswb watch {paths.root}` or `dswb tui --attach {paths.root}`)")
+            return
+        config = load_config(preset_path, overrides)
+        target = run_dir if run_dir is not None else runs_root / new_run_id(config.run.name, runs_root)
+        if (target / "status.json").exists():
+            raise UserError(f"{target}: a run already exists there (use --resume to continue it)")
+        paths = create_run_dir(target)
+
+    from dswb.cli.progress import PlainReporter, TTYReporter
+    from dswb.engine.runner import run_training  # heavy: torch + transformers
+
+    reporter = None
+    if not quiet:
+        reporter = TTYReporter() if (sys.stdout.isatty() and not plain) else PlainReporter()
+    typer.echo(f"run directory: {paths.root}")
+    code = run_training(config, paths, resume=resume is not None, reporter=reporter, argv=sys.argv)
+    from dswb.rundir.status import read_status
+    status = read_status(paths.status) or {}
+    if status.get("error"):
+        typer.echo(f"error: {status['error']}", err=True)
+    typer.echo(f"{status.get('state', 'unknown')}: {paths.root}")
+    raise typer.Exit(code)

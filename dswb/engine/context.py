@@ -1,0 +1,28 @@
+"""What every stage receives: config, run paths, monitor, control, device and the previous stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dswb.config.schema import Config
+from dswb.engine.control import RunControl
+from dswb.engine.monitor import Monitor
+from dswb.rundir.layout import RunPaths
+
+
+@dataclass
+class StageContext:
+    config: Config
+    paths: RunPaths
+    monitor: Monitor
+    control: RunControl
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    cache_root: Path
+    resume: bool
+    system: Any = None          # SystemSampler or None
+    previous_final: Path | None = None  # final/<previous stage>, the model this stage starts from

@@ -1,0 +1,126 @@
+"""The training loop shared by the language-modelling stages (pretraining now, SFT later).
+
+`run_loop` reads top to bottom: control -> lr -> batches -> step -> metrics -> eval ->
+checkpoint. Everything it needs arrives in a `LoopParts`; the stage module builds them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from dswb.engine.checkpoint import save_checkpoint
+from dswb.engine.context import StageContext
+from dswb.engine.curriculum import crop_batch
+from dswb.engine.optim import set_lr
+from dswb.engine.schedule import lr_at, seq_len_at
+from dswb.engine.train_step import train_step
+from dswb.errors import TrainingFailed
+
+NONFINITE_EXPLAIN = ("The loss or gradient norm was NaN/Inf, so the update was skipped. Usual causes: "
+                     "a learning rate too high for the model, fp16 overflow, or bad data. Lower train.lr, "
+                     "raise train.warmup_steps or keep gradient clipping on.")
+
+
+@dataclass
+class LoopParts:
+    stage: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Iterator                       # yields collated batches (prefetched)
+    data_state: Callable[[], dict]          # the data position of the next batch
+    evaluate: Callable[[int], dict]         # step -> eval metrics
+    pad_id: int | None = None
+    start_step: int = 0
+    state: dict = field(default_factory=dict)   # counters carried across resumes
+    data_wait: Callable[[], float] = lambda: 0.0
+
+
+def _checkpoint(ctx: StageContext, parts: LoopParts, step: int, reason: str) -> None:
+    t0 = time.perf_counter()
+    ckpt = save_checkpoint(ctx.paths.checkpoints(parts.stage), step, parts.model, parts.optimizer,
+                           {**parts.state, "data": parts.data_state(), "stats": ctx.monitor.stats.to_dict()},
+                           ctx.config.checkpoint.keep_last)
+    seconds = time.perf_counter() - t0
+    ctx.monitor.emit("checkpoint", parts.stage, step, path=str(ckpt.path), seconds=round(seconds, 3), reason=reason)
+    ctx.monitor.log(f"[{parts.stage}] checkpoint step {step} ({reason}) in {seconds:.2f}s", event=False)
+
+
+def _wait_while_paused(ctx: StageContext, parts: LoopParts, step: int) -> None:
+    ctx.monitor.write_status(force=True, state="paused")
+    ctx.monitor.log(f"[{parts.stage}] paused at step {step}", stage=parts.stage, step=step)
+    while ctx.control.paused and not ctx.control.stop_requested:
+        time.sleep(0.2)
+        ctx.control.poll()
+        if ctx.control.checkpoint_requested:
+            ctx.control.checkpoint_requested = False
+            _checkpoint(ctx, parts, step, "request")
+    ctx.monitor.write_status(force=True, state="running")
+    ctx.monitor.log(f"[{parts.stage}] resumed at step {step}", stage=parts.stage, step=step)
+
+
+def run_loop(ctx: StageContext, parts: LoopParts) -> str:
+    """Train from `parts.start_step` to `train.steps`; returns `finished` or `stopped`."""
+    cfg, mon, stage = ctx.config, ctx.monitor, parts.stage
+    total, tcfg = cfg.train.steps, cfg.train
+    parts.state.setdefault("skipped_steps", 0)
+    bad_in_row, step_time_ema, last_system = 0, None, 0.0
+    step = parts.start_step
+    while step < total:
+        for cmd in ctx.control.poll():
+            mon.emit("control", stage, step, cmd=cmd)
+        if ctx.control.paused:
+            _wait_while_paused(ctx, parts, step)
+        if ctx.control.stop_requested:
+            _checkpoint(ctx, parts, step, "stop")
+            return "stopped"
+        if ctx.control.checkpoint_requested:
+            ctx.control.checkpoint_requested = False
+            _checkpoint(ctx, parts, step, "request")
+
+        t0 = time.perf_counter()
+        lr = lr_at(step, tcfg.lr, total, tcfg.warmup_steps, tcfg.schedule, tcfg.min_lr_ratio)
+        set_lr(parts.optimizer, lr)
+        seq_len = seq_len_at(step, cfg.model.max_seq_len, cfg.batching.seq_len_warmup_steps,
+                             cfg.batching.seq_len_warmup_start)
+        micro = [crop_batch(next(parts.batches), seq_len, parts.pad_id).to(ctx.device, non_blocking=True)
+                 for _ in range(tcfg.grad_accum)]
+        result = train_step(parts.model, parts.optimizer, micro, ctx.device, ctx.amp_dtype, tcfg.clip_grad)
+        step += 1
+
+        if not result.finite:
+            bad_in_row += 1
+            parts.state["skipped_steps"] += 1
+            mon.alert(stage, step, "nonfinite_loss",
+                      f"non-finite loss/grad at step {step} ({bad_in_row} in a row); update skipped",
+                      NONFINITE_EXPLAIN)
+            if bad_in_row >= tcfg.max_bad_steps:
+                raise TrainingFailed(f"loss was non-finite for {bad_in_row} steps in a row (step {step}); "
+                                     f"stopped, the last good checkpoint is kept")
+        else:
+            bad_in_row = 0
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+        dt = time.perf_counter() - t0
+        step_time_ema = dt if step_time_ema is None else 0.9 * step_time_ema + 0.1 * dt
+        if step % cfg.monitor.log_every == 0 or step == total:
+            mon.metrics(stage, step, total, {
+                "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+                "tokens_per_s": result.n_real / dt, "step_time_s": dt, "data_wait_s": parts.data_wait(),
+                "pad_efficiency": result.n_real / max(1, result.n_padded), "tokens_real": result.n_real,
+                "tokens_padded": result.n_padded, "batch_size": result.n_samples, "seq_len": micro[0].input_ids.shape[1],
+                "skipped_steps": parts.state["skipped_steps"],
+            }, eta_s=step_time_ema * (total - step))
+        if ctx.system is not None and time.monotonic() - last_system >= cfg.monitor.system_every_s:
+            last_system = time.monotonic()
+            mon.system(stage, step, ctx.system.latest())
+        if (cfg.eval.every and step % cfg.eval.every == 0) and step < total:
+            mon.eval(stage, step, parts.evaluate(step))
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total:
+            _checkpoint(ctx, parts, step, "periodic")
+    mon.eval(stage, step, parts.evaluate(step))
+    _checkpoint(ctx, parts, step, "final")
+    return "finished"

@@ -1,0 +1,94 @@
+"""The run's monitor: one interface, several sinks.
+
+Every metric, event and state change goes through `Monitor`, which writes `events.jsonl`,
+keeps `status.json` current (atomically, throttled), appends `train.log`, updates the
+streaming statistics, and forwards to an optional console reporter (progress bar or plain
+lines). Later stages and components (RL health checks, FP8 statistics, distributed reduction
+before writing) add metrics through the same `metrics()` call.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from dswb.rundir.events import EventWriter
+from dswb.rundir.layout import RunPaths
+from dswb.rundir.status import write_status
+from dswb.stats import StatsBook
+
+
+class Reporter(Protocol):
+    """What a console front end implements (see `dswb.cli.progress`)."""
+
+    def on_stage_start(self, stage: str, total_steps: int, start_step: int) -> None: ...
+    def on_metrics(self, stage: str, step: int, total_steps: int, metrics: dict, eta_s: float | None) -> None: ...
+    def on_event(self, event: dict) -> None: ...
+    def on_stage_end(self, stage: str, state: str) -> None: ...
+
+
+class Monitor:
+    STATUS_EVERY_S = 0.5
+
+    def __init__(self, paths: RunPaths, status: dict, ema: float = 0.9, reporter: Reporter | None = None) -> None:
+        self.paths = paths
+        self.status = status
+        self.stats = StatsBook(ema)
+        self.reporter = reporter
+        self.events = EventWriter(paths.events)
+        self._log = open(paths.log, "a", buffering=1, encoding="utf-8")
+        self._last_status_write = 0.0
+        self.write_status(force=True)
+
+    # -- sinks ---------------------------------------------------------------------------
+    def write_status(self, force: bool = False, **fields: Any) -> None:
+        self.status.update(fields)
+        now = time.monotonic()
+        if force or now - self._last_status_write >= self.STATUS_EVERY_S:
+            write_status(self.paths.status, self.status)
+            self._last_status_write = now
+
+    def log(self, message: str, level: str = "info", stage: str | None = None, step: int = 0,
+            event: bool = True) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._log.write(f"{stamp} {level.upper():7s} {message}\n")
+        if event:
+            self.emit("log", stage, step, level=level, message=message)
+
+    def emit(self, kind: str, stage: str | None, step: int, **fields: Any) -> dict:
+        event = self.events.emit(kind, stage, step, **fields)
+        if self.reporter is not None:
+            self.reporter.on_event(event)
+        return event
+
+    # -- typed helpers -----------------------------------------------------------------
+    def metrics(self, stage: str, step: int, total_steps: int, metrics: dict[str, float],
+                eta_s: float | None) -> None:
+        if eta_s is not None:
+            metrics = {**metrics, "eta_s": eta_s}
+        self.stats.update(metrics)
+        self.events.emit("metrics", stage, step, metrics=metrics)
+        self.write_status(step=step, eta_s=eta_s, last_metrics=metrics)
+        if self.reporter is not None:
+            self.reporter.on_metrics(stage, step, total_steps, metrics, eta_s)
+
+    def eval(self, stage: str, step: int, metrics: dict[str, float]) -> None:
+        self.stats.update(metrics)
+        self.emit("eval", stage, step, metrics=metrics)
+        self.status["last_eval"] = metrics
+        parts = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        self.log(f"[{stage}] step {step} eval {parts}", event=False)
+
+    def system(self, stage: str | None, step: int, metrics: dict[str, float]) -> None:
+        if metrics:
+            self.stats.update(metrics)
+            self.events.emit("system", stage, step, metrics=metrics)
+
+    def alert(self, stage: str, step: int, code: str, message: str, explain: str, level: str = "warning") -> None:
+        self.log(f"[{stage}] ALERT {code}: {message}", level=level, event=False)
+        self.emit("alert", stage, step, level=level, code=code, message=message, explain=explain)
+
+    def close(self) -> None:
+        self.events.close()
+        if not self._log.closed:
+            self._log.close()

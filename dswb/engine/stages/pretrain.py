@@ -1,0 +1,92 @@
+"""Pretraining: next-token prediction on the run's corpus (or the built-in task's text).
+
+setup (data, tokenizer, model, optimizer, batches, resume) -> `run_loop` -> final model.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dswb.engine.checkpoint import latest_checkpoint, load_checkpoint, remove_partial
+from dswb.engine.context import StageContext
+from dswb.engine.data.pipeline import prepare_data
+from dswb.engine.evaluate import validation_batches, validation_loss
+from dswb.engine.final import save_final
+from dswb.engine.loader import BatchStream, Prefetcher, length_histogram
+from dswb.engine.loop import LoopParts, run_loop
+from dswb.engine.model import build_model
+from dswb.engine.optim import build_optimizer
+from dswb.engine.task_eval import task_accuracy
+from dswb.stats import StatsBook
+
+STAGE = "pretrain"
+
+
+def run(ctx: StageContext) -> str:
+    cfg, mon = ctx.config, ctx.monitor
+    mon.log(f"[{STAGE}] preparing data", stage=STAGE)
+    t0 = time.perf_counter()
+    data = prepare_data(cfg, ctx.cache_root, lambda msg: mon.log(f"[{STAGE}] {msg}", stage=STAGE))
+    mon.log(f"[{STAGE}] data ready in {time.perf_counter() - t0:.1f}s: {data.stats.get('train_samples')} train / "
+            f"{data.stats.get('val_samples')} val samples", stage=STAGE)
+
+    torch.manual_seed(cfg.run.seed)
+    model, info = build_model(cfg.model.size, cfg.model.path, data.tokenizer, cfg.model.max_seq_len)
+    model.to(ctx.device).train()
+    optimizer = build_optimizer(model, cfg.train, ctx.device)
+    pad_id = data.tokenizer.pad_token_id
+    stream = BatchStream(data.train, cfg.batching, pad_id=pad_id, max_len=cfg.model.max_seq_len, seed=cfg.run.seed)
+
+    ckpt_dir = ctx.paths.checkpoints(STAGE)
+    if remove_partial(ckpt_dir):
+        mon.log(f"[{STAGE}] removed an incomplete checkpoint left by an interrupted write", stage=STAGE)
+    start_step, state = 0, {}
+    ckpt = latest_checkpoint(ckpt_dir) if ctx.resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, optimizer, ctx.device)
+        start_step = state.pop("step")
+        stream.load_state_dict(state.pop("data"))
+        mon.stats = StatsBook.from_dict(state.pop("stats"))
+        mon.log(f"[{STAGE}] resumed from {ckpt.path.name}", stage=STAGE, step=start_step)
+
+    lengths = [len(s) for s in data.train]
+    mon.emit("stage_start", STAGE, start_step, total_steps=cfg.train.steps,
+             model={"params": info.params, "layers": info.layers, "hidden": info.hidden, "vocab": info.vocab,
+                    "source": info.source},
+             data={**data.stats, "train_tokens": sum(lengths)})
+    mon.emit("batching", STAGE, start_step, hist=length_histogram(lengths),
+             metrics={"samples": len(lengths), "mean_len": sum(lengths) / max(1, len(lengths)),
+                      "max_len": max(lengths, default=0), "truncated": stream.truncated, "rejected": stream.rejected,
+                      "max_tokens": cfg.batching.max_tokens})
+    mon.write_status(force=True, state="running", stage=STAGE, step=start_step, total_steps=cfg.train.steps)
+
+    val = validation_batches(data.val, cfg, pad_id)
+    n_task = cfg.eval.task_samples if data.task is not None else 0
+
+    def evaluate(step: int) -> dict:
+        metrics = validation_loss(model, val, ctx.device, ctx.amp_dtype)
+        if n_task:
+            metrics["task_acc"] = task_accuracy(model, data.tokenizer, data.eval_prompts[:n_task],
+                                                data.eval_answers[:n_task], ctx.device)
+        return metrics
+
+    prefetch = Prefetcher(stream, depth=cfg.batching.prefetch, pin=ctx.device.type == "cuda")
+    parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, batches=iter(prefetch),
+                      data_state=prefetch.state_dict, evaluate=evaluate, pad_id=pad_id, start_step=start_step, state=state,
+                      data_wait=lambda: prefetch.wait_s)
+    try:
+        outcome = run_loop(ctx, parts)
+    finally:
+        prefetch.close()
+    if outcome != "finished":
+        return outcome
+    if data.task is not None and data.test_prompts:
+        acc = task_accuracy(model, data.tokenizer, data.test_prompts, data.test_answers, ctx.device)
+        mon.eval(STAGE, cfg.train.steps, {"test_acc": acc})
+    final = save_final(ctx.paths.final(STAGE), model, data.tokenizer,
+                       {"stage": STAGE, "step": cfg.train.steps, "run_id": ctx.paths.run_id,
+                        "last_eval": mon.status.get("last_eval", {})})
+    mon.emit("stage_end", STAGE, cfg.train.steps, state="finished", final_path=str(final))
+    return "finished"
