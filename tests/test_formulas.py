@@ -1,4 +1,4 @@
-"""Pure formulas: learning-rate schedule, curriculum length, token-weighted loss."""
+"""Pure formulas: learning-rate schedule, token-weighted loss."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dswb.engine.losses import count_targets, token_loss_sum
-from dswb.engine.schedule import lr_at, seq_len_at
+from dswb.engine.schedule import lr_at
 
 
 def test_warmup_then_cosine_to_floor():
@@ -19,14 +19,6 @@ def test_warmup_then_cosine_to_floor():
     assert lr_at(100, 1.0, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
     assert lr_at(55, 1.0, 100, 10, "linear", 0.0) == pytest.approx(0.5)
     assert lr_at(80, 2.0, 100, 10, "constant", 0.0) == 2.0
-
-
-def test_sequence_length_warmup_grows_to_max():
-    lens = [seq_len_at(s, 512, 100, 64) for s in range(0, 120, 10)]
-    assert lens[0] == 64 and lens[-1] == 512
-    assert all(a <= b for a, b in zip(lens, lens[1:]))
-    assert all(n % 8 == 0 for n in lens)
-    assert seq_len_at(5, 512, 0, 64) == 512
 
 
 def test_token_loss_sum_matches_mean_cross_entropy():

@@ -11,7 +11,7 @@ import typer
 from dswb.cli.common import DEFAULT_RUNS_ROOT, RunsRoot
 from dswb.config import load_config
 from dswb.errors import UserError
-from dswb.rundir.layout import RunPaths, create_run_dir, new_run_id
+from dswb.rundir.layout import create_run_dir, new_run_id
 
 
 def _preset_path(preset: str) -> Path:
@@ -43,9 +43,9 @@ def run(
         paths = resolve_run(resume, runs_root)
         if not paths.config.exists():
             raise UserError(f"{paths.root}: no config.toml, cannot resume")
-        config = load_config(paths.config, overrides)
         if overrides:
             raise UserError("--set cannot be combined with --resume (the run keeps its config)")
+        config = load_config(paths.config)
         from dswb.rundir.status import effective_state, read_status
         state = effective_state(read_status(paths.status))
         if state in ("running", "paused", "starting"):

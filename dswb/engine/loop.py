@@ -14,9 +14,8 @@ import torch
 
 from dswb.engine.checkpoint import save_checkpoint
 from dswb.engine.context import StageContext
-from dswb.engine.curriculum import crop_batch
 from dswb.engine.optim import set_lr
-from dswb.engine.schedule import lr_at, seq_len_at
+from dswb.engine.schedule import lr_at
 from dswb.engine.train_step import train_step
 from dswb.errors import TrainingFailed
 
@@ -33,7 +32,6 @@ class LoopParts:
     batches: Iterator                       # yields collated batches (prefetched)
     data_state: Callable[[], dict]          # the data position of the next batch
     evaluate: Callable[[int], dict]         # step -> eval metrics
-    pad_id: int | None = None
     start_step: int = 0
     state: dict = field(default_factory=dict)   # counters carried across resumes
     data_wait: Callable[[], float] = lambda: 0.0
@@ -84,10 +82,7 @@ def run_loop(ctx: StageContext, parts: LoopParts) -> str:
         t0 = time.perf_counter()
         lr = lr_at(step, tcfg.lr, total, tcfg.warmup_steps, tcfg.schedule, tcfg.min_lr_ratio)
         set_lr(parts.optimizer, lr)
-        seq_len = seq_len_at(step, cfg.model.max_seq_len, cfg.batching.seq_len_warmup_steps,
-                             cfg.batching.seq_len_warmup_start)
-        micro = [crop_batch(next(parts.batches), seq_len, parts.pad_id).to(ctx.device, non_blocking=True)
-                 for _ in range(tcfg.grad_accum)]
+        micro = [next(parts.batches).to(ctx.device, non_blocking=True) for _ in range(tcfg.grad_accum)]
         result = train_step(parts.model, parts.optimizer, micro, ctx.device, ctx.amp_dtype, tcfg.clip_grad)
         step += 1
 

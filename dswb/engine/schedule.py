@@ -25,11 +25,3 @@ def lr_at(step: int, peak_lr: float, total_steps: int, warmup_steps: int, schedu
         return floor + (peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {schedule!r}")
 
-
-def seq_len_at(step: int, max_len: int, warmup_steps: int, start_len: int) -> int:
-    """Curriculum ("progressive learning"): the longest sequence grows linearly from
-    `start_len` to `max_len` over `warmup_steps` steps (rounded up to a multiple of 8)."""
-    if warmup_steps <= 0 or step >= warmup_steps:
-        return max_len
-    length = start_len + (max_len - start_len) * step / warmup_steps
-    return min(max_len, max(start_len, int(math.ceil(length / 8.0)) * 8))

@@ -37,7 +37,8 @@ def run(ctx: StageContext) -> str:
     model.to(ctx.device).train()
     optimizer = build_optimizer(model, cfg.train, ctx.device)
     pad_id = data.tokenizer.pad_token_id
-    stream = BatchStream(data.train, cfg.batching, pad_id=pad_id, max_len=cfg.model.max_seq_len, seed=cfg.run.seed)
+    stream = BatchStream(data.train, cfg.batching, pad_id=pad_id, max_len=cfg.model.max_seq_len, seed=cfg.run.seed,
+                         batches_per_step=cfg.train.grad_accum)
 
     ckpt_dir = ctx.paths.checkpoints(STAGE)
     if remove_partial(ckpt_dir):
@@ -58,7 +59,7 @@ def run(ctx: StageContext) -> str:
              data={**data.stats, "train_tokens": sum(lengths)})
     mon.emit("batching", STAGE, start_step, hist=length_histogram(lengths),
              metrics={"samples": len(lengths), "mean_len": sum(lengths) / max(1, len(lengths)),
-                      "max_len": max(lengths, default=0), "truncated": stream.truncated, "rejected": stream.rejected,
+                      "max_len": max(lengths, default=0), **stream.counters,
                       "max_tokens": cfg.batching.max_tokens})
     mon.write_status(force=True, state="running", stage=STAGE, step=start_step, total_steps=cfg.train.steps)
 
@@ -74,7 +75,7 @@ def run(ctx: StageContext) -> str:
 
     prefetch = Prefetcher(stream, depth=cfg.batching.prefetch, pin=ctx.device.type == "cuda")
     parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, batches=iter(prefetch),
-                      data_state=prefetch.state_dict, evaluate=evaluate, pad_id=pad_id, start_step=start_step, state=state,
+                      data_state=prefetch.state_dict, evaluate=evaluate, start_step=start_step, state=state,
                       data_wait=lambda: prefetch.wait_s)
     try:
         outcome = run_loop(ctx, parts)
