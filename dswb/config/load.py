@@ -148,7 +148,7 @@ def validate(config: Config, where: str) -> None:
         raise UserError(f"{where}: data.paths: data.source = 'files' needs at least one path")
     if len(config.train.betas) != 2 or not all(0 <= b < 1 for b in config.train.betas):
         raise UserError(f"{where}: train.betas: expected two numbers in [0, 1), got {config.train.betas}")
-    if config.batching.seq_len_warmup_start > config.model.max_seq_len:
+    if config.batching.seq_len_warmup_steps and config.batching.seq_len_warmup_start > config.model.max_seq_len:
         raise UserError(f"{where}: batching.seq_len_warmup_start exceeds model.max_seq_len ({config.model.max_seq_len})")
 
 

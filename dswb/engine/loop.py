@@ -114,7 +114,8 @@ def run_loop(ctx: StageContext, parts: LoopParts) -> str:
             mon.system(stage, step, ctx.system.latest())
         if (cfg.eval.every and step % cfg.eval.every == 0) and step < total:
             mon.eval(stage, step, parts.evaluate(step))
-        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total:
+        # No periodic checkpoint inside a streak of skipped steps: the last one stays the last good one.
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total and bad_in_row == 0:
             _checkpoint(ctx, parts, step, "periodic")
     mon.eval(stage, step, parts.evaluate(step))
     _checkpoint(ctx, parts, step, "final")

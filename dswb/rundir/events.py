@@ -18,15 +18,15 @@ EVENT_KINDS = ("run_start", "stage_start", "stage_end", "metrics", "eval", "syst
                "alert", "log", "batching", "control", "run_end")
 
 
-def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN/Inf: write them as null so every line stays standard JSON."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            out[k] = None
-        else:
-            out[k] = v
-    return out
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN/Inf: replace them (at any depth) with null so output stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class EventWriter:
@@ -38,8 +38,7 @@ class EventWriter:
 
     def emit(self, kind: str, stage: str | None, step: int, **fields: Any) -> dict:
         event = {"t": round(time.time(), 3), "kind": kind, "stage": stage, "step": step}
-        for key, value in fields.items():
-            event[key] = _finite(value) if isinstance(value, dict) else value
+        event.update(json_safe(fields))
         self._file.write(json.dumps(event, default=str, allow_nan=False) + "\n")
         self._file.flush()
         return event

@@ -9,13 +9,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from dswb.rundir.events import json_safe
+
 STATES = ("starting", "running", "paused", "finished", "failed", "stopped")
 LIVE_STATES = ("starting", "running", "paused")
 
 
 def write_status(path: Path, status: dict) -> None:
     """Write `status` to `path` via a temporary file and `os.replace` (atomic on POSIX)."""
-    status = {**status, "updated": time.time()}
+    status = json_safe({**status, "updated": time.time()})
     fd, tmp = tempfile.mkstemp(prefix=".status-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
