@@ -59,12 +59,13 @@ def run(
             typer.echo(f"{paths.root}  (pid {pid}, resumed in background)")
             return
     else:
-        if preset is None:
-            raise UserError("give a preset (e.g. `dswb run presets/demo.toml`) or --resume RUN")
-        preset_path = _preset_path(preset)
+        if preset is None and not overrides:
+            raise UserError("give a preset (e.g. `dswb run presets/demo.toml`), --set overrides of the defaults, "
+                            "or --resume RUN")
+        preset_path = _preset_path(preset) if preset is not None else None
         if detach:
             from dswb.launch import launch_detached
-            paths, pid = launch_detached(str(preset_path), runs_root, overrides, run_dir=run_dir)
+            paths, pid = launch_detached(preset_path and str(preset_path), runs_root, overrides, run_dir=run_dir)
             typer.echo(f"{paths.root}  (pid {pid}; follow with `dswb watch {paths.root}` or `dswb tui --attach {paths.root}`)")
             return
         config = load_config(preset_path, overrides)
