@@ -1,0 +1,1 @@
+"""The dashboard's screens: runs list, run dashboard, compare, launch form, confirm, help."""

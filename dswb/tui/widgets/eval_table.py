@@ -1,0 +1,39 @@
+"""Evaluation results per stage: the latest validation loss, perplexity and task accuracy."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable
+
+from dswb.tui.format import fmt_num
+
+COLUMNS = ("stage", "step", "val_loss", "val_ppl", "task_acc")
+
+
+class EvalTable(DataTable):
+    """`show(rows)` with rows `(stage, step, {metric: value})`."""
+
+    DEFAULT_CSS = """
+    EvalTable { height: auto; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
+        self._shown: object = None
+
+    def on_mount(self) -> None:
+        for name in COLUMNS:
+            self.add_column(name, key=name)
+
+    def show(self, rows: list[tuple[str, int | None, dict]]) -> None:
+        cells = []
+        for stage, step, metrics in rows:
+            acc = metrics.get("task_acc")
+            cells.append((stage, fmt_num(step), fmt_num(metrics.get("val_loss")),
+                          fmt_num(metrics.get("val_ppl")),
+                          f"{100 * acc:.1f}%" if isinstance(acc, (int, float)) else "-"))
+        if cells == self._shown:
+            return
+        self._shown = cells
+        self.clear()
+        for cell in cells:
+            self.add_row(*cell, key=cell[0])

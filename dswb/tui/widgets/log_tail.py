@@ -1,0 +1,40 @@
+"""The last lines of the run's log (its `log` and `alert` events), newest at the bottom."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "info": "", "debug": "dim"}
+
+
+class LogTail(RichLog):
+    """Appends only lines it has not shown yet (the model keeps a bounded tail)."""
+
+    DEFAULT_CSS = """
+    LogTail { height: 1fr; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes, max_lines=1000, wrap=True, markup=False, highlight=False)
+        self._seen = 0
+
+    def show(self, lines: list[dict], total: int) -> None:
+        """`lines`: the model's tail; `total`: how many were ever appended to it."""
+        new = total - self._seen
+        if new <= 0:
+            return
+        for entry in lines[-new:] if new < len(lines) else lines:
+            self.write(format_line(entry))
+        self._seen = total
+
+
+def format_line(entry: dict) -> Text:
+    level = str(entry.get("level") or "info")
+    text = Text()
+    stage = entry.get("stage")
+    text.append(f"{level.upper():7s} ", style=LEVEL_STYLES.get(level, ""))
+    if stage:
+        text.append(f"[{stage}] ", style="dim")
+    text.append(str(entry.get("message", "")))
+    return text

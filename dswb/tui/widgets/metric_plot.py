@@ -1,0 +1,74 @@
+"""A line plot of one or more metric series (textual-plotext), fed downsampled views.
+
+The plot never keeps a history: `set_source(fn)` gives it a function that, asked for at
+most N points, returns `[(label, xs, ys), ...]` read from the run model. `replot()` asks for
+about twice the plot's width (braille cells hold two dots across), then clear -> plot -> refresh.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from textual_plotext import PlotextPlot
+
+from dswb.tui.format import fmt_num, fmt_tick, nice_ticks
+
+Series = tuple[str, Sequence[float], Sequence[float]]
+Source = Callable[[int], list[Series]]
+
+COLORS = ("cyan", "orange", "green", "magenta")
+NO_COLOR_MARKERS = ("braille", "dot", "x", "+")
+
+
+class MetricPlot(PlotextPlot):
+    """A titled line plot; shows the last value of its first series in the title."""
+
+    DEFAULT_CSS = """
+    MetricPlot { height: 1fr; min-height: 6; }
+    """
+
+    def __init__(self, title: str, *, xlabel: str = "step", id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.metric_title = title
+        self.xlabel = xlabel
+        self.source: Source | None = None
+        self.points_drawn = 0
+
+    def set_source(self, source: Source | None) -> None:
+        self.source = source
+        self.replot()
+
+    def points_wanted(self) -> int:
+        return max(16, 2 * (self.size.width or 40))
+
+    def on_resize(self) -> None:
+        self.replot()
+
+    def replot(self) -> None:
+        """Redraw from the source (cheap when the widget is hidden: nothing is built yet)."""
+        plt = self.plt
+        plt.clear_data()
+        series = self.source(self.points_wanted()) if self.source is not None else []
+        series = [s for s in series if len(s[1])]
+        self.points_drawn = sum(len(s[1]) for s in series)
+        if not series:
+            plt.title(f"{self.metric_title}: no data yet")
+            self.refresh()
+            return
+        no_color = self.app.no_color if self.is_attached else False
+        for i, (label, xs, ys) in enumerate(series):
+            kwargs = {"marker": NO_COLOR_MARKERS[i % 4] if no_color else "braille"}
+            if not no_color:
+                kwargs["color"] = COLORS[i % len(COLORS)]
+            if len(series) > 1:
+                kwargs["label"] = label
+            plt.plot(list(xs), list(ys), **kwargs)
+        first_label, _, first_ys = series[0]
+        plt.title(f"{self.metric_title}  {fmt_num(first_ys[-1])}")
+        plt.xlabel(self.xlabel)
+        x_lo = min(s[1][0] for s in series)
+        x_hi = max(s[1][-1] for s in series)
+        ticks = nice_ticks(x_lo, x_hi, max(2, (self.size.width or 40) // 12))
+        plt.xticks(ticks, [fmt_tick(t) for t in ticks])
+        self.refresh()

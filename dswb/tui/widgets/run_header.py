@@ -1,0 +1,52 @@
+"""One line naming the run, its state, stage, step, last loss and when it last wrote."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widgets import Static
+
+from dswb.tui.format import fmt_num, state_badge
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    run_id: str
+    state: str
+    stage: str
+    stage_index: int
+    stage_count: int
+    step: int
+    total_steps: int
+    loss: float | None
+    error: str | None = None
+
+
+class RunHeader(Static):
+    """`▶ running  20250101-120000-demo  pretrain 1/2  step 150/300  loss 1.234`."""
+
+    DEFAULT_CSS = """
+    RunHeader { height: auto; max-height: 3; }
+    """
+
+    def show(self, info: HeaderInfo) -> None:
+        self.update(render_header(info))
+
+
+def render_header(info: HeaderInfo) -> Text:
+    badge, style = state_badge(info.state)
+    text = Text()
+    text.append(f" {badge} ", style=f"reverse {style}" if style else "reverse")
+    text.append(f" {info.run_id}", style="bold")
+    stage = info.stage
+    if info.stage_count > 1:
+        stage += f" {info.stage_index}/{info.stage_count}"
+    text.append(f"  {stage}")
+    total = f"/{info.total_steps:,}" if info.total_steps else ""
+    text.append(f"  step {info.step:,}{total}")
+    text.append("  loss ", style="dim")
+    text.append(fmt_num(info.loss), style="bold")
+    if info.error:
+        text.append(f"\n error: {info.error}", style="bold red")
+    return text
