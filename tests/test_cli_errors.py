@@ -40,7 +40,9 @@ def test_unknown_key_and_wrong_type(tmp_path):
     preset = tmp_path / "p.toml"
     preset.write_text("[train]\nsteps = 3\nlearning_rate = 1e-3\n")
     assert_one_line_error(dswb("run", str(preset)), str(preset), "train.learning_rate")
-    assert_one_line_error(dswb("run", str(preset), "--set", "train.steps=many"), "train.steps", "expected an integer")
+    preset.write_text("[train]\nsteps = 3\n")
+    assert_one_line_error(dswb("run", str(preset), "--set", "train.steps=many"), "--set", "train.steps",
+                          "expected an integer")
 
 
 def test_missing_preset_and_missing_data_file(tmp_path):
