@@ -144,6 +144,8 @@ def validate(config: Config, where: str) -> None:
         raise UserError(f"{where}: data.chunk_overlap ({d.chunk_overlap}) must be smaller than data.chunk_size ({d.chunk_size})")
     if d.min_chunk > d.chunk_size:
         raise UserError(f"{where}: data.min_chunk ({d.min_chunk}) cannot exceed data.chunk_size ({d.chunk_size})")
+    if config.batching.oversize == "split" and config.batching.mode != "pack":
+        raise UserError(f"{where}: batching.oversize = 'split' needs batching.mode = 'pack'")
     if d.source == "files" and not d.paths:
         raise UserError(f"{where}: data.paths: data.source = 'files' needs at least one path")
     if len(config.train.betas) != 2 or not all(0 <= b < 1 for b in config.train.betas):

@@ -78,9 +78,9 @@ class BatchingConfig:
     mode: str = doc("bucket", "bucket: length-grouped padded batches; pack: concatenate documents into rows; fixed: a fixed batch size.",
                     choices=("bucket", "pack", "fixed"))
     batch_size: int = doc(32, "Samples per batch in `fixed` mode.", min=1)
-    megabatch: int = doc(64, "Length sorting happens within shuffled windows of this many batches.", min=1)
-    oversize: str = doc("truncate", "A sample longer than the budget is truncated or rejected (both counted).",
-                        choices=("truncate", "reject"))
+    megabatch: int = doc(64, "Length sorting (and packing) happens within shuffled windows of megabatch x max_tokens tokens.", min=1)
+    oversize: str = doc("truncate", "A sample longer than the budget is truncated, rejected, or (pack mode only) split into pieces; all counted.",
+                        choices=("truncate", "reject", "split"))
     seq_len_warmup_steps: int = doc(0, "Curriculum: the longest sequence grows linearly over this many steps (0 = off).", min=0)
     seq_len_warmup_start: int = doc(64, "Longest sequence at step 0 when the warmup is on.", min=2)
     prefetch: int = doc(2, "Batches prepared ahead in a background thread.", min=0)
