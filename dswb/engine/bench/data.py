@@ -7,7 +7,8 @@ through the data pipeline's real functions three ways:
 - batched: `clean_batch`, then `encode_batch` on 1000 documents per call, then chunking, once
   with `TOKENIZERS_PARALLELISM=false` (one thread) and once with it on (Rust threads).
 All paths must produce identical samples (asserted). The tokenizer is a byte-level BPE trained on
-a quarter of the long corpus; each timed run gets a fresh copy (empty BPE cache); best of N.
+a quarter of the long corpus; each timed run gets a fresh copy (empty BPE cache); the paths
+take turns and the best of N runs counts, so a shared, busy machine skews them alike.
 """
 
 from __future__ import annotations
@@ -69,15 +70,12 @@ def _one_by_one(tok, docs, cleaner, plan):
     return out
 
 
-def _best_of(repeats: int, fn, make_tok, *args) -> tuple[list, float]:
-    """Fastest of `repeats` runs, each with a fresh tokenizer (empty BPE word cache)."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        tok = make_tok()
-        start = time.perf_counter()
-        result = fn(tok, *args)
-        best = min(best, time.perf_counter() - start)
-    return result, best
+def _timed_run(fn, make_tok, *args) -> tuple[list, float]:
+    """One timed run with a fresh tokenizer (empty BPE word cache)."""
+    tok = make_tok()
+    start = time.perf_counter()
+    result = fn(tok, *args)
+    return result, time.perf_counter() - start
 
 
 @contextmanager
@@ -94,23 +92,30 @@ def _parallelism(on: bool):
             os.environ[PARALLELISM] = old
 
 
+PATHS = (("one_by_one", "one at a time", _one_by_one, False),
+         ("batched_1_thread", "batched, 1 thread", _batched, False),
+         ("batched_parallel", "batched, parallel", _batched, True))
+
+
 def _scenario(docs: list[str], make_tok, cleaner, plan, repeats: int) -> dict:
+    """Best-of-`repeats` seconds per path; the paths take turns so they share the machine's load."""
     mbytes = sum(len(d.encode("utf-8")) for d in docs) / 1e6
-    clean_s = min(_best_of(1, lambda _tok: clean_batch(docs, cleaner), make_tok)[1] for _ in range(repeats))
-    out = {"docs": len(docs), "mb": round(mbytes, 3), "clean_only_s": round(clean_s, 3)}
-    reference = None
-    for name, fn, parallel in (("one_by_one", _one_by_one, False), ("batched_1_thread", _batched, False),
-                               ("batched_parallel", _batched, True)):
-        with _parallelism(parallel):
-            samples, seconds = _best_of(repeats, fn, make_tok, docs, cleaner, plan)
-        if reference is None:
-            reference = samples
-            out["tokens"], out["samples"] = sum(len(s) for s in samples), len(samples)
-        if samples != reference:
-            raise RuntimeError(f"data bench: {name} tokenization disagrees with one-at-a-time")
-        out[name] = {"seconds": round(seconds, 3), "mb_per_s": round(mbytes / seconds, 2),
-                     "speedup": round(out.get("one_by_one", {}).get("seconds", seconds) / seconds, 2)}
-    out["tokens_equal"] = True
+    best = {name: float("inf") for name, *_ in PATHS}
+    clean_s, reference = float("inf"), None
+    for _ in range(repeats):
+        clean_s = min(clean_s, _timed_run(lambda _tok: clean_batch(docs, cleaner), make_tok)[1])
+        for name, _label, fn, parallel in PATHS:
+            with _parallelism(parallel):
+                samples, seconds = _timed_run(fn, make_tok, docs, cleaner, plan)
+            best[name] = min(best[name], seconds)
+            reference = samples if reference is None else reference
+            if samples != reference:
+                raise RuntimeError(f"data bench: {name} tokenization disagrees with one-at-a-time")
+    out = {"docs": len(docs), "mb": round(mbytes, 3), "tokens": sum(len(s) for s in reference),
+           "samples": len(reference), "clean_only_s": round(clean_s, 3), "tokens_equal": True}
+    for name, *_ in PATHS:
+        out[name] = {"seconds": round(best[name], 3), "mb_per_s": round(mbytes / best[name], 2),
+                     "speedup": round(best["one_by_one"] / best[name], 2)}
     return out
 
 
@@ -141,8 +146,7 @@ def format_table(result: dict) -> str:
              f"TOKENIZERS_PARALLELISM in this process: {result['env_parallelism']}",
              f"{'corpus':<17}{'path':<20}{'docs':>7}{'MB':>7}{'tokens':>9}{'seconds':>9}{'MB/s':>8}{'speedup':>9}"]
     for corpus, r in result["scenarios"].items():
-        for path, label in (("one_by_one", "one at a time"), ("batched_1_thread", "batched, 1 thread"),
-                            ("batched_parallel", "batched, parallel")):
+        for path, label, *_ in PATHS:
             p = r[path]
             lines.append(f"{corpus:<17}{label:<20}{r['docs']:>7}{r['mb']:>7.2f}{r['tokens']:>9}"
                          f"{p['seconds']:>9.2f}{p['mb_per_s']:>8.2f}{p['speedup']:>8.2f}x")
