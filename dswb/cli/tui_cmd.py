@@ -1,3 +1,30 @@
-"""Placeholder, being written."""
-def tui() -> None:
-    """Open the dashboard."""
+"""`dswb tui [--runs-root DIR] [--attach RUN]`: open the dashboard (also what bare `dswb` does).
+
+Textual is imported inside the command so `dswb --help` and the other commands stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dswb.cli.common import DEFAULT_RUNS_ROOT, RunsRoot
+
+Attach = Annotated[str | None, typer.Option(
+    "--attach", "-a", help="Open this run's dashboard at once (id, unique part, path or `latest`).")]
+
+
+def tui(runs_root: RunsRoot = DEFAULT_RUNS_ROOT, attach: Attach = None) -> None:
+    """Open the terminal dashboard: watch, launch and control runs. Quitting never stops training.
+
+    Example: `dswb tui --runs-root runs --attach latest`
+    """
+    from dswb.tui.app import create_app
+
+    if runs_root == DEFAULT_RUNS_ROOT and os.environ.get("DSWB_RUNS_ROOT"):
+        runs_root = Path(os.environ["DSWB_RUNS_ROOT"])  # bare `dswb` calls us without Typer
+    app = create_app(Path(runs_root), attach)
+    app.run()

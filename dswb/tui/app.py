@@ -59,9 +59,10 @@ class DswbApp(App):
                  clock: Callable[[], float] = time.time, poll_interval: float = 0.25,
                  scan_interval: float = 1.0, min_redraw_s: float = 0.1,
                  launcher: Launcher | None = None, resumer: Callable[[Path], tuple[RunPaths, int]] | None = None,
-                 exit_after_first_frame: bool = False) -> None:
+                 exit_after_first_frame: bool = False, root_label: str | None = None) -> None:
         super().__init__()
         self.runs_root = Path(runs_root)
+        self.root_label = root_label or str(runs_root)  # how the root is shown (tests pin it)
         self.attach = attach
         self.clock = clock
         self.poll_interval = poll_interval

@@ -80,9 +80,10 @@ def lttb(xs: Sequence[float], ys: Sequence[float], n_out: int) -> Points:
 class SeriesHistory:
     """One metric's history in bounded memory, plus its streaming statistics.
 
-    Points are kept exactly in a tail buffer; when `capacity` is exceeded the tail is folded
-    into buckets that remember the (x, y) of their minimum and of their maximum, and pairs of
-    buckets merge (the bucket width doubles) so at most `capacity // 2` buckets remain.
+    Points are kept exactly in a tail buffer; when more than `capacity` values are held the
+    tail is folded into buckets that remember the (x, y) of their minimum and of their maximum
+    (two values each), and pairs of buckets merge (the bucket width doubles) until at most
+    `capacity // 4` buckets remain. So at most about `capacity` values are ever held.
     Appending is O(1) amortised; `extend` is the fast path (one call per metric per batch).
     Non-finite values are counted in `gaps`, not stored. A point whose x goes back (a resumed
     run logs steps again from its checkpoint) first forgets the points at or after that x.
@@ -90,7 +91,7 @@ class SeriesHistory:
 
     __slots__ = ("capacity", "width", "count", "gaps", "last_x", "last_y",
                  "n", "mean", "m2", "min", "max", "ema", "ema_decay",
-                 "_bx0", "_by0", "_bx1", "_by1", "_rx", "_ry")
+                 "_bx0", "_by0", "_bx1", "_by1", "_bn", "_rx", "_ry")
 
     def __init__(self, capacity: int = 4096, ema_decay: float = 0.9) -> None:
         if capacity < 8:
@@ -113,6 +114,7 @@ class SeriesHistory:
         self._by0: list[float] = []
         self._bx1: list[float] = []  # ... and of the maximum
         self._by1: list[float] = []
+        self._bn: list[int] = []  # points per bucket (the last folded one may be narrower)
         self._rx: list[float] = []  # exact tail
         self._ry: list[float] = []
 
@@ -166,7 +168,7 @@ class SeriesHistory:
         self._ry.extend(ys)
         self.count += len(xs)
         self.last_x, self.last_y = xs[-1], ys[-1]
-        if len(self._rx) + len(self._bx0) > self.capacity:
+        if len(self._rx) + 2 * len(self._bx0) > self.capacity:
             self._fold()
 
     def _fold(self) -> None:
@@ -174,24 +176,28 @@ class SeriesHistory:
         w = max(self.width, 2)
         rx, ry = self._rx, self._ry
         m = (len(rx) // w) * w
-        bx0, by0, bx1, by1 = self._bx0, self._by0, self._bx1, self._by1
+        if 2 * (len(self._bx0) + m // w) + len(rx) - m > self.capacity:
+            m = len(rx)  # the leftover alone is too big: it becomes one narrower bucket
         for i in range(0, m, w):
-            seg = ry[i:i + w]
-            y_lo, y_hi = min(seg), max(seg)
-            a, b = i + seg.index(y_lo), i + seg.index(y_hi)
-            bx0.append(rx[a])
-            by0.append(y_lo)
-            bx1.append(rx[b])
-            by1.append(y_hi)
+            self._add_bucket(rx, ry, i, min(i + w, m))
         del rx[:m]
         del ry[:m]
         self.width = w
-        while len(self._bx0) > self.capacity // 2:
+        while 4 * len(self._bx0) > self.capacity:
             self._merge_pairs()
 
+    def _add_bucket(self, rx: list, ry: list, lo: int, hi: int) -> None:
+        seg = ry[lo:hi]
+        y_lo, y_hi = min(seg), max(seg)
+        self._bx0.append(rx[lo + seg.index(y_lo)])
+        self._by0.append(y_lo)
+        self._bx1.append(rx[lo + seg.index(y_hi)])
+        self._by1.append(y_hi)
+        self._bn.append(hi - lo)
+
     def _merge_pairs(self) -> None:
-        bx0, by0, bx1, by1 = self._bx0, self._by0, self._bx1, self._by1
-        nx0, ny0, nx1, ny1 = [], [], [], []
+        bx0, by0, bx1, by1, bn = self._bx0, self._by0, self._bx1, self._by1, self._bn
+        nx0, ny0, nx1, ny1, nn = [], [], [], [], []
         for i in range(0, len(bx0) - 1, 2):
             j = i if by0[i] <= by0[i + 1] else i + 1
             nx0.append(bx0[j])
@@ -199,12 +205,14 @@ class SeriesHistory:
             k = i if by1[i] > by1[i + 1] else i + 1
             nx1.append(bx1[k])
             ny1.append(by1[k])
-        if len(bx0) % 2:  # an odd last bucket stays as it is (narrower than the others)
+            nn.append(bn[i] + bn[i + 1])
+        if len(bx0) % 2:  # an odd last bucket stays as it is
             nx0.append(bx0[-1])
             ny0.append(by0[-1])
             nx1.append(bx1[-1])
             ny1.append(by1[-1])
-        self._bx0, self._by0, self._bx1, self._by1 = nx0, ny0, nx1, ny1
+            nn.append(bn[-1])
+        self._bx0, self._by0, self._bx1, self._by1, self._bn = nx0, ny0, nx1, ny1, nn
         self.width *= 2
 
     def _rewind(self, x: float) -> None:
@@ -218,7 +226,7 @@ class SeriesHistory:
             while self._bx0 and max(self._bx0[-1], self._bx1[-1]) >= x:
                 for column in (self._bx0, self._by0, self._bx1, self._by1):
                     column.pop()
-                self.count -= self.width
+                self.count -= self._bn.pop()
         self.count = max(self.count, 0)
         if rx:
             self.last_x, self.last_y = rx[-1], ry[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -10,6 +11,11 @@ from textual.widgets import DataTable, Footer, Static
 from dswb.rundir import RunPaths
 from dswb.tui.format import fmt_num, state_badge
 from dswb.tui.widgets import MetricPlot
+from dswb.tui.widgets._tables import fill_table
+
+COLUMNS = [(key, label) for key, label in (("which", ""), ("run", "run"), ("state", "state"), ("stage", "stage"),
+                                          ("step", "step"), ("last", "last loss"), ("min", "min loss"),
+                                          ("val", "val loss"), ("tps", "tokens/s"))]
 
 
 class CompareScreen(Screen):
@@ -34,9 +40,6 @@ class CompareScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for name in ("", "run", "state", "stage", "step", "last loss", "min loss", "val loss", "tokens/s"):
-            table.add_column(name, key=name or "which")
         self.query_one(MetricPlot).source = self._source
         for paths in self.runs:
             self.followers[paths.run_id] = self.app.follow(paths)
@@ -72,8 +75,7 @@ class CompareScreen(Screen):
         return out
 
     def redraw(self) -> None:
-        table = self.query_one(DataTable)
-        table.clear()
+        rows = []
         for label, paths in zip("AB", self.runs):
             follower = self.followers.get(paths.run_id)
             if follower is None:
@@ -84,12 +86,13 @@ class CompareScreen(Screen):
                 loss = stage.series.get("loss") if stage else None
                 tps = stage.series.get("tokens_per_s") if stage else None
                 badge, style = state_badge(model.state)
-                table.add_row(label, paths.run_id, badge, stage.name if stage else "-",
-                              fmt_num(stage.last_step if stage else 0),
-                              fmt_num(loss.last_y if loss and loss.n else None),
-                              fmt_num(loss.min if loss and loss.n else None),
-                              fmt_num(stage.eval_last.get("val_loss") if stage else None),
-                              fmt_num(tps.mean if tps and tps.n else None), key=label)
+                rows.append((label, paths.run_id, Text(badge, style=style), stage.name if stage else "-",
+                             fmt_num(stage.last_step if stage else 0),
+                             fmt_num(loss.last_y if loss and loss.n else None),
+                             fmt_num(loss.min if loss and loss.n else None),
+                             fmt_num(stage.eval_last.get("val_loss") if stage else None),
+                             fmt_num(tps.mean if tps and tps.n else None)))
+        fill_table(self.query_one(DataTable), COLUMNS, rows, [r[0] for r in rows])
         self.query_one(MetricPlot).replot()
 
     def action_back(self) -> None:

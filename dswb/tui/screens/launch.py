@@ -49,20 +49,24 @@ class LaunchScreen(ModalScreen[RunPaths | None]):
         options = [(p.name, p.name) for p in self.presets]
         with VerticalScroll(id="launch-dialog", classes="dialog"):
             yield Static(Text("Launch a run", style="bold"), id="launch-title")
-            yield Label("Preset")
-            yield Select(options, value=default.name if default else Select.BLANK, allow_blank=default is None,
-                         id="preset", prompt="no presets found")
+            with Horizontal(classes="form-row"):
+                yield Label("Preset")
+                yield Select(options, value=default.name if default else Select.BLANK, allow_blank=default is None,
+                             id="preset", prompt="no presets found", compact=True)
             yield Static("", id="preset-info")
-            yield Label("Stages")
-            yield Select([("all stages", ALL_STAGES)], value=ALL_STAGES, allow_blank=False, id="stage")
-            yield Label("Run name (optional)")
-            yield Input(placeholder="from the preset", id="run-name")
-            yield Label("Overrides: one SECTION.KEY=VALUE per line")
-            yield TextArea("", id="overrides", soft_wrap=True, show_line_numbers=False)
+            with Horizontal(classes="form-row"):
+                yield Label("Stages")
+                yield Select([("all stages", ALL_STAGES)], value=ALL_STAGES, allow_blank=False, id="stage",
+                             compact=True)
+            with Horizontal(classes="form-row"):
+                yield Label("Run name")
+                yield Input(placeholder="(from the preset)", id="run-name", compact=True)
+            yield Label("Overrides, one SECTION.KEY=VALUE per line (e.g. train.lr=3e-4):", id="overrides-label")
+            yield TextArea("", id="overrides", soft_wrap=True, show_line_numbers=False, compact=True)
             yield Static("", id="validation")
             with Horizontal(classes="buttons"):
-                yield Button("Launch (ctrl+l)", variant="primary", id="launch")
-                yield Button("Cancel (esc)", id="cancel")
+                yield Button("Launch ^l", variant="primary", id="launch", compact=True)
+                yield Button("Cancel esc", id="cancel", compact=True)
 
     def on_mount(self) -> None:
         self._preset_changed()

@@ -37,7 +37,7 @@ class RunsScreen(Screen):
     }
 
     def compose(self) -> ComposeResult:
-        yield Static(f"Runs in {self.app.runs_root}", id="runs-title")
+        yield Static(f"Runs in {self.app.root_label}", id="runs-title")
         yield RunsTable(id="runs-table")
         yield RunSummary(id="run-summary")
         yield Footer()
@@ -53,9 +53,10 @@ class RunsScreen(Screen):
     def _update_summary(self) -> None:
         table = self.query_one(RunsTable)
         run_id = table.selected_id()
-        hint = (f"No runs under {self.app.runs_root} yet. Press n to launch one "
+        hint = (f"No runs under {self.app.root_label} yet. Press n to launch one "
                 "(the smoke preset trains for about a minute on a CPU).") if not table.rows_by_id else ""
-        self.query_one(RunSummary).show(table.rows_by_id.get(run_id) if run_id else None, hint)
+        self.query_one(RunSummary).show(table.rows_by_id.get(run_id) if run_id else None, hint,
+                                        self.app.root_label)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._update_summary()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.widgets import DataTable
 
 from dswb.tui.format import fmt_num
+from dswb.tui.widgets._tables import fill_table
 
 COLUMNS = ("stage", "step", "val_loss", "val_ppl", "task_acc")
 
@@ -21,8 +22,7 @@ class EvalTable(DataTable):
         self._shown: object = None
 
     def on_mount(self) -> None:
-        for name in COLUMNS:
-            self.add_column(name, key=name)
+        fill_table(self, [(c, c) for c in COLUMNS], [])
 
     def show(self, rows: list[tuple[str, int | None, dict]]) -> None:
         cells = []
@@ -34,6 +34,4 @@ class EvalTable(DataTable):
         if cells == self._shown:
             return
         self._shown = cells
-        self.clear()
-        for cell in cells:
-            self.add_row(*cell, key=cell[0])
+        fill_table(self, [(c, c) for c in COLUMNS], cells, [cell[0] for cell in cells])

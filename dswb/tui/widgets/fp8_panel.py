@@ -5,6 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
+from dswb.tui.widgets._tables import fill_table
+
+COLUMNS = [(c, c) for c in ("layer group", "amax", "saturation %", "underflow %")]
 SATURATION_WARN = 0.1  # percent of values clipped at the FP8 maximum worth a highlight
 UNDERFLOW_WARN = 5.0  # percent flushed to zero
 
@@ -17,21 +20,20 @@ class Fp8Panel(DataTable):
         self._shown: object = None
 
     def on_mount(self) -> None:
-        for name in ("layer group", "amax", "saturation %", "underflow %"):
-            self.add_column(name, key=name)
+        fill_table(self, COLUMNS, [])
 
     def show(self, layers: dict[str, dict], step: int | None) -> None:
         key = (repr(layers), step)
         if key == self._shown:
             return
         self._shown = key
-        self.clear()
         self.border_title = f"FP8 at step {step}" if step is not None else "FP8"
+        rows = []
         for group, values in layers.items():
             values = values if isinstance(values, dict) else {}
-            self.add_row(group, _num(values.get("amax")),
-                         _flag(values.get("saturation_pct"), SATURATION_WARN),
-                         _flag(values.get("underflow_pct"), UNDERFLOW_WARN), key=group)
+            rows.append((group, _num(values.get("amax")), _flag(values.get("saturation_pct"), SATURATION_WARN),
+                         _flag(values.get("underflow_pct"), UNDERFLOW_WARN)))
+        fill_table(self, COLUMNS, rows, list(layers))
 
 
 def _num(value: object) -> str:

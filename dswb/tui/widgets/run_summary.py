@@ -16,18 +16,19 @@ class RunSummary(Static):
     RunSummary { height: auto; }
     """
 
-    def show(self, row: RunRow | None, hint: str = "") -> None:
-        self.update(render_summary(row, hint))
+    def show(self, row: RunRow | None, hint: str = "", root_label: str | None = None) -> None:
+        self.update(render_summary(row, hint, root_label))
 
 
-def render_summary(row: RunRow | None, hint: str = "") -> Text:
+def render_summary(row: RunRow | None, hint: str = "", root_label: str | None = None) -> Text:
     if row is None:
         return Text(hint or "no run selected", style="dim")
     badge, style = state_badge(row.state)
     text = Text()
     text.append(f"{row.run_id} ", style="bold")
     text.append(badge, style=style)
-    text.append(f"  {row.paths.root}\n", style="dim")
+    where = f"{root_label}/{row.run_id}" if root_label else str(row.paths.root)
+    text.append(f"  {where}\n", style="dim")
     text.append(f"stage {row.stage}, step {row.step:,}")
     if row.total_steps:
         text.append(f" of {row.total_steps:,}")

@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from dswb.tui.follower import RunRow
+from dswb.tui.widgets._tables import fill_table
 from dswb.tui.format import fmt_age, fmt_num, state_badge
 
 COLUMNS = ("", "run", "state", "stage", "step", "loss", "updated")
@@ -21,8 +22,7 @@ class RunsTable(DataTable):
         self._shown: object = None
 
     def on_mount(self) -> None:
-        for name in COLUMNS:
-            self.add_column(name, key=name or "mark")
+        fill_table(self, [(name or "mark", name) for name in COLUMNS], [])
 
     def show(self, rows: list[RunRow], now: float) -> None:
         self.rows_by_id = {r.run_id: r for r in rows}
@@ -32,9 +32,7 @@ class RunsTable(DataTable):
             return
         self._shown = cells
         selected = self.selected_id()
-        self.clear()
-        for row, cell in zip(rows, cells):
-            self.add_row(*cell, key=row.run_id)
+        fill_table(self, [(name or "mark", name) for name in COLUMNS], cells, [r.run_id for r in rows])
         if selected in self.rows_by_id:
             self.move_cursor(row=self.get_row_index(selected))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.widgets import DataTable
 
 from dswb.tui.format import fmt_num
+from dswb.tui.widgets._tables import fill_table
 
 FULL_COLUMNS = ("metric", "last", "mean", "std", "min", "max", "count")
 COMPACT_COLUMNS = ("metric", "last", "mean", "min", "max")
@@ -25,10 +26,12 @@ class StatsTable(DataTable):
         self.compact = compact
         self._shown: object = None
 
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return COMPACT_COLUMNS if self.compact else FULL_COLUMNS
+
     def on_mount(self) -> None:
-        columns = COMPACT_COLUMNS if self.compact else FULL_COLUMNS
-        for name in columns:
-            self.add_column(name, key=name)
+        fill_table(self, [(c, c) for c in self.column_names], [])
 
     def show(self, summaries: dict[str, dict[str, float]]) -> None:
         if self.compact:
@@ -37,9 +40,7 @@ class StatsTable(DataTable):
         if rows == self._shown:
             return
         self._shown = rows
-        self.clear()
-        for row in rows:
-            self.add_row(*row, key=row[0])
+        fill_table(self, [(c, c) for c in self.column_names], rows, [row[0] for row in rows])
 
     def _row(self, name: str, s: dict[str, float]) -> tuple[str, ...]:
         cells = {"metric": name, "last": fmt_num(s.get("last")), "mean": fmt_num(s.get("mean")),
