@@ -1,3 +1,520 @@
-"""Placeholder, being written."""
+"""`dswb runs list | show | plot | stop | pause | resume | checkpoint`: runs from the shell.
+
+Everything here reads the run directory (status.json, events.jsonl) and writes only
+control.jsonl, so it works the same for runs started from the shell or the dashboard.
+Statistics are streamed through `StatsBook` (O(1) memory per metric); plots downsample long
+series to about two points per column (min and max per bucket) before plotext sees them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, Sequence
+
 import typer
-app = typer.Typer()
+
+from dswb.cli.common import DEFAULT_RUNS_ROOT, RunRef, RunsRoot
+from dswb.errors import EXIT_USER_ERROR, UserError
+from dswb.rundir import (EventTail, RunPaths, effective_state, find_runs, read_status, resolve_run,
+                         send_command)
+from dswb.stats import StatsBook
+
+FINAL_STATES = ("finished", "failed", "stopped", "lost")
+LIVE_STATES = ("starting", "running", "paused")
+STAT_KINDS = ("metrics", "eval", "system")
+LIST_LIMIT = 20
+
+app = typer.Typer(help="List, inspect, plot and control runs (stop, pause, resume, checkpoint).",
+                  no_args_is_help=True)
+
+
+# --- helpers shared with the other command modules ------------------------------------------
+
+def user_errors(command: Callable) -> Callable:
+    """Report a `UserError` as one `error: ...` line on stderr and exit 2 (also under CliRunner)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper
+
+
+def fmt_num(value: Any, missing: str = "-") -> str:
+    """Compact number: 4 significant digits, k/M/G above 10,000, exponent below 0.001."""
+    if value is None:
+        return missing
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    v = float(value)
+    if not math.isfinite(v):
+        return str(v)
+    a = abs(v)
+    if isinstance(value, int) and a < 10_000:
+        return str(value)
+    if a >= 10_000:
+        for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if a >= scale:
+                return f"{v / scale:.3g}{suffix}"
+    if a == 0:
+        return "0"
+    if a < 1e-3:
+        return f"{v:.2e}"
+    return f"{v:.4g}"
+
+
+def fmt_duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def fmt_age(t: Any, now: float | None = None) -> str:
+    if not isinstance(t, (int, float)):
+        return "-"
+    return fmt_duration(max(0.0, (now or time.time()) - t)) + " ago"
+
+
+def fmt_time(t: Any) -> str:
+    if not isinstance(t, (int, float)):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[int] = (),
+                title: str | None = None, wrap: bool = False) -> None:
+    """A plain rich table (no colour off a TTY; cells are never read as markup)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False,
+                  pad_edge=False, title_style="bold")
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="right" if i in numeric else "left", no_wrap=not wrap)
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def echo_json(value: Any) -> None:
+    typer.echo(json.dumps(_json_safe(value), indent=1, default=str))
+
+
+# --- runs list -------------------------------------------------------------------------------
+
+def run_summary(paths: RunPaths) -> dict[str, Any]:
+    """One row of `runs list`: what status.json says, with the state a viewer should show."""
+    status = read_status(paths.status) or {}
+    last = status.get("last_metrics") or {}
+    updated = status.get("updated")
+    if updated is None:
+        try:
+            updated = paths.config.stat().st_mtime
+        except OSError:
+            updated = None
+    return {
+        "run_id": paths.run_id, "path": str(paths.root),
+        "state": effective_state(status or None), "stage": status.get("stage"),
+        "step": status.get("step"), "total_steps": status.get("total_steps"),
+        "loss": last.get("loss"), "eta_s": status.get("eta_s"),
+        "started": status.get("started"), "updated": updated, "error": status.get("error"),
+    }
+
+
+def _step_text(step: Any, total: Any) -> str:
+    if step is None:
+        return "-"
+    return f"{step}/{total}" if total else str(step)
+
+
+@app.command("list")
+@user_errors
+def list_runs(runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
+              all_runs: Annotated[bool, typer.Option("--all", "-a", help=f"Show every run, not only the newest {LIST_LIMIT}.")] = False,
+              as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False) -> None:
+    """List runs under the runs root, newest first: state, stage, step, last loss, last update.
+
+    Example: `dswb runs list --runs-root runs --all`
+    """
+    runs = find_runs(runs_root)
+    shown = runs if all_runs else runs[:LIST_LIMIT]
+    summaries = [run_summary(r) for r in shown]
+    if as_json:
+        echo_json(summaries)
+        return
+    if not runs:
+        typer.echo(f"no runs under {runs_root}")
+        return
+    now = time.time()
+    rows = [[s["run_id"], s["state"], s["stage"] or "-", _step_text(s["step"], s["total_steps"]),
+             fmt_num(s["loss"]), fmt_duration(s["eta_s"]) if s["state"] in LIVE_STATES else "-",
+             fmt_age(s["updated"], now)] for s in summaries]
+    print_table(["run", "state", "stage", "step", "loss", "eta", "updated"], rows, numeric=(3, 4))
+    if len(runs) > len(shown):
+        typer.echo(f"... {len(runs) - len(shown)} older runs not shown (--all)")
+
+
+# --- runs show -------------------------------------------------------------------------------
+
+@dataclass
+class RunScan:
+    """What one pass over events.jsonl learns: statistics per (kind, stage) and notable events."""
+
+    books: dict[tuple[str, str], StatsBook] = field(default_factory=dict)
+    last_eval: dict | None = None
+    last_checkpoint: dict | None = None
+    alerts: list[dict] = field(default_factory=list)
+    alert_count: int = 0
+    events: int = 0
+    bad_lines: int = 0
+
+
+def scan_events(path: Path, ema_decay: float = 0.9, keep_alerts: int = 10) -> RunScan:
+    scan = RunScan()
+    tail = EventTail(path)
+    for event in tail:
+        scan.events += 1
+        kind = event.get("kind")
+        if kind in STAT_KINDS and isinstance(event.get("metrics"), dict):
+            key = (kind, event.get("stage") or "-")
+            book = scan.books.get(key)
+            if book is None:
+                book = scan.books[key] = StatsBook(ema_decay)
+            book.update(event["metrics"])
+            if kind == "eval":
+                scan.last_eval = event
+        elif kind == "alert":
+            scan.alert_count += 1
+            scan.alerts = (scan.alerts + [event])[-keep_alerts:]
+        elif kind == "checkpoint":
+            scan.last_checkpoint = event
+    scan.bad_lines = tail.bad_lines
+    return scan
+
+
+def _metrics_text(metrics: dict) -> str:
+    return "  ".join(f"{k}={fmt_num(v, 'nan')}" for k, v in metrics.items())
+
+
+@app.command("show")
+@user_errors
+def show(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
+         as_json: Annotated[bool, typer.Option("--json", help="Print status and statistics as JSON.")] = False) -> None:
+    """Show a run's status and count/mean/std/min/max/last of every metric, the last eval and alerts.
+
+    Example: `dswb runs show latest`
+    """
+    paths = resolve_run(run, runs_root)
+    status = read_status(paths.status)
+    state = effective_state(status)
+    scan = scan_events(paths.events)
+    if as_json:
+        stats: dict[str, dict] = {}
+        for (kind, stage), book in sorted(scan.books.items()):
+            stats.setdefault(kind, {})[stage] = book.summaries()
+        echo_json({"run_id": paths.run_id, "path": str(paths.root), "state": state, "status": status,
+                   "stats": stats, "last_eval": scan.last_eval, "last_checkpoint": scan.last_checkpoint,
+                   "alerts": scan.alerts, "alert_count": scan.alert_count})
+        return
+    _print_status(paths, status, state)
+    for (kind, stage), book in sorted(scan.books.items(), key=lambda kv: (STAT_KINDS.index(kv[0][0]), kv[0][1])):
+        rows = [[name, s["count"], fmt_num(s["mean"]), fmt_num(s["std"]), fmt_num(s["min"]),
+                 fmt_num(s["max"]), fmt_num(s["last"])] for name, s in book.summaries().items()]
+        typer.echo("")
+        print_table(["metric", "count", "mean", "std", "min", "max", "last"], rows,
+                    numeric=(1, 2, 3, 4, 5, 6), title=f"{kind} ({stage})")
+    if not scan.books:
+        typer.echo("\nno metrics recorded yet")
+    if scan.last_eval:
+        e = scan.last_eval
+        typer.echo(f"\nlast eval    {e.get('stage')} step {e.get('step')}: {_metrics_text(e['metrics'])}")
+    if scan.last_checkpoint:
+        c = scan.last_checkpoint
+        typer.echo(f"checkpoint   {c.get('path')} ({c.get('reason', '?')}, step {c.get('step')})")
+    if scan.alert_count:
+        more = f", last {len(scan.alerts)}" if scan.alert_count > len(scan.alerts) else ""
+        typer.echo(f"\nalerts ({scan.alert_count}{more}):")
+        for a in scan.alerts:
+            typer.echo(f"  step {a.get('step')}  {a.get('level', '?')}  {a.get('code', '')}: {a.get('message', '')}")
+    if scan.bad_lines:
+        typer.echo(f"\n{scan.bad_lines} unreadable line(s) in {paths.events.name} skipped")
+
+
+def _print_status(paths: RunPaths, status: dict | None, state: str) -> None:
+    lines = [("run", f"{paths.run_id}  ({paths.root})")]
+    if status is None:
+        lines.append(("state", f"{state} (no status.json yet)"))
+    else:
+        where = f"pid {status.get('pid')} on {status.get('host')}" if status.get("pid") else ""
+        lines.append(("state", f"{state}  {where}".rstrip()))
+        stages = status.get("stages") or []
+        stage_text = f"{status.get('stage')}  step {_step_text(status.get('step'), status.get('total_steps'))}"
+        if len(stages) > 1:
+            stage_text += f"  (stages: {', '.join(map(str, stages))})"
+        lines.append(("stage", stage_text))
+        started, updated = status.get("started"), status.get("updated")
+        times = f"started {fmt_time(started)}   updated {fmt_age(updated)}"
+        if isinstance(started, (int, float)) and isinstance(updated, (int, float)):
+            times += f"   elapsed {fmt_duration(updated - started)}"
+        if state in LIVE_STATES and status.get("eta_s") is not None:
+            times += f"   eta {fmt_duration(status.get('eta_s'))}"
+        lines.append(("time", times))
+        if status.get("error"):
+            lines.append(("error", str(status["error"])))
+    for label, text in lines:
+        typer.echo(f"{label:<12} {text}")
+
+
+# --- runs plot -------------------------------------------------------------------------------
+
+def downsample_minmax(xs: Sequence[float], ys: Sequence[float], buckets: int) -> tuple[list[float], list[float]]:
+    """At most ~2 x `buckets` points: the min and max of each equal-count bucket, in x order.
+
+    Keeps spikes visible (unlike striding or averaging) and the first and last points (so the x
+    range is exact), and makes plotting cost independent of the series length.
+    """
+    n = len(xs)
+    buckets = max(1, buckets)
+    if n <= 2 * buckets:
+        return list(xs), list(ys)
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for b in range(buckets):
+        lo, hi = b * n // buckets, (b + 1) * n // buckets
+        if lo >= hi:
+            continue
+        seg = ys[lo:hi]
+        i_min = lo + seg.index(min(seg))
+        i_max = lo + seg.index(max(seg))
+        keep = {i_min, i_max} | ({0} if b == 0 else set()) | ({n - 1} if b == buckets - 1 else set())
+        for i in sorted(keep):
+            out_x.append(xs[i])
+            out_y.append(ys[i])
+    return out_x, out_y
+
+
+@dataclass
+class Series:
+    xs: list[float] = field(default_factory=list)
+    ys: list[float] = field(default_factory=list)
+
+
+def collect_series(path: Path, names: Sequence[str], stage: str | None = None, x_axis: str = "step"
+                   ) -> tuple[dict[str, dict[str, Series]], set[str], set[str]]:
+    """`{metric: {stage: Series}}` for the wanted names, plus every metric name and stage seen."""
+    wanted = set(names)
+    series: dict[str, dict[str, Series]] = {name: {} for name in names}
+    available: set[str] = set()
+    stages: set[str] = set()
+    t0 = None
+    for event in EventTail(path):
+        metrics = event.get("metrics")
+        if event.get("kind") not in STAT_KINDS or not isinstance(metrics, dict):
+            continue
+        ev_stage = event.get("stage") or "-"
+        stages.add(ev_stage)
+        available.update(metrics)
+        if stage is not None and ev_stage != stage:
+            continue
+        if t0 is None:
+            t0 = event.get("t", 0)
+        for name in wanted.intersection(metrics):
+            y = metrics[name]
+            if isinstance(y, bool) or not isinstance(y, (int, float)):
+                continue
+            x = event.get("step") if x_axis == "step" else event.get("t", 0) - t0
+            if not isinstance(x, (int, float)):
+                continue
+            s = series[name].get(ev_stage)
+            if s is None:
+                s = series[name][ev_stage] = Series()
+            s.xs.append(x)
+            s.ys.append(float(y))
+    return series, available, stages
+
+
+def render_plot(series: dict[str, dict[str, Series]], width: int, height: int, x_axis: str,
+                title: str = "", color: bool = False) -> str:
+    import plotext as plt
+
+    plt.clear_figure()
+    names = list(series)
+    if len(names) > 1:
+        plt.subplots(len(names), 1)
+    plt.plot_size(width, height * len(names))
+    for row, name in enumerate(names, 1):
+        if len(names) > 1:
+            plt.subplot(row, 1)
+        by_stage = series[name]
+        for stage, s in by_stage.items():
+            xs, ys = downsample_minmax(s.xs, s.ys, width)
+            plt.plot(xs, ys, label=stage if len(by_stage) > 1 else None)
+        plt.title(f"{title}  {name}".strip() if row == 1 else name)
+        plt.xlabel("step" if x_axis == "step" else "seconds")
+    text = plt.build()
+    plt.clear_figure()
+    return text if color else plt.uncolorize(text)
+
+
+@app.command("plot")
+@user_errors
+def plot(run: RunRef,
+         metrics: Annotated[list[str], typer.Option("--metric", "-m", help="Metric to plot (repeatable; one chart each).")] = ["loss"],  # noqa: B006
+         runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
+         stage: Annotated[str | None, typer.Option("--stage", help="Only this stage (default: every stage, one line each).")] = None,
+         x_axis: Annotated[str, typer.Option("--x", help="x axis: step or time (seconds since the first event).")] = "step",
+         width: Annotated[int | None, typer.Option("--width", min=20, help="Chart width in columns (default: terminal width).")] = None,
+         height: Annotated[int | None, typer.Option("--height", min=5, help="Height of each chart in lines.")] = None,
+         color: Annotated[bool | None, typer.Option("--color/--no-color", help="ANSI colours (default: on a TTY).")] = None) -> None:
+    """Plot metrics from a run's events in the terminal (metrics, eval and system events).
+
+    Example: `dswb runs plot latest --metric loss --metric lr --width 100`
+    """
+    if x_axis not in ("step", "time"):
+        raise UserError(f"--x: expected step or time, got '{x_axis}'")
+    paths = resolve_run(run, runs_root)
+    series, available, stages = collect_series(paths.events, metrics, stage, x_axis)
+    if stage is not None and stage not in stages:
+        raise UserError(f"run {paths.run_id} has no metrics for stage '{stage}' "
+                        f"(stages: {', '.join(sorted(stages)) or 'none yet'})")
+    for name in metrics:
+        if not series[name]:
+            known = ", ".join(sorted(available)) or "none recorded yet"
+            raise UserError(f"metric '{name}' not found in run {paths.run_id} (available: {known})")
+    term = shutil.get_terminal_size((100, 30))
+    width = width or max(40, term.columns)
+    height = height or max(10, min(25, (term.lines - 2) // len(metrics)))
+    if color is None:
+        color = sys.stdout.isatty()
+    typer.echo(render_plot(series, width, height, x_axis, title=paths.run_id, color=color))
+
+
+# --- control: stop, pause, resume, checkpoint ------------------------------------------------
+
+WaitOption = Annotated[float, typer.Option("--wait", metavar="SECONDS", min=0,
+                                           help="Wait up to this long for the run to act (0: don't wait).")]
+
+
+def _send(paths: RunPaths, command: str) -> None:
+    """Append `command` to the run's control file, if the run is alive to act on it."""
+    status = read_status(paths.status)
+    state = effective_state(status)
+    if status is None:
+        raise UserError(f"run {paths.run_id} has no status.json yet; it cannot take commands")
+    if state == "lost":
+        raise UserError(f"run {paths.run_id} is lost (process {status.get('pid')} is gone); "
+                        f"continue it with `dswb run --resume {paths.root}`")
+    if state not in LIVE_STATES:
+        hint = f"; continue it with `dswb run --resume {paths.root}`" if command == "resume" and state == "stopped" else ""
+        raise UserError(f"run {paths.run_id} is already {state}; nothing to {command}{hint}")
+    send_command(paths.root, command)
+    typer.echo(f"sent {command} to run {paths.run_id} ({state}, pid {status.get('pid')})")
+
+
+def _wait_for(paths: RunPaths, wait: float, done: Callable[[str], bool], what: str) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        state = effective_state(read_status(paths.status))
+        if done(state):
+            typer.echo(f"run {paths.run_id} is {state}")
+            return
+        if time.monotonic() >= deadline:
+            typer.echo(f"run {paths.run_id} is still {state} after {wait:g}s (waiting for {what})", err=True)
+            raise typer.Exit(1)
+        time.sleep(0.1)
+
+
+@app.command("stop")
+@user_errors
+def stop(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT, wait: WaitOption = 0.0) -> None:
+    """Ask a run to checkpoint and stop (state `stopped`; continue it later with `dswb run --resume`).
+
+    Example: `dswb runs stop latest --wait 60`
+    """
+    paths = resolve_run(run, runs_root)
+    _send(paths, "stop")
+    if wait:
+        _wait_for(paths, wait, lambda s: s in FINAL_STATES, "a final state")
+
+
+@app.command("pause")
+@user_errors
+def pause(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT, wait: WaitOption = 0.0) -> None:
+    """Ask a running run to pause after its current step (it keeps its memory; `runs resume` continues).
+
+    Example: `dswb runs pause latest --wait 10`
+    """
+    paths = resolve_run(run, runs_root)
+    _send(paths, "pause")
+    if wait:
+        _wait_for(paths, wait, lambda s: s == "paused" or s in FINAL_STATES, "paused")
+
+
+@app.command("resume")
+@user_errors
+def resume(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT, wait: WaitOption = 0.0) -> None:
+    """Resume a paused run. (A stopped run is continued with `dswb run --resume RUN_DIR`.)
+
+    Example: `dswb runs resume latest`
+    """
+    paths = resolve_run(run, runs_root)
+    _send(paths, "resume")
+    if wait:
+        _wait_for(paths, wait, lambda s: s != "paused", "running")
+
+
+@app.command("checkpoint")
+@user_errors
+def checkpoint(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT, wait: WaitOption = 0.0) -> None:
+    """Ask a run to write a checkpoint now.
+
+    Example: `dswb runs checkpoint latest --wait 120`
+    """
+    paths = resolve_run(run, runs_root)
+    tail = EventTail(paths.events, offset=paths.events.stat().st_size if paths.events.exists() else 0)
+    _send(paths, "checkpoint")
+    if not wait:
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        state = effective_state(read_status(paths.status))  # before reading: no event is missed
+        for event in tail.read_new():
+            if event.get("kind") == "checkpoint":
+                typer.echo(f"checkpoint written: {event.get('path')} (step {event.get('step')})")
+                return
+        if state in FINAL_STATES:
+            raise UserError(f"run {paths.run_id} ended ({state}) before writing the checkpoint")
+        time.sleep(0.1)
+    typer.echo(f"no checkpoint from run {paths.run_id} after {wait:g}s", err=True)
+    raise typer.Exit(1)
