@@ -57,20 +57,36 @@ def _config(steps: int):
                               "checkpoint.every=0", "monitor.log_every=1", "monitor.system_every_s=0.5"])
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+AMP = torch.bfloat16 if DEVICE.type == "cuda" else None
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def bare_loop(batches: list) -> tuple[float, list[float]]:
-    model = tiny_model()
+    from dswb.engine.device import autocast
+
+    model = tiny_model().to(DEVICE)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0,
+                            fused=DEVICE.type == "cuda")
     losses = []
+    _sync()
     t0 = time.perf_counter()
     for b in batches:
-        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+        b = b.to(DEVICE, non_blocking=True)
+        with autocast(DEVICE, AMP):
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
         loss = token_loss_sum(logits, b.labels) / b.n_target
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+    _sync()
     return time.perf_counter() - t0, losses
 
 
@@ -78,18 +94,20 @@ def dswb_loop(batches: list, workdir: Path) -> tuple[float, list[float]]:
     from dswb.engine.system import SystemSampler
 
     cfg = _config(len(batches))
-    model = tiny_model()
+    model = tiny_model().to(DEVICE)
     model.train()
-    opt = build_optimizer(model, cfg.train, torch.device("cpu"))
+    opt = build_optimizer(model, cfg.train, DEVICE)
     paths = create_run_dir(workdir / f"run-{time.monotonic_ns()}")
     monitor = Monitor(paths, new_status("pretrain", len(batches)))
     sampler = SystemSampler(interval_s=0.5).start()
     ctx = StageContext(config=cfg, paths=paths, monitor=monitor, control=RunControl(paths.root),
-                       device=torch.device("cpu"), amp_dtype=None, cache_root=workdir, resume=False, system=sampler)
+                       device=DEVICE, amp_dtype=AMP, cache_root=workdir, resume=False, system=sampler)
     parts = LoopParts(stage="pretrain", model=model, optimizer=opt, batches=iter(batches),
                       data_state=lambda: {}, evaluate=lambda step: {})
+    _sync()
     t0 = time.perf_counter()
     run_loop(ctx, parts)
+    _sync()
     elapsed = time.perf_counter() - t0
     sampler.stop()
     monitor.close()
@@ -154,7 +172,8 @@ def trainer_epoch(docs: list[list[int]], batch_size: int) -> dict:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch_size, num_train_epochs=1,
                                  train_sampling_strategy="group_by_length", learning_rate=1e-3, weight_decay=0.0, max_grad_norm=1.0,
                                  lr_scheduler_type="constant", warmup_steps=0, logging_strategy="no",
-                                 save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+                                 save_strategy="no", report_to=[], use_cpu=DEVICE.type == "cpu",
+                                 bf16=DEVICE.type == "cuda", dataloader_num_workers=0,
                                  disable_tqdm=True, seed=0)
         trainer = Trainer(model=tiny_model(), args=args, train_dataset=_ListDataset(docs),
                           data_collator=collate, callbacks=[clock])
@@ -210,7 +229,8 @@ def throughput(n_docs: int) -> dict:
 
 def run(quick: bool = False) -> dict:
     threads = torch.get_num_threads()
-    result = {"torch_threads": threads, "device": "cpu", "model": "llama-tiny (vocab 2048)",
+    name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
+    result = {"torch_threads": threads, "device": name, "model": "llama-tiny (vocab 2048)",
               "max_tokens": MAX_TOKENS, "pid": os.getpid()}
     result["overhead"] = overhead(n_batches=12 if quick else 40, repeats=2 if quick else 3)
     result["throughput"] = throughput(n_docs=400 if quick else 2000)
@@ -220,6 +240,7 @@ def run(quick: bool = False) -> dict:
 def format_table(result: dict) -> str:
     o, t = result["overhead"], result["throughput"]
     lines = [
+        f"device: {result['device']}",
         f"loop overhead ({o['steps']} steps, best of {o['repeats']}, {result['torch_threads']} threads):",
         f"  bare PyTorch loop   {o['bare_s']:8.2f} s",
         f"  dswb run_loop       {o['dswb_s']:8.2f} s   overhead {o['overhead_pct']:+.2f}%  (goal <= {o['goal_pct']:.0f}%)",
