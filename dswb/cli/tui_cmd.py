@@ -26,5 +26,9 @@ def tui(runs_root: RunsRoot = DEFAULT_RUNS_ROOT, attach: Attach = None) -> None:
 
     if runs_root == DEFAULT_RUNS_ROOT and os.environ.get("DSWB_RUNS_ROOT"):
         runs_root = Path(os.environ["DSWB_RUNS_ROOT"])  # bare `dswb` calls us without Typer
-    app = create_app(Path(runs_root), attach)
-    app.run()
+    # Benchmark hook (`dswb bench tui`): draw one frame headless, print when it was drawn, exit.
+    first_frame = os.environ.get("DSWB_TUI_FIRST_FRAME") == "1"
+    app = create_app(Path(runs_root), attach, exit_after_first_frame=first_frame)
+    app.run(headless=first_frame)
+    if first_frame:
+        typer.echo(f"first-frame {app.first_frame_at:.6f}")

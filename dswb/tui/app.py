@@ -75,6 +75,7 @@ class DswbApp(App):
         self._follow_counts: dict[str, int] = {}
         self.scanner = RunsScanner(self.runs_root, self.post_message, interval=scan_interval)
         self.controls_sent: list[tuple[str, str]] = []
+        self.first_frame_at: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -86,7 +87,11 @@ class DswbApp(App):
         if self.attach is not None:
             self.push_screen(DashboardScreen(self.attach, min_redraw_s=self.min_redraw_s))
         if self.exit_after_first_frame:
-            self.call_after_refresh(self.exit)
+            self.call_after_refresh(self._first_frame_drawn)
+
+    def _first_frame_drawn(self) -> None:
+        self.first_frame_at = time.time()
+        self.exit()
 
     def on_unmount(self) -> None:
         self.stop_threads()

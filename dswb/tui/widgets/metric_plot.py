@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
+from dswb.tui.ansi import ansi_to_text
 from dswb.tui.format import fmt_num, fmt_tick, nice_ticks
 
 Series = tuple[str, Sequence[float], Sequence[float]]
@@ -34,29 +36,46 @@ class MetricPlot(PlotextPlot):
         self.xlabel = xlabel
         self.source: Source | None = None
         self.points_drawn = 0
+        self.rebuilds = 0
+        self._drawn_key: object = None
+
+    def render(self) -> RenderResult:
+        """As `PlotextPlot.render`, with a faster ANSI decoder for plotext's output."""
+        width, height = self.size.width, self.size.height
+        self.plt.plotsize(width, height)
+        self.plt._set_size(width, height)
+        self.plt.theme(self._get_plotext_theme_name(self.app.theme))
+        return ansi_to_text(self.plt.build())
 
     def set_source(self, source: Source | None) -> None:
         self.source = source
         self.replot()
 
     def points_wanted(self) -> int:
-        return max(16, 2 * (self.size.width or 40))
+        """Twice the canvas width (the widget less the y labels and frame): a braille cell holds
+        two dots across, so more points than this cannot show."""
+        return max(16, 2 * ((self.size.width or 40) - 10))
 
     def on_resize(self) -> None:
         self.replot()
 
     def replot(self) -> None:
         """Redraw from the source (cheap when the widget is hidden: nothing is built yet)."""
-        plt = self.plt
-        plt.clear_data()
         series = self.source(self.points_wanted()) if self.source is not None else []
         series = [s for s in series if len(s[1])]
+        no_color = self.app.no_color if self.is_attached else False
+        key = (self.metric_title, self.size, no_color, [(label, xs[-1], len(xs), ys[-1], ys) for label, xs, ys in series])
+        if key == self._drawn_key:
+            return  # same view as on screen: no rebuild
+        self._drawn_key = key
+        self.rebuilds += 1
+        plt = self.plt
+        plt.clear_data()
         self.points_drawn = sum(len(s[1]) for s in series)
         if not series:
             plt.title(f"{self.metric_title}: no data yet")
             self.refresh()
             return
-        no_color = self.app.no_color if self.is_attached else False
         for i, (label, xs, ys) in enumerate(series):
             kwargs = {"marker": NO_COLOR_MARKERS[i % 4] if no_color else "braille"}
             if not no_color:
