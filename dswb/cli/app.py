@@ -50,7 +50,6 @@ app.command("tui")(tui_cmd.tui)
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app()
     except UserError as exc:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Callable, Sequence
 
 import typer
+
+from dswb.errors import EXIT_USER_ERROR, UserError
 
 RunsRoot = Annotated[Path, typer.Option("--runs-root", help="Directory holding run directories.",
                                         envvar="DSWB_RUNS_ROOT")]
@@ -13,3 +17,35 @@ RunRef = Annotated[str, typer.Argument(help="Run id, unique part of it, a path, 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this path.")]
 
 DEFAULT_RUNS_ROOT = Path("runs")
+
+
+def user_errors(command: Callable) -> Callable:
+    """Report a `UserError` as one `error: ...` line on stderr and exit 2 (also under CliRunner)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[int] = (),
+                title: str | None = None, wrap: bool = False) -> None:
+    """A plain rich table (no colour off a TTY; cells are never read as markup)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False,
+                  pad_edge=False, title_style="bold")
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="right" if i in numeric else "left", no_wrap=not wrap)
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    console.print(table)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dswb.cli.runs_cmd import print_table, user_errors
+from dswb.cli.common import print_table, user_errors
 from dswb.config import config_to_toml, load_config
 from dswb.errors import EXIT_USER_ERROR, UserError
 from dswb.presets import find_preset, list_presets, preset_dirs

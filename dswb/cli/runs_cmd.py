@@ -8,7 +8,6 @@ series to about two points per column (min and max per bucket) before plotext se
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import shutil
@@ -20,10 +19,11 @@ from typing import Annotated, Any, Callable, Sequence
 
 import typer
 
-from dswb.cli.common import DEFAULT_RUNS_ROOT, RunRef, RunsRoot
-from dswb.errors import EXIT_USER_ERROR, UserError
+from dswb.cli.common import DEFAULT_RUNS_ROOT, RunRef, RunsRoot, print_table, user_errors
+from dswb.errors import UserError
 from dswb.rundir import (EventTail, RunPaths, effective_state, find_runs, read_status, resolve_run,
                          send_command)
+from dswb.rundir.events import json_safe
 from dswb.stats import StatsBook
 
 FINAL_STATES = ("finished", "failed", "stopped", "lost")
@@ -36,20 +36,6 @@ app = typer.Typer(help="List, inspect, plot and control runs (stop, pause, resum
 
 
 # --- helpers shared with the other command modules ------------------------------------------
-
-def user_errors(command: Callable) -> Callable:
-    """Report a `UserError` as one `error: ...` line on stderr and exit 2 (also under CliRunner)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except UserError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(EXIT_USER_ERROR) from None
-
-    return wrapper
-
 
 def fmt_num(value: Any, missing: str = "-") -> str:
     """Compact number: 4 significant digits, k/M/G above 10,000, exponent below 0.001."""
@@ -99,36 +85,9 @@ def fmt_time(t: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[int] = (),
-                title: str | None = None, wrap: bool = False) -> None:
-    """A plain rich table (no colour off a TTY; cells are never read as markup)."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False,
-                  pad_edge=False, title_style="bold")
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="right" if i in numeric else "left", no_wrap=not wrap)
-    for row in rows:
-        table.add_row(*(Text(str(cell)) for cell in row))
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-    console.print(table)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
 
 def echo_json(value: Any) -> None:
-    typer.echo(json.dumps(_json_safe(value), indent=1, default=str))
+    typer.echo(json.dumps(json_safe(value), indent=1, default=str))
 
 
 # --- runs list -------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from typing import Annotated, Any
 import typer
 
 from dswb.cli.common import DEFAULT_RUNS_ROOT, RunRef, RunsRoot
-from dswb.cli.runs_cmd import FINAL_STATES, fmt_duration, fmt_num, user_errors
+from dswb.cli.common import user_errors
+from dswb.cli.runs_cmd import FINAL_STATES, fmt_duration, fmt_num
 from dswb.errors import UserError
 from dswb.rundir import EventTail, effective_state, read_status, resolve_run
 from dswb.rundir.events import EVENT_KINDS

@@ -40,7 +40,7 @@ class ModelConfig:
                     choices=("tiny", "small", "base"))
     path: str = doc("", "Local Hugging Face model directory to start from (overrides `size`).")
     tokenizer: str = doc("", "Local tokenizer directory; empty: the model dir's, else train a byte-level BPE (or the task's character vocabulary).")
-    vocab_size: int = doc(2048, "Vocabulary size of a BPE tokenizer trained on the run's corpus.", min=64)
+    vocab_size: int = doc(2048, "Vocabulary size of a BPE tokenizer trained on the run's corpus (byte-level: >= 259).", min=259)
     max_seq_len: int = doc(512, "Longest sequence the model sees (position embeddings).", min=8)
 
 
