@@ -124,9 +124,9 @@ async def test_fp8_and_batching_panels_read_their_events():
         await pilot.press("9")
         await settle(pilot)
         panel = app.screen.query_one(Fp8Panel)
-        assert panel.row_count == 5
+        assert panel.table.row_count == 5
         text = screen_text(app)
-        assert "lm_head" in text and "saturation %" in text
+        assert "lm_head" in text and "saturation %" in text and "at step 200 (latest of 20 samples)" in text
         await pilot.press("8")
         await settle(pilot)
         text = screen_text(app)

@@ -19,6 +19,7 @@ from dswb.errors import UserError
 from dswb.rundir import RunPaths, resolve_run, send_command
 from dswb.tui.commands import RunCommands
 from dswb.tui.follower import RunFollower, RunRow, RunsScanner
+from dswb.tui.launching import PresetChoice, available_presets
 from dswb.tui.messages import RunsScanned, RunUpdated
 from dswb.tui.screens.compare import CompareScreen
 from dswb.tui.screens.confirm import ConfirmScreen
@@ -59,10 +60,12 @@ class DswbApp(App):
                  clock: Callable[[], float] = time.time, poll_interval: float = 0.25,
                  scan_interval: float = 1.0, min_redraw_s: float = 0.1,
                  launcher: Launcher | None = None, resumer: Callable[[Path], tuple[RunPaths, int]] | None = None,
-                 exit_after_first_frame: bool = False, root_label: str | None = None) -> None:
+                 exit_after_first_frame: bool = False, root_label: str | None = None,
+                 presets: Callable[[], list[PresetChoice]] | None = None) -> None:
         super().__init__()
         self.runs_root = Path(runs_root)
         self.root_label = root_label or str(runs_root)  # how the root is shown (tests pin it)
+        self.presets = presets or available_presets
         self.attach = attach
         self.clock = clock
         self.poll_interval = poll_interval
@@ -156,7 +159,7 @@ class DswbApp(App):
                 self.notify(f"started {paths.run_id}")
                 self.open_run(paths)
 
-        self.push_screen(LaunchScreen(self.runs_root), launched)
+        self.push_screen(LaunchScreen(self.runs_root, self.presets()), launched)
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):

@@ -227,7 +227,7 @@ class DashboardScreen(Screen):
                   s.eval_last) for s in model.stages.values() if s.eval_last])
             batching = model.batching if model.batching and stage and model.batching.get("stage") in (None, stage.name) else model.batching
             self.query_one("#batching-panel", BatchingPanel).show(batching, summaries)
-            self.query_one("#fp8-panel", Fp8Panel).show(model.fp8_last, model.fp8_step)
+            self.query_one("#fp8-panel", Fp8Panel).show(model.fp8_last, model.fp8_step, model.fp8_events)
             self._update_alert_tab(tabs, len(alerts))
         self.replot_visible(tabs.active)
 
