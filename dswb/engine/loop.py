@@ -35,6 +35,8 @@ class LoopParts:
     start_step: int = 0
     state: dict = field(default_factory=dict)   # counters carried across resumes
     data_wait: Callable[[], float] = lambda: 0.0
+    # Extra per-step metrics from any component (e.g. FP8 amax statistics), merged into each metrics event.
+    metric_sources: list[Callable[[], dict]] = field(default_factory=list)
 
 
 def _checkpoint(ctx: StageContext, parts: LoopParts, step: int, reason: str) -> None:
@@ -108,6 +110,7 @@ def run_loop(ctx: StageContext, parts: LoopParts) -> str:
                 "pad_efficiency": result.n_real / max(1, result.n_padded), "tokens_real": result.n_real,
                 "tokens_padded": result.n_padded, "batch_size": result.n_samples, "seq_len": micro[0].input_ids.shape[1],
                 "skipped_steps": parts.state["skipped_steps"],
+                **{k: v for source in parts.metric_sources for k, v in source().items()},
             }, eta_s=step_time_ema * (total - step))
         if ctx.system is not None and time.monotonic() - last_system >= cfg.monitor.system_every_s:
             last_system = time.monotonic()

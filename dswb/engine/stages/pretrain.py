@@ -19,6 +19,7 @@ from dswb.engine.loop import LoopParts, run_loop
 from dswb.engine.model import build_model
 from dswb.engine.optim import build_optimizer
 from dswb.engine.task_eval import task_accuracy
+from dswb.engine.transforms import prepare_model
 from dswb.stats import StatsBook
 
 STAGE = "pretrain"
@@ -34,7 +35,7 @@ def run(ctx: StageContext) -> str:
 
     torch.manual_seed(cfg.run.seed)
     model, info = build_model(cfg.model.size, cfg.model.path, data.tokenizer, cfg.model.max_seq_len)
-    model.to(ctx.device).train()
+    model = prepare_model(model, cfg, ctx.device)
     optimizer = build_optimizer(model, cfg.train, ctx.device)
     pad_id = data.tokenizer.pad_token_id
     stream = BatchStream(data.train, cfg.batching, pad_id=pad_id, max_len=cfg.model.max_seq_len, seed=cfg.run.seed,
