@@ -1,16 +1,19 @@
-"""A fast ANSI (SGR) -> `rich.text.Text` converter for plotext's output.
+"""Fast ANSI (SGR) decoding of plotext's output, to rich `Text` or straight to Textual strips.
 
 plotext writes every cell run as `ESC[..m ESC[..m text ESC[0m`; rich's general `Text.from_ansi`
-spends about a third of a plot's redraw decoding that. Here a regex split plus a cache of the
-styles of each code combination does the same job several times faster.
+plus Textual's conversion of that Text to strips cost more than building the plot. Here a regex
+split and a cache of the style of each code combination do the same job several times faster;
+`ansi_to_strips` gives the plot widget its lines directly (Textual's Line API).
 """
 
 from __future__ import annotations
 
 import re
 
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual.strip import Strip
 
 _SGR = re.compile(r"\x1b\[([0-9;]*)m")
 _STYLES: dict[tuple[str, ...], Style | None] = {}
@@ -53,3 +56,24 @@ def ansi_to_text(ansi: str) -> Text:
         if body:
             append(body, _style(active) if active else None)
     return text
+
+
+def ansi_to_strips(ansi: str, width: int, height: int) -> list[Strip]:
+    """One `Strip` of exactly `width` cells per line (at most `height` lines)."""
+    strips = []
+    active: tuple[str, ...] = ()
+    for line in ansi.split("\n")[:height]:
+        parts = _SGR.split(line)
+        segments = []
+        if parts[0]:
+            segments.append(Segment(parts[0], _style(active) if active else None))
+        for i in range(1, len(parts), 2):
+            code = parts[i]
+            active = () if code in ("0", "") else active + (code,)
+            body = parts[i + 1]
+            if body:
+                segments.append(Segment(body, _style(active) if active else None))
+        strips.append(Strip(segments).adjust_cell_length(width))
+    while len(strips) < height:
+        strips.append(Strip.blank(width))
+    return strips

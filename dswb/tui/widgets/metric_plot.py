@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from textual.app import RenderResult
+from textual.strip import Strip
 from textual_plotext import PlotextPlot
 
-from dswb.tui.ansi import ansi_to_text
+from dswb.tui.ansi import ansi_to_strips, ansi_to_text
 from dswb.tui.format import fmt_num, fmt_tick, nice_ticks
 
 Series = tuple[str, Sequence[float], Sequence[float]]
@@ -38,14 +39,31 @@ class MetricPlot(PlotextPlot):
         self.points_drawn = 0
         self.rebuilds = 0
         self._drawn_key: object = None
+        self._strips: list[Strip] | None = None
+        self._strips_size = None
 
     def render(self) -> RenderResult:
-        """As `PlotextPlot.render`, with a faster ANSI decoder for plotext's output."""
+        """As `PlotextPlot.render`, with a faster ANSI decoder (used only outside `render_line`)."""
+        return ansi_to_text(self._build())
+
+    def _build(self) -> str:
         width, height = self.size.width, self.size.height
         self.plt.plotsize(width, height)
         self.plt._set_size(width, height)
         self.plt.theme(self._get_plotext_theme_name(self.app.theme))
-        return ansi_to_text(self.plt.build())
+        return self.plt.build()
+
+    def refresh(self, *args, **kwargs):
+        self._strips = None  # anything that repaints the plot rebuilds it
+        return super().refresh(*args, **kwargs)
+
+    def render_line(self, y: int) -> Strip:
+        """Textual's Line API: the plot's lines straight from plotext's output, built once per repaint."""
+        size = self.size
+        if self._strips is None or self._strips_size != size:
+            self._strips = ansi_to_strips(self._build(), size.width, size.height)
+            self._strips_size = size
+        return self._strips[y] if 0 <= y < len(self._strips) else Strip.blank(size.width)
 
     def set_source(self, source: Source | None) -> None:
         self.source = source
