@@ -145,3 +145,34 @@ def test_fixtures_are_reproducible(tmp_path):
         for name in ("events.jsonl", "status.json", "config.toml", "train.log"):
             assert (tmp_path / run_id / name).read_bytes() == (FIXTURE_RUNS / run_id / name).read_bytes(), \
                 f"{run_id}/{name} differs: run tests/fixtures/make_fixtures.py"
+
+
+def test_line_tail_reads_only_the_end_of_a_big_log_and_waits_for_torn_lines(tmp_path):
+    from dswb.tui.follower import LineTail
+
+    path = tmp_path / "train.log"
+    path.write_text("".join(f"2025-01-01 12:00:00 INFO    line {i}\n" for i in range(10_000)))
+    tail = LineTail(path, first_read_bytes=4096)
+    lines = tail.read_new()
+    assert lines[-1].endswith("line 9999") and len(lines) < 200
+    assert all(line.startswith("2025-01-01") for line in lines), "the cut first line is dropped"
+    with open(path, "a") as f:
+        f.write("2025-01-01 12:00:01 WARNING half")
+    assert tail.read_new() == []
+    with open(path, "a") as f:
+        f.write(" a line\n")
+    assert tail.read_new() == ["2025-01-01 12:00:01 WARNING half a line"]
+    assert LineTail(tmp_path / "missing.log").read_new() == []
+
+
+def test_model_prefers_train_log_lines_over_log_events():
+    from dswb.tui.model import log_level
+
+    model = RunModel(RunPaths(FIXTURE_RUNS / RUN_IDS["failed"]))
+    model.ingest(read_events(model.paths.events))
+    lines, total = model.log_view()
+    assert total == model.logs_total and lines[-1]["message"] == "training failed: non-finite loss"
+    model.ingest_log_lines(["2025-01-01 12:00:00 ERROR   boom", "plain"])
+    lines, total = model.log_view()
+    assert total == 2 and [line["level"] for line in lines] == ["error", "info"]
+    assert log_level("x WARNING y") == "warning"

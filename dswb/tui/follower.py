@@ -75,6 +75,42 @@ class BatchTail(EventTail):
         return events
 
 
+class LineTail:
+    """New complete lines of a growing text file (`train.log`), from a remembered byte offset.
+
+    The first read of a big file starts near its end (only a tail is ever shown); a torn last
+    line waits for its newline; a missing file reads as empty.
+    """
+
+    def __init__(self, path: Path, first_read_bytes: int = 256 << 10) -> None:
+        self.path = path
+        self.offset: int | None = None
+        self.first_read_bytes = first_read_bytes
+
+    def read_new(self, max_bytes: int = 1 << 20) -> list[str]:
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            return []
+        skip_partial = False
+        if self.offset is None:
+            self.offset = max(0, size - self.first_read_bytes)
+            skip_partial = self.offset > 0
+        if size < self.offset:
+            self.offset = 0
+        if size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(min(size - self.offset, max_bytes))
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        lines = data[:end].decode("utf-8", errors="replace").split("\n")
+        return lines[1:] if skip_partial else lines
+
+
 class RunFollower(threading.Thread):
     """Follows one run directory; `model` is always the newest folded state."""
 
@@ -87,6 +123,7 @@ class RunFollower(threading.Thread):
         self.chunk_bytes = chunk_bytes
         self.model = model or RunModel(paths)
         self.tail = BatchTail(paths.events)
+        self.log_tail = LineTail(paths.log)
         self.caught_up = threading.Event()  # set when a poll found nothing new to read
         self._pending = threading.Event()  # a RunUpdated is waiting in the app's queue
         self._stop_event = threading.Event()
@@ -112,9 +149,12 @@ class RunFollower(threading.Thread):
         events = self.tail.read_new(self.chunk_bytes)
         if events:
             self.model.ingest(events)
+        lines = self.log_tail.read_new()
+        if lines:
+            self.model.ingest_log_lines(lines)
         self.model.bad_lines = self.tail.bad_lines
         status_changed = self.model.set_status(read_status(self.paths.status))
-        return bool(events) or status_changed, bool(events)
+        return bool(events) or bool(lines) or status_changed, bool(events) or bool(lines)
 
     def notify(self) -> None:
         if not self._pending.is_set():

@@ -21,6 +21,15 @@ ALERT_TAIL = 200
 HISTORY_CAPACITY = 4096
 
 
+def log_level(line: str) -> str:
+    """The level word of a `train.log` line (`2025-01-01 12:00:00 WARNING ...`), else info."""
+    head = line[:40].upper()
+    for level in ("ERROR", "WARNING", "DEBUG"):
+        if level in head:
+            return level.lower()
+    return "info"
+
+
 @dataclass
 class StageModel:
     """One stage of a run: its histories by metric name and its statistics."""
@@ -36,6 +45,7 @@ class StageModel:
     eval_series: dict[str, SeriesHistory] = field(default_factory=dict)
     eval_last: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    batching: dict | None = None
 
     def history(self, name: str) -> SeriesHistory | None:
         return self.series.get(name) or self.eval_series.get(name)
@@ -66,6 +76,8 @@ class RunModel:
         self.fp8_events = 0
         self.logs: deque[dict] = deque(maxlen=LOG_TAIL)
         self.logs_total = 0  # lines ever appended to `logs` (the log view shows only new ones)
+        self.log_lines: deque[dict] = deque(maxlen=LOG_TAIL)  # train.log, when the run writes one
+        self.log_lines_total = 0
         self.alerts: deque[dict] = deque(maxlen=ALERT_TAIL)
         self.checkpoints: deque[dict] = deque(maxlen=50)
         self.last_control: str | None = None
@@ -205,6 +217,8 @@ class RunModel:
     def _on_batching(self, event: dict) -> None:
         self.batching = {"stage": event.get("stage"), "hist": event.get("hist") or {},
                          "metrics": event.get("metrics") or {}}
+        if event.get("stage"):
+            self.stage(event["stage"]).batching = self.batching
 
     def _on_fp8(self, event: dict) -> None:
         layers = event.get("layers") or {}
@@ -238,7 +252,21 @@ class RunModel:
         "alert": _on_alert, "checkpoint": _on_checkpoint, "control": _on_control,
     }
 
+    def ingest_log_lines(self, lines: list[str]) -> None:
+        """Lines of `train.log` (the full human log: eval results and more than the events carry)."""
+        with self.lock:
+            for line in lines:
+                self.log_lines.append({"level": log_level(line), "message": line, "raw": True})
+            self.log_lines_total += len(lines)
+            self.version += 1
+
     # -- reading (UI thread, under `lock`) ----------------------------------------------------
+    def log_view(self) -> tuple[list[dict], int]:
+        """(tail, total) of `train.log` if the run has one, else of its log and alert events."""
+        if self.log_lines_total:
+            return list(self.log_lines), self.log_lines_total
+        return list(self.logs), self.logs_total
+
     def shown_stage(self, name: str | None = None) -> StageModel | None:
         """The stage to display: `name` if known, else the current one."""
         if name and name in self.stages:

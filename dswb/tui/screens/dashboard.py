@@ -220,13 +220,15 @@ class DashboardScreen(Screen):
             alerts = list(model.alerts)
             self.query_one("#side-alerts", AlertsPanel).show(alerts)
             self.query_one("#alerts-panel", AlertsPanel).show(alerts)
+            log_lines, log_total = model.log_view()
             for log_id in ("#log-tail", "#side-log"):
-                self.query_one(log_id, LogTail).show(list(model.logs), model.logs_total)
+                self.query_one(log_id, LogTail).show(log_lines, log_total)
             self.query_one("#eval-table", EvalTable).show(
                 [(s.name, s.eval_series["val_loss"].last_x if "val_loss" in s.eval_series else None,
                   s.eval_last) for s in model.stages.values() if s.eval_last])
-            batching = model.batching if model.batching and stage and model.batching.get("stage") in (None, stage.name) else model.batching
+            batching = (stage.batching if stage is not None else None) or model.batching
             self.query_one("#batching-panel", BatchingPanel).show(batching, summaries)
+            self.query_one("#plot-gpu", MetricPlot).display = "gpu_util_pct" in model.system_series
             self.query_one("#fp8-panel", Fp8Panel).show(model.fp8_last, model.fp8_step, model.fp8_events)
             self._update_alert_tab(tabs, len(alerts))
         self.replot_visible(tabs.active)

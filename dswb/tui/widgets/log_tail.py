@@ -1,4 +1,4 @@
-"""The last lines of the run's log (its `log` and `alert` events), newest at the bottom."""
+"""The last lines of the run's log (`train.log`, else its `log` and `alert` events), newest last."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ class LogTail(RichLog):
 
 def format_line(entry: dict) -> Text:
     level = str(entry.get("level") or "info")
+    if entry.get("raw"):  # a train.log line, shown as written
+        return Text(str(entry.get("message", "")), style=LEVEL_STYLES.get(level, ""))
     text = Text()
     stage = entry.get("stage")
     text.append(f"{level.upper():7s} ", style=LEVEL_STYLES.get(level, ""))
