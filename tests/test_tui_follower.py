@@ -176,3 +176,13 @@ def test_model_prefers_train_log_lines_over_log_events():
     lines, total = model.log_view()
     assert total == 2 and [line["level"] for line in lines] == ["error", "info"]
     assert log_level("x WARNING y") == "warning"
+
+
+def test_a_launch_that_dies_before_logging_shows_its_output(tmp_path):
+    paths = RunPaths(tmp_path / "20250101-000000-broken")
+    paths.root.mkdir()
+    paths.stdout.write_text("error: data.paths: no such file 'corpus.txt'\n")
+    follower = RunFollower(paths, lambda message: None)
+    follower.poll_once()
+    lines, total = follower.model.log_view()
+    assert total == 1 and lines[0]["message"].startswith("error: data.paths") and lines[0]["level"] == "error"

@@ -124,6 +124,7 @@ class RunFollower(threading.Thread):
         self.model = model or RunModel(paths)
         self.tail = BatchTail(paths.events)
         self.log_tail = LineTail(paths.log)
+        self.out_tail = LineTail(paths.stdout)  # a detached launch's own output (errors before train.log)
         self.caught_up = threading.Event()  # set when a poll found nothing new to read
         self._pending = threading.Event()  # a RunUpdated is waiting in the app's queue
         self._stop_event = threading.Event()
@@ -152,6 +153,10 @@ class RunFollower(threading.Thread):
         lines = self.log_tail.read_new()
         if lines:
             self.model.ingest_log_lines(lines)
+        out = self.out_tail.read_new()
+        if out:
+            self.model.ingest_log_lines(out, source="process.out")
+            lines = lines + out
         self.model.bad_lines = self.tail.bad_lines
         status_changed = self.model.set_status(read_status(self.paths.status))
         return bool(events) or bool(lines) or status_changed, bool(events) or bool(lines)

@@ -78,6 +78,8 @@ class RunModel:
         self.logs_total = 0  # lines ever appended to `logs` (the log view shows only new ones)
         self.log_lines: deque[dict] = deque(maxlen=LOG_TAIL)  # train.log, when the run writes one
         self.log_lines_total = 0
+        self.out_lines: deque[dict] = deque(maxlen=LOG_TAIL)  # process.out of a detached launch
+        self.out_lines_total = 0
         self.alerts: deque[dict] = deque(maxlen=ALERT_TAIL)
         self.checkpoints: deque[dict] = deque(maxlen=50)
         self.last_control: str | None = None
@@ -252,20 +254,28 @@ class RunModel:
         "alert": _on_alert, "checkpoint": _on_checkpoint, "control": _on_control,
     }
 
-    def ingest_log_lines(self, lines: list[str]) -> None:
-        """Lines of `train.log` (the full human log: eval results and more than the events carry)."""
+    def ingest_log_lines(self, lines: list[str], source: str = "train.log") -> None:
+        """Lines of `train.log` (the full human log: eval results and more than the events carry),
+        or of `process.out` (what a detached launch printed, e.g. an error before training)."""
         with self.lock:
+            tail = self.log_lines if source == "train.log" else self.out_lines
             for line in lines:
-                self.log_lines.append({"level": log_level(line), "message": line, "raw": True})
-            self.log_lines_total += len(lines)
+                tail.append({"level": log_level(line), "message": line, "raw": True})
+            if source == "train.log":
+                self.log_lines_total += len(lines)
+            else:
+                self.out_lines_total += len(lines)
             self.version += 1
 
     # -- reading (UI thread, under `lock`) ----------------------------------------------------
     def log_view(self) -> tuple[list[dict], int]:
-        """(tail, total) of `train.log` if the run has one, else of its log and alert events."""
+        """(tail, total) of `train.log` if the run has one, else of its log and alert events,
+        else of `process.out` (a launch that failed before it could log)."""
         if self.log_lines_total:
             return list(self.log_lines), self.log_lines_total
-        return list(self.logs), self.logs_total
+        if self.logs_total or not self.out_lines_total:
+            return list(self.logs), self.logs_total
+        return list(self.out_lines), self.out_lines_total
 
     def shown_stage(self, name: str | None = None) -> StageModel | None:
         """The stage to display: `name` if known, else the current one."""
