@@ -10,9 +10,9 @@ from pathlib import Path
 
 from fixtures.tui_support import FIXTURE_RUNS, RUN_IDS, copy_runs
 
-from dswb.rundir import RunPaths, read_events
+from dswb.rundir import EventTail, RunPaths, read_events
 from dswb.stats import RunningStats
-from dswb.tui.follower import BatchTail, RunFollower, scan_runs
+from dswb.tui.follower import RunFollower, scan_runs
 from dswb.tui.messages import RunUpdated
 from dswb.tui.model import RunModel
 from dswb.tui.synthetic import FIXTURE_SPECS, RunSpec, run_events, write_run
@@ -22,9 +22,9 @@ def line(event: dict) -> bytes:
     return (json.dumps(event) + "\n").encode()
 
 
-def test_batch_tail_waits_for_torn_lines_and_missing_files(tmp_path):
+def test_event_tail_waits_for_torn_lines_and_missing_files(tmp_path):
     path = tmp_path / "events.jsonl"
-    tail = BatchTail(path)
+    tail = EventTail(path)
     assert tail.read_new() == []  # no file yet
     full = line({"kind": "log", "step": 1}) + line({"kind": "log", "step": 2})
     torn = line({"kind": "metrics", "step": 3, "metrics": {"loss": 1.5}})
@@ -36,10 +36,10 @@ def test_batch_tail_waits_for_torn_lines_and_missing_files(tmp_path):
     assert [e["step"] for e in tail.read_new()] == [3]
 
 
-def test_batch_tail_skips_malformed_lines_like_event_tail(tmp_path):
+def test_event_tail_skips_malformed_lines(tmp_path):
     path = tmp_path / "events.jsonl"
     path.write_bytes(line({"step": 1}) + b"{not json\n\n" + line({"step": 2}) + b"[1, 2]\n")
-    tail = BatchTail(path)
+    tail = EventTail(path)
     assert [e["step"] for e in tail.read_new()] == [1, 2]
     assert tail.bad_lines == 1
 
@@ -47,7 +47,7 @@ def test_batch_tail_skips_malformed_lines_like_event_tail(tmp_path):
 def test_model_folds_a_fixture_like_an_independent_reader():
     paths = RunPaths(FIXTURE_RUNS / RUN_IDS["finished"])
     model = RunModel(paths)
-    tail = BatchTail(paths.events)
+    tail = EventTail(paths.events)
     while batch := tail.read_new(4096):  # many small batches
         model.ingest(batch)
     events = read_events(paths.events)

@@ -11,7 +11,6 @@ the model), so a fast writer cannot flood the UI: a newer update replaces a wait
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -26,53 +25,6 @@ from dswb.tui.model import RunModel
 Post = Callable[[object], object]
 
 CHUNK_BYTES = 1 << 20  # events read per model update: keeps each lock hold short
-
-
-class BatchTail(EventTail):
-    """`EventTail` that parses a chunk's complete lines with one `json.loads` call.
-
-    Same offsets and tolerance (torn last line left for later, missing file is empty); if
-    any line in the chunk is malformed, it falls back to line-by-line parsing.
-    """
-
-    def read_new(self, max_bytes: int = 64 << 20) -> list[dict]:
-        try:
-            size = os.path.getsize(self.path)
-        except OSError:
-            return []
-        if size < self.offset:
-            self.offset = 0
-        if size == self.offset:
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(min(size - self.offset, max_bytes))
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        self.offset += end + 1
-        body = data[:end].replace(b"\n", b",")
-        try:
-            events = json.loads(b"[" + body + b"]")
-        except ValueError:
-            events = None
-        if events is None or b",," in body or body.startswith(b",") or body.endswith(b","):
-            return self._parse_lines(data[: end + 1])
-        return [e for e in events if isinstance(e, dict)]
-
-    def _parse_lines(self, data: bytes) -> list[dict]:
-        events = []
-        for line in data.splitlines():
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                self.bad_lines += 1
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events
 
 
 class LineTail:
@@ -122,7 +74,7 @@ class RunFollower(threading.Thread):
         self.interval = interval
         self.chunk_bytes = chunk_bytes
         self.model = model or RunModel(paths)
-        self.tail = BatchTail(paths.events)
+        self.tail = EventTail(paths.events)
         self.log_tail = LineTail(paths.log)
         self.out_tail = LineTail(paths.stdout)  # a detached launch's own output (errors before train.log)
         self.caught_up = threading.Event()  # set when a poll found nothing new to read
