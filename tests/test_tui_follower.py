@@ -170,11 +170,12 @@ def test_model_prefers_train_log_lines_over_log_events():
 
     model = RunModel(RunPaths(FIXTURE_RUNS / RUN_IDS["failed"]))
     model.ingest(read_events(model.paths.events))
-    lines, total = model.log_view()
-    assert total == model.logs_total and lines[-1]["message"] == "training failed: non-finite loss"
+    source, lines, total = model.log_view()
+    assert source == "events" and total == model.logs_total
+    assert lines[-1]["message"] == "training failed: non-finite loss"
     model.ingest_log_lines(["2025-01-01 12:00:00 ERROR   boom", "plain"])
-    lines, total = model.log_view()
-    assert total == 2 and [line["level"] for line in lines] == ["error", "info"]
+    source, lines, total = model.log_view()
+    assert source == "train.log" and total == 2 and [line["level"] for line in lines] == ["error", "info"]
     assert log_level("x WARNING y") == "warning"
 
 
@@ -184,5 +185,5 @@ def test_a_launch_that_dies_before_logging_shows_its_output(tmp_path):
     paths.stdout.write_text("error: data.paths: no such file 'corpus.txt'\n")
     follower = RunFollower(paths, lambda message: None)
     follower.poll_once()
-    lines, total = follower.model.log_view()
-    assert total == 1 and lines[0]["message"].startswith("error: data.paths") and lines[0]["level"] == "error"
+    source, lines, total = follower.model.log_view()
+    assert source == "process.out" and total == 1 and lines[0]["message"].startswith("error: data.paths") and lines[0]["level"] == "error"

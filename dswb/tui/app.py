@@ -86,8 +86,9 @@ class DswbApp(App):
 
     def on_mount(self) -> None:
         self.scanner.start()
-        self.push_screen(RunsScreen())
-        if self.attach is not None:
+        if self.attach is None:
+            self.push_screen(RunsScreen())
+        else:  # the runs list is built when the user first goes back to it
             self.push_screen(DashboardScreen(self.attach, min_redraw_s=self.min_redraw_s))
         if self.exit_after_first_frame:
             self.call_after_refresh(self._first_frame_drawn)
@@ -145,6 +146,13 @@ class DswbApp(App):
     # -- navigation ---------------------------------------------------------------------------
     def open_run(self, paths: RunPaths) -> None:
         self.push_screen(DashboardScreen(paths, min_redraw_s=self.min_redraw_s))
+
+    def back_to_runs(self) -> None:
+        """Leave a run's screen for the runs list (built now if the app opened on a run)."""
+        if any(isinstance(screen, RunsScreen) for screen in self.screen_stack):
+            self.pop_screen()
+        else:
+            self.switch_screen(RunsScreen())
 
     def open_compare(self, a: RunPaths, b: RunPaths) -> None:
         self.push_screen(CompareScreen(a, b))

@@ -268,14 +268,14 @@ class RunModel:
             self.version += 1
 
     # -- reading (UI thread, under `lock`) ----------------------------------------------------
-    def log_view(self) -> tuple[list[dict], int]:
-        """(tail, total) of `train.log` if the run has one, else of its log and alert events,
-        else of `process.out` (a launch that failed before it could log)."""
+    def log_view(self) -> tuple[str, list[dict], int]:
+        """(source, tail, total): `train.log` if the run has one, else its log and alert events,
+        else `process.out` (a launch that failed before it could log)."""
         if self.log_lines_total:
-            return list(self.log_lines), self.log_lines_total
+            return "train.log", list(self.log_lines), self.log_lines_total
         if self.logs_total or not self.out_lines_total:
-            return list(self.logs), self.logs_total
-        return list(self.out_lines), self.out_lines_total
+            return "events", list(self.logs), self.logs_total
+        return "process.out", list(self.out_lines), self.out_lines_total
 
     def shown_stage(self, name: str | None = None) -> StageModel | None:
         """The stage to display: `name` if known, else the current one."""

@@ -96,7 +96,7 @@ class CompareScreen(Screen):
         self.query_one(MetricPlot).replot()
 
     def action_back(self) -> None:
-        self.app.pop_screen()
+        self.app.back_to_runs()
 
     def action_toggle_val(self) -> None:
         self.metric = "val_loss" if self.metric == "loss" else "loss"

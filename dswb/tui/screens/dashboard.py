@@ -14,6 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
+from textual.lazy import Lazy
 from textual.widgets import Footer, TabbedContent, TabPane
 
 from dswb.rundir import RunPaths
@@ -90,56 +91,58 @@ class DashboardScreen(Screen):
     def watched_runs(self) -> set[str]:
         return {self.run_id}
 
+    def _plots(self, specs, xlabel: str = "step"):
+        for plot_id, title, series in specs:
+            plot = MetricPlot(title, xlabel=xlabel, id=plot_id)
+            plot.source = self._source(series)
+            yield plot
+
     def compose(self) -> ComposeResult:
+        # Only the overview is built before the first frame; the other tabs mount right after
+        # (Lazy), and get their data when shown.
         yield RunHeader(id="run-header")
         yield RunProgress(id="progress")
         with TabbedContent(initial="overview", id="tabs"):
             with TabPane("Overview", id="overview"):
                 with Horizontal(id="overview-body"):
                     with Grid(id="plots", classes="plot-grid"):
-                        for plot_id, title, _ in OVERVIEW_PLOTS:
-                            yield MetricPlot(title, id=plot_id)
+                        yield from self._plots(OVERVIEW_PLOTS)
                     with VerticalScroll(id="side"):
                         yield StatsTable(compact=True, id="side-stats")
                         yield SystemPanel(id="side-system", classes="panel")
                         yield AlertsPanel(limit=3, explain=False, id="side-alerts", classes="panel")
                         yield LogTail(id="side-log")
             with TabPane("RL", id="rl"):
-                with Grid(id="rl-plots", classes="plot-grid"):
-                    for plot_id, title, _ in RL_PLOTS:
-                        yield MetricPlot(title, id=plot_id)
+                with Lazy(Grid(id="rl-plots", classes="plot-grid")):
+                    yield from self._plots(RL_PLOTS)
             with TabPane("Eval", id="eval"):
-                with Vertical():
+                with Lazy(Vertical()):
                     yield EvalTable(id="eval-table")
                     with Grid(id="eval-plots", classes="plot-grid two-up"):
-                        for plot_id, title, _ in EVAL_PLOTS:
-                            yield MetricPlot(title, id=plot_id)
+                        yield from self._plots(EVAL_PLOTS)
             with TabPane("Stats", id="stats"):
-                yield StatsTable(id="stats-table")
+                yield Lazy(StatsTable(id="stats-table"))
             with TabPane("System", id="system"):
-                with Vertical():
+                with Lazy(Vertical()):
                     yield SystemPanel(id="system-panel", classes="panel")
                     with Grid(id="system-plots", classes="plot-grid two-up"):
-                        for plot_id, title, _ in SYSTEM_PLOTS:
-                            yield MetricPlot(title, xlabel="seconds", id=plot_id)
+                        yield from self._plots(SYSTEM_PLOTS, xlabel="seconds")
             with TabPane("Log", id="log"):
-                yield LogTail(id="log-tail")
+                yield Lazy(LogTail(id="log-tail"))
             with TabPane("Alerts", id="alerts"):
-                with VerticalScroll():
+                with Lazy(VerticalScroll()):
                     yield AlertsPanel(id="alerts-panel")
             with TabPane("Batching", id="batching"):
-                with VerticalScroll():
+                with Lazy(VerticalScroll()):
                     yield BatchingPanel(id="batching-panel")
             with TabPane("FP8", id="fp8"):
-                yield Fp8Panel(id="fp8-panel")
+                yield Lazy(Fp8Panel(id="fp8-panel"))
         yield Footer()
 
     def on_mount(self) -> None:
         tabs = self.query_one(TabbedContent)
         for tab in ("rl", "fp8"):
             tabs.hide_tab(tab)
-        for plot_id, _, series in OVERVIEW_PLOTS + RL_PLOTS + EVAL_PLOTS + SYSTEM_PLOTS:
-            self.query_one(f"#{plot_id}", MetricPlot).source = self._source(series)
         self.follower = self.app.follow(self.paths)
         self.refresh_run(self.follower)
         self.set_interval(1.0, self._tick)
@@ -213,23 +216,26 @@ class DashboardScreen(Screen):
             has_rl = stage is not None and model.rl_metrics_present(stage)
             self._toggle_tab(tabs, "rl", has_rl)
             self._toggle_tab(tabs, "fp8", model.fp8_events > 0)
-            self.query_one("#side-stats", StatsTable).show(summaries)
-            self.query_one("#stats-table", StatsTable).show(summaries)
-            for panel_id in ("#side-system", "#system-panel"):
-                self.query_one(panel_id, SystemPanel).show(model.system_last)
+            for table in self.query(StatsTable):
+                table.show(summaries)
+            for panel in self.query(SystemPanel):
+                panel.show(model.system_last)
             alerts = list(model.alerts)
-            self.query_one("#side-alerts", AlertsPanel).show(alerts)
-            self.query_one("#alerts-panel", AlertsPanel).show(alerts)
-            log_lines, log_total = model.log_view()
-            for log_id in ("#log-tail", "#side-log"):
-                self.query_one(log_id, LogTail).show(log_lines, log_total)
-            self.query_one("#eval-table", EvalTable).show(
-                [(s.name, s.eval_series["val_loss"].last_x if "val_loss" in s.eval_series else None,
-                  s.eval_last) for s in model.stages.values() if s.eval_last])
+            for alerts_panel in self.query(AlertsPanel):
+                alerts_panel.show(alerts)
+            log_source, log_lines, log_total = model.log_view()
+            for log in self.query(LogTail):
+                log.show(log_lines, log_total, log_source)
+            for eval_table in self.query(EvalTable):
+                eval_table.show([(s.name, s.eval_series["val_loss"].last_x if "val_loss" in s.eval_series else None,
+                                  s.eval_last) for s in model.stages.values() if s.eval_last])
             batching = (stage.batching if stage is not None else None) or model.batching
-            self.query_one("#batching-panel", BatchingPanel).show(batching, summaries)
-            self.query_one("#plot-gpu", MetricPlot).display = "gpu_util_pct" in model.system_series
-            self.query_one("#fp8-panel", Fp8Panel).show(model.fp8_last, model.fp8_step, model.fp8_events)
+            for batching_panel in self.query(BatchingPanel):
+                batching_panel.show(batching, summaries)
+            for gpu_plot in self.query("#plot-gpu"):
+                gpu_plot.display = "gpu_util_pct" in model.system_series
+            for fp8 in self.query(Fp8Panel):
+                fp8.show(model.fp8_last, model.fp8_step, model.fp8_events)
             self._update_alert_tab(tabs, len(alerts))
         self.replot_visible(tabs.active)
 
@@ -274,11 +280,12 @@ class DashboardScreen(Screen):
         tabs.get_tab("alerts").label = f"Alerts ({count})" if count else "Alerts"
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        self.replot_visible(event.pane.id or "overview")
+        if self.follower is not None:
+            self.redraw()  # fills a tab mounted lazily and replots its plots
 
     # -- actions --------------------------------------------------------------------------
     def action_back(self) -> None:
-        self.app.pop_screen()
+        self.app.back_to_runs()
 
     def action_tab(self, tab: str) -> None:
         tabs = self.query_one(TabbedContent)
