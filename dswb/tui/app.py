@@ -90,7 +90,10 @@ class DswbApp(App):
             self.push_screen(RunsScreen())
         else:  # the runs list is built when the user first goes back to it
             self.push_screen(DashboardScreen(self.attach, min_redraw_s=self.min_redraw_s))
-        if self.exit_after_first_frame:
+
+    def screen_mounted(self) -> None:
+        """Called by the runs list and the dashboard when mounted (the first frame follows)."""
+        if self.exit_after_first_frame and self.first_frame_at is None:
             self.call_after_refresh(self._first_frame_drawn)
 
     def _first_frame_drawn(self) -> None:

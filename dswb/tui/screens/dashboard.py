@@ -146,6 +146,7 @@ class DashboardScreen(Screen):
         self.follower = self.app.follow(self.paths)
         self.refresh_run(self.follower)
         self.set_interval(1.0, self._tick)
+        self.app.screen_mounted()
 
     def on_unmount(self) -> None:
         self.app.unfollow(self.paths.run_id)

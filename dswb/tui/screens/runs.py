@@ -45,6 +45,7 @@ class RunsScreen(Screen):
     def on_mount(self) -> None:
         self.show_rows(self.app.runs)
         self.set_interval(5.0, lambda: self.show_rows(self.app.runs))  # keep "updated … ago" current
+        self.app.screen_mounted()
 
     def show_rows(self, rows: list[RunRow]) -> None:
         table = self.query_one(RunsTable)
