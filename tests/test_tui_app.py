@@ -29,6 +29,7 @@ async def open_run(pilot, key: str) -> DashboardScreen:
     await pilot.press("enter")
     await settle(pilot)
     assert isinstance(pilot.app.screen, DashboardScreen)
+    assert sum(isinstance(s, DashboardScreen) for s in pilot.app.screen_stack) == 1, "opened once"
     return pilot.app.screen
 
 
@@ -199,6 +200,21 @@ async def test_control_keys_write_the_control_channel_and_stop_asks_first(tmp_pa
         await wait_for(pilot, lambda: "⏸ paused" in screen_text(app), what="the paused state")
         await pilot.press("p")
         assert commands()[-1] == "resume", "p resumes a paused run"
+
+
+async def test_resume_restarts_only_runs_that_ended(tmp_path):
+    root = copy_runs(tmp_path, ("failed", "live"))
+    resumed = []
+    app = make_app(root, resumer=lambda run_root: resumed.append(run_root) or (RunPaths(run_root), 1))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one(RunsTable)
+        table.move_cursor(row=table.get_row_index(RUN_IDS["live"]))
+        await pilot.press("R")
+        assert resumed == [], "a running run is not resumed again"
+        table.move_cursor(row=table.get_row_index(RUN_IDS["failed"]))
+        await pilot.press("R")
+        assert resumed == [root / RUN_IDS["failed"]]
 
 
 async def test_launch_form_validates_inline_then_launches_detached(tmp_path):
