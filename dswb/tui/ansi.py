@@ -77,3 +77,48 @@ def ansi_to_strips(ansi: str, width: int, height: int) -> list[Strip]:
     while len(strips) < height:
         strips.append(Strip.blank(width))
     return strips
+
+
+_CELL_STYLES: dict[tuple, Style | None] = {}
+
+
+def matrix_to_strips(matrix, width: int, height: int) -> list[Strip]:
+    """Strips straight from a built plotext matrix (its marker and colour grids), skipping the
+    ANSI string plotext would make of them. `matrix` is `figure.monitor.matrix` after
+    `figure._build_matrix()`; rows are stored bottom-up."""
+    markers, fgs, styles, bgs = matrix.marker, matrix.fullground, matrix.style, matrix.background
+    strips = []
+    for row in range(len(markers) - 1, -1, -1):
+        marker_row, fg_row, style_row, bg_row = markers[row], fgs[row], styles[row], bgs[row]
+        segments = []
+        run: list[str] = []
+        key = None
+        for col in range(len(marker_row)):
+            cell_key = (fg_row[col], style_row[col], bg_row[col])
+            if cell_key != key:
+                if run:
+                    segments.append(Segment("".join(run), _cell_style(key)))
+                run = []
+                key = cell_key
+            run.append(marker_row[col])
+        if run:
+            segments.append(Segment("".join(run), _cell_style(key)))
+        if len(marker_row) == width:  # one cell per marker: the length is known, no second strip
+            strips.append(Strip(segments, width))
+        else:
+            strips.append(Strip(segments).adjust_cell_length(width))
+        if len(strips) == height:
+            break
+    while len(strips) < height:
+        strips.append(Strip.blank(width))
+    return strips
+
+
+def _cell_style(key: tuple) -> Style | None:
+    style = _CELL_STYLES.get(key)
+    if style is None and key not in _CELL_STYLES:
+        from plotext._utility import colors_to_ansi
+
+        codes = tuple(c for c in _SGR.findall(colors_to_ansi(*key)))
+        style = _CELL_STYLES[key] = _style(codes) if codes else None
+    return style

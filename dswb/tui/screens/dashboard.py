@@ -48,6 +48,9 @@ SYSTEM_PLOTS = (
     ("plot-gpu", "GPU util %", [("gpu", "system:gpu_util_pct")]),
 )
 TABS = ("overview", "rl", "eval", "stats", "system", "log", "alerts", "batching", "fp8")
+ALL_PLOTS = OVERVIEW_PLOTS + RL_PLOTS + EVAL_PLOTS + SYSTEM_PLOTS
+TAB_PLOTS = {tab: {spec[0] for spec in specs} for tab, specs in
+             (("overview", OVERVIEW_PLOTS), ("rl", RL_PLOTS), ("eval", EVAL_PLOTS), ("system", SYSTEM_PLOTS))}
 
 
 class DashboardScreen(Screen):
@@ -83,6 +86,7 @@ class DashboardScreen(Screen):
         self._last_redraw = 0.0
         self._redraw_timer = None
         self._stale = True
+        self._widget_cache: dict[type, list] = {}
 
     @property
     def run_id(self) -> str:
@@ -217,35 +221,43 @@ class DashboardScreen(Screen):
             has_rl = stage is not None and model.rl_metrics_present(stage)
             self._toggle_tab(tabs, "rl", has_rl)
             self._toggle_tab(tabs, "fp8", model.fp8_events > 0)
-            for table in self.query(StatsTable):
+            for table in self._widgets(StatsTable, 2):
                 table.show(summaries)
-            for panel in self.query(SystemPanel):
+            for panel in self._widgets(SystemPanel, 2):
                 panel.show(model.system_last)
             alerts = list(model.alerts)
-            for alerts_panel in self.query(AlertsPanel):
+            for alerts_panel in self._widgets(AlertsPanel, 2):
                 alerts_panel.show(alerts)
             log_source, log_lines, log_total = model.log_view()
-            for log in self.query(LogTail):
+            for log in self._widgets(LogTail, 2):
                 log.show(log_lines, log_total, log_source)
-            for eval_table in self.query(EvalTable):
+            for eval_table in self._widgets(EvalTable, 1):
                 eval_table.show([(s.name, s.eval_series["val_loss"].last_x if "val_loss" in s.eval_series else None,
                                   s.eval_last) for s in model.stages.values() if s.eval_last])
             batching = (stage.batching if stage is not None else None) or model.batching
-            for batching_panel in self.query(BatchingPanel):
+            for batching_panel in self._widgets(BatchingPanel, 1):
                 batching_panel.show(batching, summaries)
-            for gpu_plot in self.query("#plot-gpu"):
-                gpu_plot.display = "gpu_util_pct" in model.system_series
-            for fp8 in self.query(Fp8Panel):
+            for plot in self._widgets(MetricPlot, len(ALL_PLOTS)):
+                if plot.id == "plot-gpu":
+                    plot.display = "gpu_util_pct" in model.system_series
+            for fp8 in self._widgets(Fp8Panel, 1):
                 fp8.show(model.fp8_last, model.fp8_step, model.fp8_events)
             self._update_alert_tab(tabs, len(alerts))
         self.replot_visible(tabs.active)
 
     def replot_visible(self, active_tab: str) -> None:
         """Rebuild the plots of the shown tab (the others replot when they are shown)."""
-        pane = self.query_one(f"#{active_tab}", TabPane)
-        for plot in pane.query(MetricPlot):
-            if plot.display:
+        for plot in self._widgets(MetricPlot, len(ALL_PLOTS)):
+            if plot.display and plot.id in TAB_PLOTS.get(active_tab, ()):
                 plot.replot()
+
+    def _widgets(self, kind: type, expected: int) -> list:
+        """The screen's widgets of a kind, queried until all `expected` have mounted (some tabs
+        mount lazily), then cached: a DOM query per widget kind per redraw is not free."""
+        cached = self._widget_cache.get(kind)
+        if cached is None or len(cached) < expected:
+            cached = self._widget_cache[kind] = list(self.query(kind))
+        return cached
 
     def _update_header(self, model: RunModel) -> None:
         with model.lock:

@@ -13,7 +13,7 @@ from textual.app import RenderResult
 from textual.strip import Strip
 from textual_plotext import PlotextPlot
 
-from dswb.tui.ansi import ansi_to_strips, ansi_to_text
+from dswb.tui.ansi import ansi_to_strips, ansi_to_text, matrix_to_strips
 from dswb.tui.format import fmt_num, fmt_tick, nice_ticks
 
 Series = tuple[str, Sequence[float], Sequence[float]]
@@ -58,12 +58,24 @@ class MetricPlot(PlotextPlot):
         return super().refresh(*args, **kwargs)
 
     def render_line(self, y: int) -> Strip:
-        """Textual's Line API: the plot's lines straight from plotext's output, built once per repaint."""
+        """Textual's Line API: the plot's lines straight from plotext's cell grid, built once per repaint."""
         size = self.size
         if self._strips is None or self._strips_size != size:
-            self._strips = ansi_to_strips(self._build(), size.width, size.height)
+            self._strips = self._build_strips(size.width, size.height)
             self._strips_size = size
         return self._strips[y] if 0 <= y < len(self._strips) else Strip.blank(size.width)
+
+    def _build_strips(self, width: int, height: int) -> list[Strip]:
+        plt = self.plt
+        plt.plotsize(width, height)
+        plt._set_size(width, height)
+        plt.theme(self._get_plotext_theme_name(self.app.theme))
+        try:  # plotext internals (plotext < 6): the cell grid, without its ANSI rendering
+            plt._set_sizes()
+            plt._build_matrix()
+            return matrix_to_strips(plt.monitor.matrix, width, height)
+        except AttributeError:
+            return ansi_to_strips(plt.build(), width, height)
 
     def set_source(self, source: Source | None) -> None:
         self.source = source
