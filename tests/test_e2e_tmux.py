@@ -1,6 +1,7 @@
 """End to end in a real terminal (tmux): launch the smoke preset from the dashboard, watch a loss
-appear, quit (training goes on), wait for it to finish, reattach and see it finished, and leave
-no process behind. Slow (about a minute of CPU training); skipped without tmux.
+appear, pause it, quit (the training process lives on), resume it with no viewer and let it
+finish, reattach and see it finished, and leave no process behind. Slow (a CPU training run of
+10 s to a couple of minutes, depending on load); skipped without tmux.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dswb.rundir import find_runs, read_status
+from dswb.rundir import find_runs, read_status, send_command
 from dswb.rundir.status import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,11 +125,16 @@ def test_launch_quit_keep_training_reattach(tmux, tmp_path):
         pid = status["pid"]
         assert pid_alive(pid)
 
+        # Pause first so the check below does not race a fast machine finishing the smoke run.
+        tmux.keys("p")
+        tmux.wait_for(lambda s: "⏸ paused" in s, "the paused state", timeout=120)
         tmux.keys("q")
-        tmux.wait_for(lambda s: "Runs in" not in s and s.rstrip().endswith("$"), "the shell prompt after quitting")
-        assert pid_alive(pid), "quitting the dashboard leaves the training running"
-        assert read_status(run.status)["state"] in ("starting", "running")
+        tmux.wait_for(lambda s: "Runs in" not in s and "⏸" not in s and s.rstrip().endswith("$"),
+                      "the shell prompt after quitting")
+        assert pid_alive(pid), "quitting the dashboard leaves the training process running"
+        assert read_status(run.status)["state"] == "paused"
 
+        send_command(run.root, "resume")  # no viewer attached from here on
         wait_until(lambda: (read_status(run.status) or {}).get("state") == "finished", "the run to finish", 600)
         wait_until(lambda: not pid_alive(pid), "the training process to exit", 60)
 
