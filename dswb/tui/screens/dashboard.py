@@ -87,6 +87,7 @@ class DashboardScreen(Screen):
         self._redraw_timer = None
         self._stale = True
         self._widget_cache: dict[type, list] = {}
+        self._error_shown = False
 
     @property
     def run_id(self) -> str:
@@ -211,8 +212,9 @@ class DashboardScreen(Screen):
         self._last_redraw = time.monotonic()
         self.redraws += 1
         model = follower.model
-        if follower.error is not None:
-            self.notify(f"cannot follow {self.run_id}: {follower.error}", severity="error")
+        if follower.error is not None and not self._error_shown:
+            self._error_shown = True
+            self.notify(f"cannot follow {self.run_id}: {follower.error}", severity="error", timeout=30)
         tabs = self.query_one(TabbedContent)
         with self.app.batch_update(), model.lock:
             stage = model.shown_stage(self.stage_name)
