@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 
 from fixtures.tui_support import FIXTURE_RUNS, RUN_IDS, copy_runs
 
@@ -148,21 +147,21 @@ def test_fixtures_are_reproducible(tmp_path):
 
 
 def test_line_tail_reads_only_the_end_of_a_big_log_and_waits_for_torn_lines(tmp_path):
-    from dswb.tui.follower import LineTail
+    from dswb.rundir.events import LineTail
 
     path = tmp_path / "train.log"
     path.write_text("".join(f"2025-01-01 12:00:00 INFO    line {i}\n" for i in range(10_000)))
-    tail = LineTail(path, first_read_bytes=4096)
-    lines = tail.read_new()
+    tail = LineTail(path, tail_bytes=4096)
+    lines = tail.read_text()
     assert lines[-1].endswith("line 9999") and len(lines) < 200
     assert all(line.startswith("2025-01-01") for line in lines), "the cut first line is dropped"
     with open(path, "a") as f:
         f.write("2025-01-01 12:00:01 WARNING half")
-    assert tail.read_new() == []
+    assert tail.read_text() == []
     with open(path, "a") as f:
         f.write(" a line\n")
-    assert tail.read_new() == ["2025-01-01 12:00:01 WARNING half a line"]
-    assert LineTail(tmp_path / "missing.log").read_new() == []
+    assert tail.read_text() == ["2025-01-01 12:00:01 WARNING half a line"]
+    assert LineTail(tmp_path / "missing.log").read_text() == []
 
 
 def test_model_prefers_train_log_lines_over_log_events():

@@ -50,23 +50,30 @@ class EventWriter:
             self._file.close()
 
 
-class EventTail:
-    """Reads new complete events from a growing file, remembering the byte offset.
+class LineTail:
+    """New complete lines of a growing file, from a remembered byte offset.
 
-    Tolerates a file that does not exist yet, a torn (partial) last line and, if the file is
-    replaced by a shorter one, starts again from the beginning.
+    Tolerates a file that does not exist yet and a torn (partial) last line, which waits for
+    its newline; if the file is replaced by a shorter one, reading starts again from the top.
+    With `tail_bytes`, the first read of a large file starts that far before its end (for logs,
+    of which only a tail is shown) and drops the partial first line.
     """
 
-    def __init__(self, path: Path, offset: int = 0) -> None:
+    def __init__(self, path: Path, offset: int = 0, tail_bytes: int | None = None) -> None:
         self.path = path
         self.offset = offset
-        self.bad_lines = 0
+        self.tail_bytes = tail_bytes
 
-    def read_new(self, max_bytes: int = 64 << 20) -> list[dict]:
+    def read_lines(self, max_bytes: int = 64 << 20) -> list[bytes]:
         try:
             size = os.path.getsize(self.path)
         except OSError:
             return []
+        skip_partial = False
+        if self.tail_bytes is not None:
+            self.offset = max(self.offset, size - self.tail_bytes)
+            skip_partial = self.offset > 0
+            self.tail_bytes = None
         if size < self.offset:
             self.offset = 0
         if size == self.offset:
@@ -78,7 +85,24 @@ class EventTail:
         if end < 0:
             return []
         self.offset += end + 1
-        lines = [line for line in data[: end + 1].splitlines() if line.strip()]
+        lines = data[:end].split(b"\n")
+        return lines[1:] if skip_partial else lines
+
+    def read_text(self, max_bytes: int = 1 << 20) -> list[str]:
+        return [line.decode("utf-8", errors="replace") for line in self.read_lines(max_bytes)]
+
+
+class EventTail(LineTail):
+    """New complete events of a growing `events.jsonl` (see `LineTail` for what it tolerates)."""
+
+    def __init__(self, path: Path, offset: int = 0) -> None:
+        super().__init__(path, offset)
+        self.bad_lines = 0
+
+    def read_new(self, max_bytes: int = 64 << 20) -> list[dict]:
+        lines = [line for line in self.read_lines(max_bytes) if line.strip()]
+        if not lines:
+            return []
         try:  # one parse for the whole chunk is ~2x faster than one per line
             events = json.loads(b"[" + b",".join(lines) + b"]")
         except ValueError:

@@ -19,48 +19,14 @@ from pathlib import Path
 from typing import Callable
 
 from dswb.rundir import EventTail, RunPaths, effective_state, find_runs, read_status
+from dswb.rundir.events import LineTail
 from dswb.tui.messages import RunsScanned, RunUpdated
 from dswb.tui.model import RunModel
 
 Post = Callable[[object], object]
 
 CHUNK_BYTES = 1 << 20  # events read per model update: keeps each lock hold short
-
-
-class LineTail:
-    """New complete lines of a growing text file (`train.log`), from a remembered byte offset.
-
-    The first read of a big file starts near its end (only a tail is ever shown); a torn last
-    line waits for its newline; a missing file reads as empty.
-    """
-
-    def __init__(self, path: Path, first_read_bytes: int = 256 << 10) -> None:
-        self.path = path
-        self.offset: int | None = None
-        self.first_read_bytes = first_read_bytes
-
-    def read_new(self, max_bytes: int = 1 << 20) -> list[str]:
-        try:
-            size = os.path.getsize(self.path)
-        except OSError:
-            return []
-        skip_partial = False
-        if self.offset is None:
-            self.offset = max(0, size - self.first_read_bytes)
-            skip_partial = self.offset > 0
-        if size < self.offset:
-            self.offset = 0
-        if size == self.offset:
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(min(size - self.offset, max_bytes))
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        self.offset += end + 1
-        lines = data[:end].decode("utf-8", errors="replace").split("\n")
-        return lines[1:] if skip_partial else lines
+LOG_TAIL_BYTES = 256 << 10  # only the end of a long train.log is ever shown
 
 
 class RunFollower(threading.Thread):
@@ -75,8 +41,8 @@ class RunFollower(threading.Thread):
         self.chunk_bytes = chunk_bytes
         self.model = model or RunModel(paths)
         self.tail = EventTail(paths.events)
-        self.log_tail = LineTail(paths.log)
-        self.out_tail = LineTail(paths.stdout)  # a detached launch's own output (errors before train.log)
+        self.log_tail = LineTail(paths.log, tail_bytes=LOG_TAIL_BYTES)
+        self.out_tail = LineTail(paths.stdout, tail_bytes=LOG_TAIL_BYTES)  # a detached launch's own output (errors before train.log)
         self.caught_up = threading.Event()  # set when a poll found nothing new to read
         self._pending = threading.Event()  # a RunUpdated is waiting in the app's queue
         self._stop_event = threading.Event()
@@ -102,10 +68,10 @@ class RunFollower(threading.Thread):
         events = self.tail.read_new(self.chunk_bytes)
         if events:
             self.model.ingest(events)
-        lines = self.log_tail.read_new()
+        lines = self.log_tail.read_text()
         if lines:
             self.model.ingest_log_lines(lines)
-        out = self.out_tail.read_new()
+        out = self.out_tail.read_text()
         if out:
             self.model.ingest_log_lines(out, source="process.out")
             lines = lines + out
