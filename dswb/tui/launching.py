@@ -27,16 +27,9 @@ class PresetChoice:
 
 
 def available_presets() -> list[PresetChoice]:
-    """Presets from `dswb.presets` (./presets, then the repo's), falling back to a glob."""
-    try:
-        from dswb.presets import list_presets
-    except ImportError:  # older checkouts: glob presets/*.toml ourselves
-        dirs = [Path.cwd() / "presets", Path(__file__).resolve().parents[2] / "presets"]
-        seen: dict[str, PresetChoice] = {}
-        for directory in dirs:
-            for path in sorted(directory.glob("*.toml")):
-                seen.setdefault(path.stem, PresetChoice(path.stem, path))
-        return [seen[k] for k in sorted(seen)]
+    """Presets from `dswb.presets` (./presets first, then the repo's)."""
+    from dswb.presets import list_presets
+
     return [PresetChoice(p.name, Path(p.path), p.summary, p.command) for p in list_presets()]
 
 
