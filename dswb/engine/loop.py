@@ -67,7 +67,7 @@ def run_loop(ctx: StageContext, parts: LoopParts) -> str:
     cfg, mon, stage = ctx.config, ctx.monitor, parts.stage
     total, tcfg = cfg.train.steps, cfg.train
     parts.state.setdefault("skipped_steps", 0)
-    bad_in_row, step_time_ema, last_system = 0, None, 0.0
+    bad_in_row, step_time_ema, last_system, waited = 0, None, 0.0, parts.data_wait()
     step = parts.start_step
     while step < total:
         for cmd in ctx.control.poll():
@@ -103,10 +103,12 @@ def run_loop(ctx: StageContext, parts: LoopParts) -> str:
             torch.cuda.synchronize(ctx.device)
         dt = time.perf_counter() - t0
         step_time_ema = dt if step_time_ema is None else 0.9 * step_time_ema + 0.1 * dt
+        total_waited = parts.data_wait()  # seconds this step waited for data (cumulative in the prefetcher)
+        data_wait, waited = total_waited - waited, total_waited
         if step % cfg.monitor.log_every == 0 or step == total:
             mon.metrics(stage, step, total, {
                 "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                "tokens_per_s": result.n_real / dt, "step_time_s": dt, "data_wait_s": parts.data_wait(),
+                "tokens_per_s": result.n_real / dt, "step_time_s": dt, "data_wait_s": data_wait,
                 "pad_efficiency": result.n_real / max(1, result.n_padded), "tokens_real": result.n_real,
                 "tokens_padded": result.n_padded, "batch_size": result.n_samples, "seq_len": micro[0].input_ids.shape[1],
                 "skipped_steps": parts.state["skipped_steps"],
