@@ -43,21 +43,19 @@ def metrics_summary(metrics: dict) -> str:
     return "  ".join(parts)
 
 
+SHOWN_KINDS = ("eval", "checkpoint", "alert", "log", "stage_end")
+
+
 def _event_line(event: dict) -> str | None:
+    """Notable events, worded as `dswb watch` words them."""
+    from dswb.cli.watch_cmd import describe
+
     kind, stage = event.get("kind"), event.get("stage") or "-"
-    if kind == "eval":
-        vals = "  ".join(f"{k} {v:.4g}" for k, v in event.get("metrics", {}).items() if v is not None)
-        return f"[{stage}] step {event.get('step')} eval  {vals}"
-    if kind == "checkpoint":
-        return f"[{stage}] checkpoint step {event.get('step')} ({event.get('reason')}) -> {event.get('path')}"
-    if kind == "alert":
-        return f"[{stage}] ALERT {event.get('code')}: {event.get('message')}"
+    if kind not in SHOWN_KINDS:
+        return None
     if kind == "log":
-        return f"[{event.get('level', 'info')}] {event.get('message')}"
-    if kind == "stage_end":
-        extra = f" -> {event['final_path']}" if event.get("final_path") else ""
-        return f"[{stage}] {event.get('state')}{extra}"
-    return None
+        return f"[{stage}] {event.get('message')}"
+    return f"[{stage}] step {event.get('step')} {kind}: {describe(event)}"
 
 
 class PlainReporter:

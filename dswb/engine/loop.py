@@ -46,12 +46,12 @@ def _checkpoint(ctx: StageContext, parts: LoopParts, step: int, reason: str) -> 
                            ctx.config.checkpoint.keep_last)
     seconds = time.perf_counter() - t0
     ctx.monitor.emit("checkpoint", parts.stage, step, path=str(ckpt.path), seconds=round(seconds, 3), reason=reason)
-    ctx.monitor.log(f"[{parts.stage}] checkpoint step {step} ({reason}) in {seconds:.2f}s", event=False)
+    ctx.monitor.log(f"checkpoint step {step} ({reason}) in {seconds:.2f}s", stage=parts.stage, event=False)
 
 
 def _wait_while_paused(ctx: StageContext, parts: LoopParts, step: int) -> None:
     ctx.monitor.write_status(force=True, state="paused")
-    ctx.monitor.log(f"[{parts.stage}] paused at step {step}", stage=parts.stage, step=step)
+    ctx.monitor.log(f"paused at step {step}", stage=parts.stage, step=step)
     while ctx.control.paused and not ctx.control.stop_requested:
         time.sleep(0.2)
         ctx.control.poll()
@@ -59,7 +59,7 @@ def _wait_while_paused(ctx: StageContext, parts: LoopParts, step: int) -> None:
             ctx.control.checkpoint_requested = False
             _checkpoint(ctx, parts, step, "request")
     ctx.monitor.write_status(force=True, state="running")
-    ctx.monitor.log(f"[{parts.stage}] resumed at step {step}", stage=parts.stage, step=step)
+    ctx.monitor.log(f"resumed at step {step}", stage=parts.stage, step=step)
 
 
 def run_loop(ctx: StageContext, parts: LoopParts) -> str:

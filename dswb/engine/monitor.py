@@ -51,7 +51,8 @@ class Monitor:
     def log(self, message: str, level: str = "info", stage: str | None = None, step: int = 0,
             event: bool = True) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._log.write(f"{stamp} {level.upper():7s} {message}\n")
+        where = f"[{stage}] " if stage else ""
+        self._log.write(f"{stamp} {level.upper():7s} {where}{message}\n")
         if event:
             self.emit("log", stage, step, level=level, message=message)
 
@@ -77,7 +78,7 @@ class Monitor:
         self.emit("eval", stage, step, metrics=metrics)
         self.status["last_eval"] = metrics
         parts = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        self.log(f"[{stage}] step {step} eval {parts}", event=False)
+        self.log(f"step {step} eval {parts}", stage=stage, event=False)
 
     def system(self, stage: str | None, step: int, metrics: dict[str, float]) -> None:
         if metrics:
@@ -85,7 +86,7 @@ class Monitor:
             self.events.emit("system", stage, step, metrics=metrics)
 
     def alert(self, stage: str, step: int, code: str, message: str, explain: str, level: str = "warning") -> None:
-        self.log(f"[{stage}] ALERT {code}: {message}", level=level, event=False)
+        self.log(f"ALERT {code}: {message}", level=level, stage=stage, event=False)
         self.emit("alert", stage, step, level=level, code=code, message=message, explain=explain)
 
     def close(self) -> None:

@@ -72,7 +72,7 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
         for stage in config.run.stages:
             final_dir = paths.final(stage)
             if resume and is_complete(final_dir):
-                monitor.log(f"[{stage}] already finished, skipping", stage=stage)
+                monitor.log("already finished, skipping", stage=stage)
                 previous_final = final_dir
                 continue
             monitor.write_status(force=True, state="running", stage=stage)

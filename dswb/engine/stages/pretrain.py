@@ -27,10 +27,10 @@ STAGE = "pretrain"
 
 def run(ctx: StageContext) -> str:
     cfg, mon = ctx.config, ctx.monitor
-    mon.log(f"[{STAGE}] preparing data", stage=STAGE)
+    mon.log("preparing data", stage=STAGE)
     t0 = time.perf_counter()
-    data = prepare_data(cfg, ctx.cache_root, lambda msg: mon.log(f"[{STAGE}] {msg}", stage=STAGE))
-    mon.log(f"[{STAGE}] data ready in {time.perf_counter() - t0:.1f}s: {data.stats.get('train_samples')} train / "
+    data = prepare_data(cfg, ctx.cache_root, lambda msg: mon.log(msg, stage=STAGE))
+    mon.log(f"data ready in {time.perf_counter() - t0:.1f}s: {data.stats.get('train_samples')} train / "
             f"{data.stats.get('val_samples')} val samples", stage=STAGE)
 
     torch.manual_seed(cfg.run.seed)
@@ -43,7 +43,7 @@ def run(ctx: StageContext) -> str:
 
     ckpt_dir = ctx.paths.checkpoints(STAGE)
     if remove_partial(ckpt_dir):
-        mon.log(f"[{STAGE}] removed an incomplete checkpoint left by an interrupted write", stage=STAGE)
+        mon.log("removed an incomplete checkpoint left by an interrupted write", stage=STAGE)
     start_step, state = 0, {}
     ckpt = latest_checkpoint(ckpt_dir) if ctx.resume else None
     if ckpt is not None:
@@ -51,7 +51,7 @@ def run(ctx: StageContext) -> str:
         start_step = state.pop("step")
         stream.load_state_dict(state.pop("data"))
         mon.stats = StatsBook.from_dict(state.pop("stats"))
-        mon.log(f"[{STAGE}] resumed from {ckpt.path.name}", stage=STAGE, step=start_step)
+        mon.log(f"resumed from {ckpt.path.name}", stage=STAGE, step=start_step)
 
     lengths = [len(s) for s in data.train]
     mon.emit("stage_start", STAGE, start_step, total_steps=cfg.train.steps,
