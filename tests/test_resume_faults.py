@@ -48,8 +48,13 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "final" / "pretrain" / "model.safetensors"))
 
 
-def test_stop_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
-    cfg = tiny_config()
+@pytest.mark.parametrize("variant", [
+    [],
+    ["batching.mode=pack", "batching.seq_len_warmup_steps=8", "batching.seq_len_warmup_start=8"],
+    ["train.grad_accum=2", "batching.max_tokens=256"],
+], ids=["bucket", "pack+seq-warmup", "grad-accum"])
+def test_stop_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path, variant):
+    cfg = tiny_config(*variant)
     straight = tmp_path / "straight"
     assert run_in_process(cfg, straight) == 0
 
@@ -70,6 +75,21 @@ def test_stop_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     losses = {e["step"]: e["metrics"]["loss"] for e in read_events(straight / "events.jsonl", ("metrics",))}
     resumed = {e["step"]: e["metrics"]["loss"] for e in read_events(interrupted / "events.jsonl", ("metrics",))}
     assert losses == resumed
+
+
+class CheckpointAtStep(StopAtStep):
+    def on_metrics(self, stage, step, total_steps, metrics, eta_s):
+        if step == self.step:
+            send_command(self.run_dir, "checkpoint")
+
+
+def test_checkpoint_now_through_the_control_file(tmp_path):
+    run_dir = tmp_path / "ckpt-now"
+    assert run_in_process(tiny_config("checkpoint.every=0", "checkpoint.keep_last=5"), run_dir,
+                          reporter=CheckpointAtStep(run_dir, 3)) == 0
+    reasons = [(e["step"], e["reason"]) for e in read_events(run_dir / "events.jsonl", ("checkpoint",))]
+    assert reasons == [(3, "request"), (12, "final")]
+    assert [e["cmd"] for e in read_events(run_dir / "events.jsonl", ("control",))] == ["checkpoint"]
 
 
 def test_non_finite_losses_are_skipped_then_fail_the_run(tmp_path, monkeypatch):
