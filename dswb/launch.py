@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dswb.config import load_config
 from dswb.rundir.layout import RunPaths, create_run_dir, new_run_id
+from dswb.rundir.status import new_status, read_status, write_status
 
 
 def run_command(preset: str | None, runs_root: Path, run_dir: Path, overrides: list[str]) -> list[str]:
@@ -54,7 +55,14 @@ def launch_detached(preset: str | None, runs_root: Path, overrides: list[str] = 
     if run_dir is None:
         run_dir = runs_root / new_run_id(config.run.name, runs_root)
     paths = create_run_dir(Path(run_dir))
+    # Visible at once as `starting` in every viewer; the child replaces it within seconds.
+    status = {**new_status(config.run.stages[0], config.train.steps), "run_id": paths.run_id,
+              "stages": list(config.run.stages), "pid": None}
+    write_status(paths.status, status)
     proc = _spawn(run_command(preset, runs_root, paths.root, overrides), paths, env)
+    current = read_status(paths.status)
+    if current is not None and current.get("pid") is None:  # the child has not written yet
+        write_status(paths.status, {**status, "pid": proc.pid})
     return paths, proc.pid
 
 

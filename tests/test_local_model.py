@@ -46,6 +46,8 @@ def test_continue_from_a_local_model_directory_detached(tmp_path):
     assert time.monotonic() - started < 30  # it returns at once, it does not train
     run_dir = Path(launched.stdout.split()[0])
     assert run_dir.name.endswith("-second") and run_dir.parent == tmp_path / "runs"
+    early = read_status(run_dir / "status.json")  # viewers see the run at once, with the child's pid
+    assert early["state"] in ("starting", "running") and isinstance(early["pid"], int)
 
     deadline = time.time() + 180
     while time.time() < deadline and effective_state(read_status(run_dir / "status.json")) in (

@@ -70,7 +70,7 @@ def run(
             return
         config = load_config(preset_path, overrides)
         target = run_dir if run_dir is not None else runs_root / new_run_id(config.run.name, runs_root)
-        if (target / "status.json").exists():
+        if (target / "config.toml").exists():
             raise UserError(f"{target}: a run already exists there (use --resume to continue it)")
         paths = create_run_dir(target)
 
