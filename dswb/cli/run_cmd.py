@@ -11,15 +11,8 @@ import typer
 from dswb.cli.common import DEFAULT_RUNS_ROOT, RunsRoot
 from dswb.config import load_config
 from dswb.errors import UserError
+from dswb.presets import find_preset
 from dswb.rundir.layout import create_run_dir, new_run_id
-
-
-def _preset_path(preset: str) -> Path:
-    try:
-        from dswb.presets import find_preset
-    except ImportError:
-        return Path(preset)
-    return find_preset(preset)
 
 
 def run(
@@ -62,7 +55,7 @@ def run(
         if preset is None and not overrides:
             raise UserError("give a preset (e.g. `dswb run presets/demo.toml`), --set overrides of the defaults, "
                             "or --resume RUN")
-        preset_path = _preset_path(preset) if preset is not None else None
+        preset_path = find_preset(preset) if preset is not None else None
         if detach:
             from dswb.launch import launch_detached
             paths, pid = launch_detached(preset_path and str(preset_path), runs_root, overrides, run_dir=run_dir)

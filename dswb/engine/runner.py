@@ -20,6 +20,7 @@ from dswb.engine.control import RunControl
 from dswb.engine.device import autocast_dtype, select_device, set_determinism
 from dswb.engine.final import is_complete
 from dswb.engine.monitor import Monitor, Reporter
+from dswb.engine.system import SystemSampler
 from dswb.errors import EXIT_USER_ERROR, TrainingFailed, UserError
 from dswb.rundir.layout import RunPaths
 from dswb.rundir.status import new_status, read_status
@@ -31,16 +32,6 @@ EXIT_CODES = {"finished": 0, "failed": 1, "stopped": 130}
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if isinstance(exc, (UserError, TrainingFailed)) else f"{type(exc).__name__}: {text}"
-
-
-def _system_sampler(interval_s: float):
-    try:
-        from dswb.engine.system import SystemSampler
-    except ImportError:  # the sampler is optional for the loop
-        return None
-    sampler = SystemSampler(interval_s=interval_s)
-    sampler.start()
-    return sampler
 
 
 def run_training(config: Config, paths: RunPaths, *, resume: bool = False, reporter: Reporter | None = None,
@@ -65,7 +56,7 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
     try:
         device = select_device(config.run.device)
         set_determinism(config.run.seed, config.run.threads)
-        sampler = _system_sampler(config.monitor.system_every_s)
+        sampler = SystemSampler(interval_s=config.monitor.system_every_s).start()
         cache_root = Path(config.data.cache_dir) if config.data.cache_dir else paths.root.parent / ".cache"
         monitor.log(f"device {device}, precision {autocast_dtype(device, config.run.precision) or 'fp32'}", event=False)
         previous_final = None
