@@ -87,7 +87,10 @@ class BatchingConfig:
 
 
 @dataclass
-class TrainConfig:
+class OptimSettings:
+    """Optimisation settings every training stage has: `[train]` (pretraining) and each
+    post-training section (`[sft]`, `[rm]`, ...) carry their own copy, with their own defaults."""
+
     steps: int = doc(1000, "Optimizer steps.", min=1)
     lr: float = doc(3e-4, "Peak learning rate.", min=0.0)
     min_lr_ratio: float = doc(0.1, "Final learning rate as a fraction of `lr`.", min=0.0, max=1.0)
@@ -99,6 +102,11 @@ class TrainConfig:
     grad_accum: int = doc(1, "Micro-batches per optimizer step (loss weighted by tokens across them).", min=1)
     clip_grad: float = doc(1.0, "Max global gradient norm (0 = off).", min=0.0)
     max_bad_steps: int = doc(5, "Non-finite losses in a row before the run fails.", min=1)
+
+
+@dataclass
+class TrainConfig(OptimSettings):
+    """`[train]`: pretraining's optimisation settings."""
 
 
 @dataclass

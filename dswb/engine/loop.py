@@ -1,14 +1,17 @@
-"""The training loop shared by the language-modelling stages (pretraining now, SFT later).
+"""The training loop shared by every stage (pretraining, SFT, RM, DPO, PPO, GRPO).
 
-`run_loop` reads top to bottom: control -> lr -> batches -> step -> metrics -> eval ->
-checkpoint. Everything it needs arrives in a `LoopParts`; the stage module builds them.
+`run_loop` reads top to bottom: control -> lr -> step -> metrics -> eval -> checkpoint. What a
+step *is* belongs to the stage: `LoopParts.step` performs one optimizer step (an LM step over
+micro-batches, a preference step, or a whole RL iteration: rollout, scoring, updates) and returns
+a `StepOutput`. Everything else (pause/stop/checkpoint commands, the lr schedule, non-finite
+handling, metrics, system samples, periodic eval and checkpoints) is the same for every stage.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -20,23 +23,54 @@ from dswb.engine.train_step import train_step
 from dswb.errors import TrainingFailed
 
 NONFINITE_EXPLAIN = ("The loss or gradient norm was NaN/Inf, so the update was skipped. Usual causes: "
-                     "a learning rate too high for the model, fp16 overflow, or bad data. Lower train.lr, "
-                     "raise train.warmup_steps or keep gradient clipping on.")
+                     "a learning rate too high for the model, fp16 overflow, or bad data. Lower the stage's lr, "
+                     "raise its warmup_steps or keep gradient clipping on.")
+
+
+@dataclass
+class StepOutput:
+    """What one step reports: its loss, whether it was applied, metrics to log, tokens processed."""
+
+    loss: float
+    finite: bool = True
+    metrics: dict = field(default_factory=dict)
+    tokens: int = 0   # tokens processed by this step (tokens_per_s)
+
+
+StepFn = Callable[[int], StepOutput]   # called with the 0-based index of the step it performs
 
 
 @dataclass
 class LoopParts:
     stage: str
-    model: torch.nn.Module
+    model: torch.nn.Module                  # what checkpoints save (all trainable weights of the stage)
     optimizer: torch.optim.Optimizer
-    batches: Iterator                       # yields collated batches (prefetched)
-    data_state: Callable[[], dict]          # the data position of the next batch
+    step: StepFn
+    data_state: Callable[[], dict]          # the data position of the next step
     evaluate: Callable[[int], dict]         # step -> eval metrics
+    optim: Any                              # the stage's OptimSettings: steps, lr, schedule, warmup...
     start_step: int = 0
     state: dict = field(default_factory=dict)   # counters carried across resumes
-    data_wait: Callable[[], float] = lambda: 0.0
     # Extra per-step metrics from any component (e.g. FP8 amax statistics), merged into each metrics event.
     metric_sources: list[Callable[[], dict]] = field(default_factory=list)
+
+
+def lm_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator, ctx: StageContext,
+            grad_accum: int, clip_grad: float, data_wait: Callable[[], float] = lambda: 0.0) -> StepFn:
+    """The step of the language-modelling stages: `grad_accum` micro-batches, one update."""
+    waited = [data_wait()]
+
+    def step(index: int) -> StepOutput:
+        micro = [next(batches).to(ctx.device, non_blocking=True) for _ in range(grad_accum)]
+        result = train_step(model, optimizer, micro, ctx.device, ctx.amp_dtype, clip_grad)
+        total_waited = data_wait()  # cumulative in the prefetcher: this step's wait is the difference
+        wait, waited[0] = total_waited - waited[0], total_waited
+        return StepOutput(loss=result.loss, finite=result.finite, tokens=result.n_real, metrics={
+            "grad_norm": result.grad_norm, "data_wait_s": wait,
+            "pad_efficiency": result.n_real / max(1, result.n_padded), "tokens_real": result.n_real,
+            "tokens_padded": result.n_padded, "batch_size": result.n_samples,
+            "seq_len": micro[0].input_ids.shape[1]})
+    return step
 
 
 def _checkpoint(ctx: StageContext, parts: LoopParts, step: int, reason: str) -> None:
@@ -63,11 +97,11 @@ def _wait_while_paused(ctx: StageContext, parts: LoopParts, step: int) -> None:
 
 
 def run_loop(ctx: StageContext, parts: LoopParts) -> str:
-    """Train from `parts.start_step` to `train.steps`; returns `finished` or `stopped`."""
-    cfg, mon, stage = ctx.config, ctx.monitor, parts.stage
-    total, tcfg = cfg.train.steps, cfg.train
+    """Train from `parts.start_step` to `parts.optim.steps`; returns `finished` or `stopped`."""
+    cfg, mon, stage, opt = ctx.config, ctx.monitor, parts.stage, parts.optim
+    total = opt.steps
     parts.state.setdefault("skipped_steps", 0)
-    bad_in_row, step_time_ema, last_system, waited = 0, None, 0.0, parts.data_wait()
+    bad_in_row, step_time_ema, last_system = 0, None, 0.0
     step = parts.start_step
     while step < total:
         for cmd in ctx.control.poll():
@@ -82,19 +116,18 @@ def run_loop(ctx: StageContext, parts: LoopParts) -> str:
             _checkpoint(ctx, parts, step, "request")
 
         t0 = time.perf_counter()
-        lr = lr_at(step, tcfg.lr, total, tcfg.warmup_steps, tcfg.schedule, tcfg.min_lr_ratio)
+        lr = lr_at(step, opt.lr, total, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
         set_lr(parts.optimizer, lr)
-        micro = [next(parts.batches).to(ctx.device, non_blocking=True) for _ in range(tcfg.grad_accum)]
-        result = train_step(parts.model, parts.optimizer, micro, ctx.device, ctx.amp_dtype, tcfg.clip_grad)
+        out = parts.step(step)
         step += 1
 
-        if not result.finite:
+        if not out.finite:
             bad_in_row += 1
             parts.state["skipped_steps"] += 1
             mon.alert(stage, step, "nonfinite_loss",
                       f"non-finite loss/grad at step {step} ({bad_in_row} in a row); update skipped",
                       NONFINITE_EXPLAIN)
-            if bad_in_row >= tcfg.max_bad_steps:
+            if bad_in_row >= opt.max_bad_steps:
                 raise TrainingFailed(f"loss was non-finite for {bad_in_row} steps in a row (step {step}); "
                                      f"stopped, the last good checkpoint is kept")
         else:
@@ -103,14 +136,10 @@ def run_loop(ctx: StageContext, parts: LoopParts) -> str:
             torch.cuda.synchronize(ctx.device)
         dt = time.perf_counter() - t0
         step_time_ema = dt if step_time_ema is None else 0.9 * step_time_ema + 0.1 * dt
-        total_waited = parts.data_wait()  # seconds this step waited for data (cumulative in the prefetcher)
-        data_wait, waited = total_waited - waited, total_waited
         if step % cfg.monitor.log_every == 0 or step == total:
             mon.metrics(stage, step, total, {
-                "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                "tokens_per_s": result.n_real / dt, "step_time_s": dt, "data_wait_s": data_wait,
-                "pad_efficiency": result.n_real / max(1, result.n_padded), "tokens_real": result.n_real,
-                "tokens_padded": result.n_padded, "batch_size": result.n_samples, "seq_len": micro[0].input_ids.shape[1],
+                "loss": out.loss, "lr": lr, **out.metrics,
+                "tokens_per_s": out.tokens / dt, "step_time_s": dt,
                 "skipped_steps": parts.state["skipped_steps"],
                 **{k: v for source in parts.metric_sources for k, v in source().items()},
             }, eta_s=step_time_ema * (total - step))

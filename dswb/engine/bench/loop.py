@@ -26,7 +26,7 @@ from dswb.engine.collate import collate_padded
 from dswb.engine.context import StageContext
 from dswb.engine.control import RunControl
 from dswb.engine.losses import token_loss_sum
-from dswb.engine.loop import LoopParts, run_loop
+from dswb.engine.loop import LoopParts, lm_step, run_loop
 from dswb.engine.monitor import Monitor
 from dswb.engine.optim import build_optimizer
 from dswb.rundir.layout import create_run_dir
@@ -102,8 +102,9 @@ def dswb_loop(batches: list, workdir: Path) -> tuple[float, list[float]]:
     sampler = SystemSampler(interval_s=0.5).start()
     ctx = StageContext(config=cfg, paths=paths, monitor=monitor, control=RunControl(paths.root),
                        device=DEVICE, amp_dtype=AMP, cache_root=workdir, resume=False, system=sampler)
-    parts = LoopParts(stage="pretrain", model=model, optimizer=opt, batches=iter(batches),
-                      data_state=lambda: {}, evaluate=lambda step: {})
+    step = lm_step(model, opt, iter(batches), ctx, cfg.train.grad_accum, cfg.train.clip_grad)
+    parts = LoopParts(stage="pretrain", model=model, optimizer=opt, step=step, data_state=lambda: {},
+                      evaluate=lambda step: {}, optim=cfg.train)
     _sync()
     t0 = time.perf_counter()
     run_loop(ctx, parts)

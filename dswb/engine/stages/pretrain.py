@@ -15,7 +15,7 @@ from dswb.engine.data.pipeline import prepare_data
 from dswb.engine.evaluate import validation_batches, validation_loss
 from dswb.engine.final import save_final
 from dswb.engine.loader import BatchStream, Prefetcher, length_histogram
-from dswb.engine.loop import LoopParts, run_loop
+from dswb.engine.loop import LoopParts, lm_step, run_loop
 from dswb.engine.model import build_model
 from dswb.engine.optim import build_optimizer
 from dswb.engine.task_eval import task_accuracy
@@ -75,9 +75,10 @@ def run(ctx: StageContext) -> str:
         return metrics
 
     prefetch = Prefetcher(stream, depth=cfg.batching.prefetch, pin=ctx.device.type == "cuda")
-    parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, batches=iter(prefetch),
-                      data_state=prefetch.state_dict, evaluate=evaluate, start_step=start_step, state=state,
-                      data_wait=lambda: prefetch.wait_s)
+    step = lm_step(model, optimizer, iter(prefetch), ctx, cfg.train.grad_accum, cfg.train.clip_grad,
+                   data_wait=lambda: prefetch.wait_s)
+    parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, step=step, data_state=prefetch.state_dict,
+                      evaluate=evaluate, optim=cfg.train, start_step=start_step, state=state)
     try:
         outcome = run_loop(ctx, parts)
     finally:
