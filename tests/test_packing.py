@@ -131,3 +131,29 @@ def test_packed_batch_needs_use_cache_false(tiny_llama):
     # Row 0's first document sees nothing before it either way; the second one leaks with a cache.
     assert torch.allclose(right[0, :5], cached[0, :5], atol=1e-6)
     assert not torch.allclose(right[0, 5:14], cached[0, 5:14], atol=1e-4)
+
+
+def test_loss_masks_restrict_targets_in_padded_and_packed_batches():
+    docs = [[1, 2, 3, 4], [5, 6, 7]]
+    masks = [[0, 0, 1, 1], [0, 1, 1]]  # e.g. SFT: prompt tokens 0, completion tokens 1
+    padded = collate_padded(docs, pad_id=0, loss_masks=masks)
+    assert padded.labels.tolist() == [[-100, -100, 3, 4], [-100, 6, 7, -100]]
+    assert padded.n_target == 4 == int((padded.labels[:, 1:] != IGNORE_INDEX).sum())
+    packed = collate_packed([[(0, 0, 4), (1, 0, 3)]], docs, pad_id=0, row_len=8, loss_masks=masks)
+    assert packed.labels.tolist() == [[-100, -100, 3, 4, -100, 6, 7]]
+    assert packed.n_target == 4
+    # a split document keeps the mask of its own positions
+    split = collate_packed([[(0, 2, 4)]], docs, pad_id=0, row_len=8, loss_masks=masks)
+    assert split.labels.tolist() == [[-100, 4]]
+
+
+def test_masked_packed_loss_equals_masked_padded_loss(tiny_llama):
+    docs = documents()
+    g = torch.Generator().manual_seed(1)
+    masks = [(torch.rand(len(d), generator=g) > 0.4).long().tolist() for d in docs]
+    packed = collate_packed(ROWS, docs, pad_id=0, row_len=20, loss_masks=masks)
+    pieces = [(docs[i][s:e], masks[i][s:e]) for row in ROWS for i, s, e in row]
+    padded = collate_padded([p for p, _ in pieces], pad_id=0, loss_masks=[m for _, m in pieces])
+    # a piece's first token never has a label in a packed row; in a padded row it is never a target either
+    assert packed.n_target == padded.n_target < sum(len(d) for d in docs) - len(docs)
+    torch.testing.assert_close(loss_sum(tiny_llama, packed), loss_sum(tiny_llama, padded), rtol=1e-6, atol=1e-5)

@@ -97,8 +97,13 @@ class Batch:
         return self._map_tensors(lambda t: t.pin_memory())
 
 
-def collate_padded(samples: Sequence[Sequence[int]], pad_id: int, max_len: int | None = None) -> Batch:
-    """Right-pad samples (each cropped to `max_len`) to the batch's longest."""
+def collate_padded(samples: Sequence[Sequence[int]], pad_id: int, max_len: int | None = None,
+                   loss_masks: Sequence[Sequence[int]] | None = None) -> Batch:
+    """Right-pad samples (each cropped to `max_len`) to the batch's longest.
+
+    `loss_masks` (one per sample, same length, 1 = a loss target) restricts the loss to some
+    tokens, e.g. SFT's completion tokens; without it every real token is a target.
+    """
     if not samples:
         raise ValueError("collate_padded needs at least one sample")
     rows = [list(s[:max_len]) if max_len else list(s) for s in samples]
@@ -108,10 +113,12 @@ def collate_padded(samples: Sequence[Sequence[int]], pad_id: int, max_len: int |
         raise ValueError("collate_padded got only empty samples")
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
+    target = np.zeros((len(rows), width), dtype=bool)
     for r, (row, n) in enumerate(zip(rows, lens)):
         ids[r, :n] = row
         mask[r, :n] = 1
-    labels = np.where(mask == 1, ids, IGNORE_INDEX)
+        target[r, :n] = True if loss_masks is None else np.asarray(loss_masks[r][:n], dtype=bool)
+    labels = np.where(target, ids, IGNORE_INDEX)
     return Batch(
         input_ids=torch.from_numpy(ids),
         attention_mask=torch.from_numpy(mask),
@@ -119,15 +126,16 @@ def collate_padded(samples: Sequence[Sequence[int]], pad_id: int, max_len: int |
         position_ids=None,
         n_real=sum(lens),
         n_padded=len(rows) * width,
-        n_target=sum(max(n - 1, 0) for n in lens),
+        n_target=int(target[:, 1:].sum()),
         n_samples=len(rows),
     )
 
 
 def collate_packed(segments: Sequence[Sequence[Segment]], samples: Sequence[Sequence[int]],
-                   pad_id: int, row_len: int) -> Batch:
+                   pad_id: int, row_len: int, loss_masks: Sequence[Sequence[int]] | None = None) -> Batch:
     """One row per packed row: documents' segments concatenated, right-padded to the fullest row
-    (at most `row_len`), positions restarting at each document, first token of each -100."""
+    (at most `row_len`), positions restarting at each document, first token of each -100.
+    `loss_masks` (per sample, 1 = a loss target) as in `collate_padded`."""
     if not segments:
         raise ValueError("collate_packed needs at least one row")
     fills = [sum(e - s for _, s, e in row) for row in segments]
@@ -148,10 +156,13 @@ def collate_packed(segments: Sequence[Sequence[Segment]], samples: Sequence[Sequ
                 continue
             ids[r, at:at + n] = samples[i][s:e]
             pos[r, at:at + n] = np.arange(n)
-            labels[r, at + 1:at + n] = ids[r, at + 1:at + n]
+            keep = ids[r, at + 1:at + n]
+            if loss_masks is not None:
+                keep = np.where(np.asarray(loss_masks[i][s + 1:e], dtype=bool), keep, IGNORE_INDEX)
+            labels[r, at + 1:at + n] = keep
             at += n
             n_docs += 1
-            n_target += n - 1
+            n_target += int((keep != IGNORE_INDEX).sum())
         pos[r, at:] = np.arange(width - at)  # the padding tail is a pseudo-document of its own
     return Batch(
         input_ids=torch.from_numpy(ids),

@@ -42,10 +42,13 @@ class BatchStream:
 
     def __init__(self, samples: Sequence[Sequence[int]], cfg: BatchingConfig, pad_id: int,
                  max_len: int, seed: int, *, length_schedule: Callable[[int], int] | None = None,
-                 batches_per_step: int = 1) -> None:
+                 batches_per_step: int = 1, loss_masks: Sequence[Sequence[int]] | None = None) -> None:
         if len(samples) == 0:
             raise UserError("batching: the training set is empty")
+        if loss_masks is not None and len(loss_masks) != len(samples):
+            raise ValueError(f"{len(loss_masks)} loss masks for {len(samples)} samples")
         self.samples = samples
+        self.loss_masks = loss_masks
         self.lengths = [len(s) for s in samples]
         self.cfg = cfg
         self.pad_id = pad_id
@@ -129,10 +132,12 @@ class BatchStream:
         crop = self.current_max_len()
         if isinstance(plan, PackedPlan):
             rows = [[(i, s, min(e, s + crop)) for i, s, e in row] for row in plan.batches[self.index]]
-            batch = collate_packed(rows, self.samples, self.pad_id, self.row_len)
+            batch = collate_packed(rows, self.samples, self.pad_id, self.row_len, self.loss_masks)
         else:
-            picked = [self.samples[i][:plan.lengths[i]] for i in plan.batches[self.index]]
-            batch = collate_padded(picked, self.pad_id, crop)
+            idx = plan.batches[self.index]
+            picked = [self.samples[i][:plan.lengths[i]] for i in idx]
+            masks = None if self.loss_masks is None else [self.loss_masks[i][:plan.lengths[i]] for i in idx]
+            batch = collate_padded(picked, self.pad_id, crop, masks)
         batch.epoch, batch.index = self.epoch, self.index
         self.index += 1
         self.consumed += 1
