@@ -62,7 +62,7 @@ def test_task_source(prepare, tmp_path):
     assert logs and "340 documents" in logs[-1]
     again = prepare(task_config(), tmp_path)
     assert again.stats["cache_hit"] is True
-    assert (again.train, again.val) == (data.train, data.val)
+    assert (again.train.tolist(), again.val.tolist()) == (data.train.tolist(), data.val.tolist())
     assert prepare(task_config(n_train=301), tmp_path).stats["cache_hit"] is False
 
 
@@ -84,14 +84,14 @@ def test_files_source_trains_bpe_splits_and_caches(prepare, tmp_path):
     assert s["train_samples"] == len(data.train) and s["val_samples"] == len(data.val)
     text = tok.decode([t for t in data.train[0]], skip_special_tokens=True)
     assert "<p>" not in text and "http" not in text  # cleaned
-    for sample in data.train + data.val:
+    for sample in data.train.tolist() + data.val.tolist():
         assert len(sample) <= 64 and sample[0] == tok.bos_token_id
     tok.save_pretrained(tmp_path / "tok")
     assert AutoTokenizer.from_pretrained(tmp_path / "tok", local_files_only=True)("beta")["input_ids"] == tok("beta")["input_ids"]
 
     again = prepare(cfg, tmp_path / "cache")
     assert again.stats["cache_hit"] is True
-    assert (again.train, again.val) == (data.train, data.val)
+    assert (again.train.tolist(), again.val.tolist()) == (data.train.tolist(), data.val.tolist())
     assert again.tokenizer.get_vocab() == tok.get_vocab()
     again.tokenizer.save_pretrained(tmp_path / "tok2")  # the cached tokenizer is saveable too
     assert (tmp_path / "tok2" / "tokenizer.json").is_file()
@@ -105,11 +105,12 @@ def test_long_documents_are_chunked_with_eos_only_at_the_end(prepare, tmp_path):
     (d / "long.txt").write_text(" ".join(f"w{i % 50}" for i in range(600)))
     data = prepare(files_config([d / "long.txt", d / "a.jsonl"], val_fraction=0.0, clean=False), tmp_path)
     tok = data.tokenizer
+    train = data.train.tolist()
     eos = tok.eos_token_id
-    long_samples = [s for s in data.train if tok.decode(s[1:4]).startswith("w0")]  # first chunk of long.txt
+    long_samples = [s for s in train if tok.decode(s[1:4]).startswith("w0")]  # first chunk of long.txt
     assert len(long_samples) == 1
-    first = data.train.index(long_samples[0])
-    chunks = data.train[first:first + [i for i, s in enumerate(data.train[first:]) if s[-1] == eos][0] + 1]
+    first = train.index(long_samples[0])
+    chunks = train[first:first + [i for i, s in enumerate(train[first:]) if s[-1] == eos][0] + 1]
     assert len(chunks) > 3
     assert all(len(c) <= 64 for c in chunks) and all(c[0] == tok.bos_token_id for c in chunks)
     assert [c[-1] == eos for c in chunks] == [False] * (len(chunks) - 1) + [True]
@@ -135,7 +136,7 @@ def test_single_document_holds_out_its_last_chunks(prepare, tmp_path):
     f.write_text(" ".join(f"w{i % 30}" for i in range(800)))
     data = prepare(files_config([f], val_fraction=0.1), tmp_path)
     assert data.stats["documents"] == 1 and len(data.val) >= 1 and len(data.train) > len(data.val)
-    assert data.val[-1][-1] == data.tokenizer.eos_token_id
+    assert data.val[len(data.val) - 1][-1] == data.tokenizer.eos_token_id
 
 
 def test_bad_lines_error_or_skip(prepare, tmp_path):

@@ -178,3 +178,59 @@ def test_oversize_counters_and_errors():
 
 def test_length_histogram_is_reexported():
     assert sum(length_histogram([len(x) for x in corpus()], bins=5)["counts"]) == 120
+
+
+# -- rank sharding ---------------------------------------------------------------------------
+
+def batch_key(b) -> tuple:
+    return (b.epoch, b.index)
+
+
+@pytest.mark.parametrize("mode", ["bucket", "pack", "fixed"])
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shards_are_disjoint_complete_and_in_lockstep(mode, world):
+    cfg = BatchingConfig(max_tokens=256, mode=mode, batch_size=8, megabatch=4,
+                         oversize="split" if mode == "pack" else "truncate")
+    single = BatchStream(corpus(), cfg, pad_id=0, max_len=64, seed=3)
+    steps = 2 * single.batches_per_epoch // world + 3  # crosses epoch boundaries
+    reference = [next(single) for _ in range(steps * world)]
+    ranks = [BatchStream(corpus(), cfg, pad_id=0, max_len=64, seed=3, rank=r, world_size=world) for r in range(world)]
+    got = [[next(s) for _ in range(steps)] for s in ranks]
+    keys = [batch_key(b) for per_rank in got for b in per_rank]
+    assert len(set(keys)) == len(keys)  # disjoint
+    assert set(keys) == {batch_key(b) for b in reference}  # complete: every batch of those epochs
+    for r in range(world):
+        for k, b in enumerate(got[r]):
+            assert same(b, reference[k * world + r])
+            assert mode == "fixed" or b.n_padded <= 256  # the same budget on every rank
+    epoch0 = [b for per_rank in got for b in per_rank if b.epoch == 0]
+    assert sum(b.n_real for b in epoch0) == sum(len(x) for x in corpus())
+
+
+def test_rank_position_resumes_from_consumed_alone():
+    cfg = BatchingConfig(max_tokens=256, megabatch=4)
+    ranks = [BatchStream(corpus(), cfg, pad_id=0, max_len=64, seed=3, rank=r, world_size=2) for r in range(2)]
+    for s in ranks:
+        for _ in range(17):
+            next(s)
+    state0 = ranks[0].state_dict()
+    assert state0["consumed"] == 17 and state0["world_size"] == 2
+    for r in range(2):  # rank 0's checkpoint resumes every rank
+        resumed = BatchStream(corpus(), cfg, pad_id=0, max_len=64, seed=3, rank=r, world_size=2)
+        resumed.load_state_dict(state0)
+        assert same(next(resumed), next(ranks[r]))
+    with pytest.raises(ValueError, match="rank must be in"):
+        BatchStream(corpus(), cfg, pad_id=0, max_len=64, seed=3, rank=2, world_size=2)
+    three = BatchStream(corpus(), cfg, pad_id=0, max_len=64, seed=3, rank=0, world_size=3)
+    with pytest.raises(ValueError, match="data state of 2 ranks"):
+        three.load_state_dict(state0)
+
+
+def test_stream_reads_lengths_from_a_store_view_without_a_python_list(tmp_path):
+    from dswb.engine.data.store import write_samples
+
+    view = write_samples(tmp_path / "s", {"train": corpus()}).split("train")
+    s = BatchStream(view, BatchingConfig(max_tokens=256, megabatch=4), pad_id=0, max_len=64, seed=3)
+    assert s.lengths is view.lengths
+    reference = stream()
+    assert all(same(next(s), next(reference)) for _ in range(30))

@@ -16,6 +16,17 @@ Sequence-length warmup: the crop length of a batch is a pure function of its ord
 config), so prefetching ahead and resuming give exactly the same batches. `set_max_len(n)` is a
 manual cap on top of it; it applies to batches collated after the call (with a Prefetcher, up
 to `depth` batches later), so it is not resume-exact: prefer `length_schedule`.
+
+Samples may be a list of lists or a memory-mapped `SampleView` of the sample store
+(dswb.engine.data.store): lengths are taken from `samples.lengths` when it has them (a numpy
+array), so nothing holds one Python object per sample; only the samples of the batch being
+collated are read.
+
+Rank sharding (`rank`, `world_size`): rank r of R takes the batches `r, r + R, r + 2R, ...` of
+the endless sequence of epoch plans (every rank plans the same epochs), so the ranks are
+disjoint, together complete, each batch is under the same `max_tokens` budget, and every rank
+takes one batch per call. Its position is fully given by `consumed` (its count of batches):
+`load_state_dict` re-derives (epoch, index) from it, so rank 0's checkpoint resumes any rank.
 """
 
 from __future__ import annotations
@@ -25,16 +36,17 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from dswb.config.schema import BatchingConfig
 from dswb.engine.batching import (
-    PackedPlan, Plan, length_histogram, plan_bucketed, plan_fixed, plan_packed, seq_len_at,
+    PackedPlan, Plan, length_histogram, plan_bucketed, plan_fixed, plan_packed, rank_position, seq_len_at,
 )
 from dswb.engine.collate import Batch, collate_packed, collate_padded
 from dswb.errors import UserError
 
-__all__ = ["BatchStream", "Prefetcher", "length_histogram"]
+__all__ = ["BatchStream", "Prefetcher", "length_histogram", "sample_lengths"]
 
 
 class BatchStream:
@@ -42,14 +54,17 @@ class BatchStream:
 
     def __init__(self, samples: Sequence[Sequence[int]], cfg: BatchingConfig, pad_id: int,
                  max_len: int, seed: int, *, length_schedule: Callable[[int], int] | None = None,
-                 batches_per_step: int = 1, loss_masks: Sequence[Sequence[int]] | None = None) -> None:
+                 batches_per_step: int = 1, loss_masks: Sequence[Sequence[int]] | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         if len(samples) == 0:
             raise UserError("batching: the training set is empty")
         if loss_masks is not None and len(loss_masks) != len(samples):
             raise ValueError(f"{len(loss_masks)} loss masks for {len(samples)} samples")
+        rank_position(0, rank, world_size)  # validates the rank
         self.samples = samples
         self.loss_masks = loss_masks
-        self.lengths = [len(s) for s in samples]
+        self.rank, self.world_size = rank, world_size
+        self.lengths = sample_lengths(samples)
         self.cfg = cfg
         self.pad_id = pad_id
         self.max_len = max_len
@@ -64,6 +79,8 @@ class BatchStream:
         self.epoch = self.index = self.consumed = 0
         self._plan: Plan | PackedPlan | None = None
         self._plan_epoch = -1
+        if rank:
+            self._seek(rank)
 
     # -- planning -----------------------------------------------------------------------------
     def plan_for(self, epoch: int) -> Plan | PackedPlan:
@@ -112,13 +129,30 @@ class BatchStream:
 
     # -- position -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Position of the next batch: {"epoch", "index", "consumed"}."""
-        return {"epoch": self.epoch, "index": self.index, "consumed": self.consumed}
+        """Position of the next batch: {"epoch", "index", "consumed"} (+ rank, world_size when sharded)."""
+        state = {"epoch": self.epoch, "index": self.index, "consumed": self.consumed}
+        if self.world_size > 1:
+            state.update(rank=self.rank, world_size=self.world_size)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        self.consumed = int(state.get("consumed", 0))
+        if self.world_size > 1:
+            if int(state.get("world_size", self.world_size)) != self.world_size:
+                raise ValueError(f"data state of {state.get('world_size')} ranks loaded into {self.world_size}")
+            self.epoch = self.index = 0
+            self._seek(rank_position(self.consumed, self.rank, self.world_size))
+            return
         self.epoch = int(state["epoch"])
         self.index = int(state["index"])
-        self.consumed = int(state.get("consumed", 0))
+
+    def _seek(self, batches: int) -> None:
+        """Move the position `batches` batches forward, across epoch plans."""
+        self.index += batches
+        plan = self.plan_for(self.epoch)
+        while self.index >= len(plan):
+            self.epoch, self.index = self.epoch + 1, self.index - len(plan)
+            plan = self.plan_for(self.epoch)
 
     # -- iteration ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
@@ -135,14 +169,34 @@ class BatchStream:
             batch = collate_packed(rows, self.samples, self.pad_id, self.row_len, self.loss_masks)
         else:
             idx = plan.batches[self.index]
-            picked = [self.samples[i][:plan.lengths[i]] for i in idx]
-            masks = None if self.loss_masks is None else [self.loss_masks[i][:plan.lengths[i]] for i in idx]
+            cut = plan.lengths[idx].tolist()
+            picked = [_as_list(x[:n]) for x, n in zip(_take(self.samples, idx), cut)]
+            masks = (None if self.loss_masks is None
+                     else [_as_list(x[:n]) for x, n in zip(_take(self.loss_masks, idx), cut)])
             batch = collate_padded(picked, self.pad_id, crop, masks)
         batch.epoch, batch.index = self.epoch, self.index
-        self.index += 1
         self.consumed += 1
+        self._seek(self.world_size)
         batch.next_state = self.state_dict()
         return batch
+
+
+def sample_lengths(samples: Sequence[Sequence[int]]) -> np.ndarray:
+    """Lengths of `samples` as a numpy array: `samples.lengths` when it has them (a store view)."""
+    lengths = getattr(samples, "lengths", None)
+    if isinstance(lengths, np.ndarray):
+        return lengths
+    return np.fromiter((len(s) for s in samples), dtype=np.int64, count=len(samples))
+
+
+def _as_list(x) -> list:
+    return x.tolist() if hasattr(x, "tolist") else x
+
+
+def _take(samples, idx: list[int]) -> list:
+    """The samples at `idx`: one vectorized read from a store view, else plain indexing."""
+    take = getattr(samples, "take", None)
+    return take(idx) if take is not None else [samples[i] for i in idx]
 
 
 _END = object()

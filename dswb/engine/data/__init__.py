@@ -1,8 +1,12 @@
-"""The data side of the engine: read -> clean -> tokenize -> chunk -> cache, and the built-in task.
+"""The data side of the engine: read -> clean -> dedup -> tokenize -> chunk -> store, and the built-in task.
 
-Modules: `readers` (text/JSONL files), `cleaning` (regex rules), `tokenizer` (BPE training, the
-task's character vocabulary, loading), `chunking` (overlapping windows), `cache` (tokenized
-samples on disk), `task` (the addition task), `pipeline` (`prepare_data`, what the trainer calls).
+Modules: `readers` (text, JSONL, compressed, Parquet, `datasets` directories, as resumable
+blocks), `cleaning` (regex rules), `dedup` (exact hashes, MinHash/LSH), `tokenizer` (BPE
+training, the task's character vocabulary, loading), `chunking` (overlapping windows), `work`
+(what worker processes do), `prepare` (streaming, parallel, resumable preparation of a file
+corpus), `store` (samples on disk, memory-mapped views), `report` (the data report), `events`
+(progress and report events), `cache` (cache keys), `task` (the addition task), `pipeline`
+(`prepare_data`, what the trainer calls). See docs/data.md.
 
 Names are re-exported lazily so that importing a light module (readers, chunking, task) does
 not pull in transformers.
@@ -19,6 +23,8 @@ _EXPORTS = {
     "chunk_tokens": "chunking",
     "train_bpe_tokenizer": "tokenizer", "build_char_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
     "load_or_build": "cache",
+    "SampleView": "store", "Store": "store", "open_store": "store", "write_samples": "store", "load_or_write": "store",
+    "PreparationStopped": "prepare", "format_report": "report",
     "AdditionTask": "task", "TaskSplits": "task", "score": "task",
     "PreparedData": "pipeline", "prepare_data": "pipeline",
 }

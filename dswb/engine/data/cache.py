@@ -1,5 +1,9 @@
 """On-disk cache of tokenized samples, so a second run or a resume does not tokenize again.
 
+Keys: `cache_key(key_parts)` names an entry directory `entry_dir(cache_dir, key)`. The data
+pipeline keeps sample *stores* there (store.py: sharded, memory-mapped); the functions below
+(`save_entry`, `load_entry`, `load_or_build`) are the older whole-list API for small data.
+
 An entry is a directory `<cache_dir>/tok-<sha256>/` named by the hash of its key parts (corpus
 identity, tokenizer identity, settings, and `FORMAT_VERSION`). It holds, per named split,
 `<split>.tokens.npy` (all samples concatenated; uint16 when every id fits, else int32) and
@@ -23,7 +27,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sample stores (store.py) replaced whole-split arrays
 
 
 def cache_key(key_parts: dict) -> str:

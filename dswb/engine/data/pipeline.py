@@ -7,30 +7,42 @@ starts with bos (when the tokenizer has one). A document that fits in `data.chun
 and only the window that ends the document ends with eos (so the model never learns to stop in
 the middle of a text). Chunks never exceed `min(data.chunk_size, model.max_seq_len)` tokens.
 
+Samples live in a store on disk (store.py): `PreparedData.train` and `.val` are memory-mapped
+`SampleView`s (`len`, `[i]` -> numpy array, `.lengths`), never lists, so any corpus size fits.
+
 Sources:
 - `task`: the built-in addition task; tokenizer: `model.tokenizer`, else the model directory's,
-  else the task's character vocabulary. No cleaning (the text is synthetic).
-- `files`: read (readers.py), clean (cleaning.py, if `data.clean`), split train/val *by document*
-  (seeded by `run.seed`; at least one val document when `val_fraction > 0` and there are two or
-  more; a single document is split by chunks instead), tokenizer as above or a byte-level BPE
-  trained on the training documents, batched fast tokenization, chunking.
-Results are cached (cache.py), keyed by the corpus files (path, size, mtime), the tokenizer and
-every setting that changes the samples; a trained tokenizer is cached with them.
+  else the task's character vocabulary. No cleaning (the text is synthetic). Small: in-process.
+- `files`: streamed by prepare.py with `data.workers` processes: read (readers.py), clean
+  (cleaning.py, if `data.clean`), deduplicate (dedup.py, `data.dedup` / `data.near_dedup`),
+  split train/val *by document* (seeded by `run.seed`; at least one val document when
+  `val_fraction > 0` and there are two or more; a single document is split by chunks instead),
+  tokenizer as above or a byte-level BPE trained on the training documents, batched fast
+  tokenization, chunking. Interrupted preparations resume from their last complete shard.
+Results are cached, keyed by the corpus files (path, size, mtime), the tokenizer and every
+setting that changes the samples (not `data.workers` nor `data.shard_mb`); a trained tokenizer
+is cached with them. `stats` carries the data report (report.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from dswb.engine.data import cache
 from dswb.engine.data.chunking import chunk_tokens
-from dswb.engine.data.cleaning import clean_batch, make_cleaner
-from dswb.engine.data.readers import expand_paths, read_documents
+from dswb.engine.data.prepare import Settings, auto_shard_bytes, prepare_files, resolve_workers
+from dswb.engine.data.readers import BLOCK_BYTES, expand_paths
+from dswb.engine.data.report import small_report
+from dswb.engine.data.store import SampleView, Store, StoreWriter, open_store
 from dswb.engine.data.task import AdditionTask, TaskSplits
 from dswb.engine.data.tokenizer import (build_char_tokenizer, encode_batch, has_tokenizer, load_tokenizer,
                                         tokenizer_from_json, tokenizer_identity, tokenizer_json,
@@ -45,8 +57,8 @@ class PreparedData:
     """Everything the trainer needs from the data side."""
 
     tokenizer: Any
-    train: list[list[int]]
-    val: list[list[int]]
+    train: SampleView
+    val: SampleView
     task: AdditionTask | None = None
     task_splits: TaskSplits | None = None
     eval_prompts: list[str] = field(default_factory=list)
@@ -54,11 +66,17 @@ class PreparedData:
     test_prompts: list[str] = field(default_factory=list)
     test_answers: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    store: Store | None = None
 
     @property
     def vocab_size(self) -> int:
         """Tokens the model's embedding must cover (`len(tokenizer)`, added tokens included)."""
         return len(self.tokenizer)
+
+    @property
+    def report(self) -> dict:
+        """The data report (report.py): what was read, dropped, kept and produced."""
+        return self.stats.get("report", {})
 
 
 @dataclass(frozen=True)
@@ -98,7 +116,10 @@ def tokenize_docs(tokenizer: Any, docs: list[str], batch: int, plan: ChunkPlan) 
 
 
 def split_documents(n_docs: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, val) document indices, each in corpus order; deterministic for `seed`."""
+    """(train, val) document indices, each in corpus order; deterministic for `seed`.
+
+    (prepare.val_documents makes the same choice on an array, for corpora of any size.)
+    """
     if val_fraction <= 0 or n_docs < 2:
         return list(range(n_docs)), []
     n_val = min(n_docs - 1, max(1, round(n_docs * val_fraction)))
@@ -108,17 +129,22 @@ def split_documents(n_docs: int, val_fraction: float, seed: int) -> tuple[list[i
     return [i for i in range(n_docs) if i not in val], sorted(val)
 
 
-def prepare_data(config: Any, cache_root: Path, log: Callable[[str], None] = lambda _: None) -> PreparedData:
-    """Tokenized train/val samples (and the task's evaluation sets) for `config`, cached."""
+def prepare_data(config: Any, cache_root: Path, log: Callable[[str], None] = lambda _: None,
+                 progress: Callable[[dict], None] | None = None) -> PreparedData:
+    """Tokenized train/val samples (and the task's evaluation sets) for `config`, cached.
+
+    `progress` receives `data_progress` event fields while a file corpus is prepared (see
+    prepare.Progress); raising `prepare.PreparationStopped` from it stops, resumably.
+    """
     started = time.perf_counter()
     cache_dir = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else Path(cache_root)
     if config.data.source == "task":
         data = _prepare_task(config, cache_dir, log)
     elif config.data.source == "files":
-        data = _prepare_files(config, cache_dir, log)
+        data = _prepare_files(config, cache_dir, log, progress)
     else:
         raise UserError(f"data.source: unknown source '{config.data.source}' (task or files)")
-    if not data.train:
+    if not len(data.train):
         raise UserError(f"data: no training samples from data.source = '{config.data.source}'")
     data.stats["seconds"] = round(time.perf_counter() - started, 3)
     s = data.stats
@@ -168,79 +194,114 @@ def _prepare_task(config: Any, cache_dir: Path, log: Callable[[str], None]) -> P
                  "val": cache.texts_identity(val_texts), "tokenizer": tokenizer_identity(tokenizer),
                  "plan": plan.__dict__, "policy": SAMPLE_POLICY}
     key = cache.cache_key(key_parts)
-    entry = cache.load_entry(cache_dir, key)
-    if entry is not None:
-        train, val = entry.splits["train"], entry.splits["val"]
-    else:
-        batch = config.data.tokenize_batch
-        train = [s for doc in tokenize_docs(tokenizer, train_texts, batch, plan) for s in doc]
-        val = [s for doc in tokenize_docs(tokenizer, val_texts, batch, plan) for s in doc]
-        cache.save_entry(cache_dir, key, {"train": train, "val": val}, meta={"key_parts": key_parts})
-    stats = {"documents": len(train_texts) + len(val_texts), "skipped_lines": 0,
-             "chars": sum(map(len, train_texts)) + sum(map(len, val_texts)),
-             "tokens": sum(map(len, train)) + sum(map(len, val)), "train_samples": len(train),
-             "val_samples": len(val), "cache_hit": entry is not None, "tokenizer": tok_name, "cache_key": key}
+    final = cache.entry_dir(cache_dir, key)
+    store = open_store(final)
+    hit = store is not None
+    if store is None:
+        store = _write_texts(tokenizer, {"train": train_texts, "val": val_texts}, config.data.tokenize_batch, plan,
+                             final, {"key_parts": key_parts})
+    train, val = store.split("train"), store.split("val")
+    lengths = store.lengths
+    texts = train_texts + val_texts
+    text_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    report = small_report(len(texts), sum(map(len, texts)), text_bytes,
+                          np.asarray(store.meta.get("doc_tokens", []), dtype=np.int64), lengths, len(train), len(val),
+                          train.n_tokens)
+    report["val_documents"], report["train_documents"] = len(val_texts), len(train_texts)
+    stats = {"documents": len(texts), "skipped_lines": 0, "chars": report["chars"],
+             "tokens": int(lengths.sum(dtype=np.int64)), "train_samples": len(train), "val_samples": len(val),
+             "cache_hit": hit, "tokenizer": tok_name, "cache_key": key, "report": report}
     return PreparedData(tokenizer=tokenizer, train=train, val=val, task=task, task_splits=splits,
                         eval_prompts=[e.prompt for e in splits.val], eval_answers=[e.answer for e in splits.val],
                         test_prompts=[e.prompt for e in splits.test], test_answers=[e.answer for e in splits.test],
-                        stats=stats)
+                        stats=stats, store=store)
+
+
+def _write_texts(tokenizer: Any, splits: dict[str, list[str]], batch: int, plan: ChunkPlan, final: Path,
+                 meta: dict) -> Store:
+    """Tokenize in-memory texts (small data) into a new store, one split after the other."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = StoreWriter(tmp)
+    bounds, doc_tokens = {}, []
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    try:
+        for name, texts in splits.items():
+            first = writer.n_samples
+            for start in range(0, len(texts), batch):
+                for ids in encode_batch(tokenizer, texts[start:start + batch]):
+                    doc_tokens.append(len(ids))
+                    for sample in doc_samples(ids, bos, eos, plan):
+                        writer.add(sample)
+                    writer.end_document()
+            bounds[name] = np.arange(first, writer.n_samples)
+        return writer.commit(final, bounds, {**meta, "doc_tokens": doc_tokens})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- files -----------------------------------------------------------------------------------
 
-def _prepare_files(config: Any, cache_dir: Path, log: Callable[[str], None]) -> PreparedData:
+def _describe(json_text: str) -> tuple[str, int | None, int, int]:
+    tok = tokenizer_from_json(json_text)
+    return json_text, tok.bos_token_id, tok.eos_token_id, len(tok)
+
+
+def _prepare_files(config: Any, cache_dir: Path, log: Callable[[str], None],
+                   progress: Callable[[dict], None] | None) -> PreparedData:
     d = config.data
     files = expand_paths(d.paths)
     given = _given_tokenizer(config)
     if given:
         tokenizer, tok_name = given
         tok_part: Any = tokenizer_identity(tokenizer)
+        if getattr(tokenizer, "backend_tokenizer", None) is None:
+            raise UserError(f"model.tokenizer: {tok_name} has no fast tokenizer (tokenizer.json), which data "
+                            "preparation needs")
+        info = (tokenizer_json(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer))
         has_bos = tokenizer.bos_token_id is not None
     else:
-        tokenizer, tok_name = None, "byte-level BPE trained on the corpus"
-        tok_part = {"train_bpe": _bpe_vocab_size(config, log)}
+        tokenizer, tok_name, info = None, "byte-level BPE trained on the corpus", None
+        tok_part = {"train_bpe": _bpe_vocab_size(config, log), "max_chars": d.tokenizer_train_chars}
         has_bos = True
     plan = chunk_plan(d.chunk_size, d.chunk_overlap, d.min_chunk, config.model.max_seq_len, has_bos)
     if d.chunk_size > config.model.max_seq_len:
         log(f"data: chunks limited to model.max_seq_len = {config.model.max_seq_len} tokens")
+    near = (d.near_dedup_threshold, d.near_dedup_perm) if d.near_dedup else None
     key_parts = {"source": "files", "files": [cache.file_identity(f) for f in files], "format": d.format,
                  "text_field": d.text_field, "bad_lines": d.bad_lines,
                  "clean": [d.strip_html, d.strip_urls, d.strip_special] if d.clean else False,
+                 "dedup": d.dedup, "near_dedup": list(near) if near else False,
                  "val_fraction": d.val_fraction, "seed": config.run.seed, "tokenizer": tok_part,
                  "plan": plan.__dict__, "policy": SAMPLE_POLICY}
     key = cache.cache_key(key_parts)
-    entry = cache.load_entry(cache_dir, key)
-    if entry is not None:
-        if tokenizer is None:
-            tokenizer = tokenizer_from_json(entry.file("tokenizer.json").read_text(encoding="utf-8"))
-        stats = {**entry.meta["stats"], "cache_hit": True}
-        return PreparedData(tokenizer=tokenizer, train=entry.splits["train"], val=entry.splits["val"], stats=stats)
+    input_bytes = sum(f.stat().st_size for f in files)
+    workers = resolve_workers(d.workers, input_bytes)
+    shard_bytes = auto_shard_bytes(d.shard_mb, input_bytes, workers)
+    settings = Settings(paths=list(d.paths), files=files, fmt=d.format, text_field=d.text_field,
+                        bad_lines=d.bad_lines, clean=(d.strip_html, d.strip_urls, d.strip_special) if d.clean else None,
+                        dedup=d.dedup, near=near, workers=workers, shard_bytes=shard_bytes,
+                        block_bytes=min(BLOCK_BYTES, shard_bytes), val_fraction=d.val_fraction, seed=config.run.seed,
+                        content=plan.content, overlap=plan.overlap, min_chunk=plan.min_chunk,
+                        tokenize_batch=d.tokenize_batch, tokenizer_train_chars=d.tokenizer_train_chars)
+    bpe_size = None if given else tok_part["train_bpe"]
 
-    read = read_documents(d.paths, d.format, d.text_field, d.bad_lines)
-    log(f"data: read {len(read.docs)} documents from {len(read.files)} files"
-        + (f" ({read.skipped} malformed lines skipped, e.g. {read.skipped_examples[0]})" if read.skipped else ""))
-    docs = read.docs
-    if d.clean:
-        docs = [doc for doc in clean_batch(docs, make_cleaner(d.strip_html, d.strip_urls, d.strip_special)) if doc]
-        if not docs:
-            raise UserError(f"no text left after cleaning the documents in {', '.join(d.paths)}")
-    train_idx, val_idx = split_documents(len(docs), d.val_fraction, config.run.seed)
+    def train(texts) -> str:
+        log(f"data: training a byte-level BPE ({bpe_size} tokens) on the training documents")
+        return tokenizer_json(train_bpe_tokenizer(texts, bpe_size))
+
+    store, hit = prepare_files(settings, cache_dir, key, key_parts, info, train, _describe, log, progress,
+                               {"tokenizer_name": tok_name})
     if tokenizer is None:
-        tokenizer = train_bpe_tokenizer((docs[i] for i in train_idx), tok_part["train_bpe"])
-        log(f"data: trained a byte-level BPE with {len(tokenizer)} tokens")
-    per_doc = tokenize_docs(tokenizer, docs, d.tokenize_batch, plan)
-    train = [s for i in train_idx for s in per_doc[i]]
-    val = [s for i in val_idx for s in per_doc[i]]
-    if len(docs) == 1 and d.val_fraction > 0 and len(train) >= 2:  # one document: hold out its last chunks
-        n_val = max(1, round(len(train) * d.val_fraction))
-        train, val = train[:-n_val], train[-n_val:]
-    if not train:
-        raise UserError(f"no training samples from {', '.join(d.paths)} (documents tokenize to nothing)")
-    stats = {"documents": len(docs), "skipped_lines": read.skipped, "chars": sum(map(len, docs)),
-             "tokens": sum(len(s) for doc in per_doc for s in doc), "train_samples": len(train),
-             "val_samples": len(val), "cache_hit": False, "tokenizer": tok_name, "files": len(read.files),
-             "dropped_empty": len(read.docs) - len(docs), "cache_key": key}
-    extra = {} if given else {"tokenizer.json": tokenizer_json(tokenizer)}
-    cache.save_entry(cache_dir, key, {"train": train, "val": val}, meta={"key_parts": key_parts, "stats": stats},
-                     files=extra)
-    return PreparedData(tokenizer=tokenizer, train=train, val=val, stats=stats)
+        tokenizer = tokenizer_from_json(store.file("tokenizer.json").read_text(encoding="utf-8"))
+        if not hit:
+            log(f"data: trained a byte-level BPE with {len(tokenizer)} tokens")
+    report = dict(store.meta["report"])
+    stats = {"documents": report["documents"], "skipped_lines": report["bad_records"], "chars": report["chars"],
+             "tokens": report["tokens"], "train_samples": report["train_samples"],
+             "val_samples": report["val_samples"], "cache_hit": hit, "tokenizer": tok_name, "files": len(files),
+             "dropped_empty": report["cleaned_away"], "duplicates": report["exact_duplicates"] + report["near_duplicates"],
+             "cache_key": key, "report": report}
+    return PreparedData(tokenizer=tokenizer, train=store.split("train"), val=store.split("val"), stats=stats,
+                        store=store)
