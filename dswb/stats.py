@@ -39,8 +39,12 @@ class RunningStats:
 
     @property
     def std(self) -> float:
-        """Population standard deviation (numpy's default, as in the seed)."""
-        return math.sqrt(self.m2 / self.count) if self.count > 1 else 0.0
+        """Population standard deviation (numpy's default, as in the seed); nan when values near
+        the float limit overflowed the running sums, never an exception."""
+        if self.count <= 1:
+            return 0.0
+        var = self.m2 / self.count
+        return math.sqrt(var) if var >= 0 else math.nan
 
     def summary(self) -> dict[str, float]:
         return {"count": self.count, "mean": self.mean, "std": self.std, "min": self.min,

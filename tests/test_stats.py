@@ -35,3 +35,15 @@ def test_non_finite_values_are_ignored_and_book_round_trips():
     assert summary["loss"]["count"] == 2 and summary["loss"]["mean"] == 3.0
     again = StatsBook.from_dict(book.to_dict())
     assert again.summaries() == summary
+
+
+def test_values_near_the_float_limit_never_raise():
+    from dswb.stats import RunningStats
+
+    stats = RunningStats()
+    for value in (1e308, -1e308, 1e308, -1e308):
+        stats.update(value)
+    summary = stats.summary()
+    assert summary["count"] == 4 and summary["max"] == 1e308 and summary["min"] == -1e308
+    std = summary["std"]
+    assert std != std or std >= 0   # nan (overflowed) or a real number: never an exception
