@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Sequence
@@ -17,6 +18,23 @@ RunRef = Annotated[str, typer.Argument(help="Run id, unique part of it, a path, 
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON to this path.")]
 
 DEFAULT_RUNS_ROOT = Path("runs")
+TEXT_LIMIT = 300          # characters of a string from a run file shown in a line or cell
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clip(text: str, limit: int = TEXT_LIMIT) -> str:
+    """`text` cut to `limit` characters, with a marker saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [cut: {len(text):,} chars]"
+
+
+def safe_text(value: Any, limit: int = TEXT_LIMIT) -> str:
+    """Any value from a run file as one printable line: control characters (escape sequences,
+    newlines) replaced by '?', lone surrogates replaced, cut to `limit` with a marker."""
+    text = value if isinstance(value, str) else str(value)
+    text = clip(text, limit)
+    return _CONTROL.sub("?", text).encode("utf-8", "replace").decode("utf-8")
 
 
 def user_errors(command: Callable) -> Callable:
@@ -29,6 +47,24 @@ def user_errors(command: Callable) -> Callable:
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper
+
+
+def disk_errors(command: Callable) -> Callable:
+    """Report a full disk (`DiskFull`, ENOSPC) as one `error: ...` line naming the path and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OSError as exc:
+            from dswb.rundir.space import disk_full_error, is_disk_full
+
+            if not is_disk_full(exc):
+                raise
+            typer.echo(f"error: {disk_full_error(exc, [Path.cwd()])}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -1,9 +1,13 @@
-"""`dswb runs list | show | plot | stop | pause | resume | checkpoint`: runs from the shell.
+"""`dswb runs list | show | plot | verify | stop | pause | resume | checkpoint`: runs from the shell.
 
-Everything here reads the run directory (status.json, events.jsonl) and writes only
+Everything here reads the run directory (status.json, events.jsonl, manifests) and writes only
 control.jsonl, so it works the same for runs started from the shell or the dashboard.
 Statistics are streamed through `StatsBook` (O(1) memory per metric); plots downsample long
 series to about two points per column (min and max per bucket) before plotext sees them.
+
+The viewers take any file: the readers normalise types (`dswb.rundir.events`), every string from
+a run file is printed through `safe_text` (control characters replaced, cut with a marker), and
+values plotext cannot draw (beyond +-1e300, subnormal) are clipped with a note.
 """
 
 from __future__ import annotations
@@ -19,17 +23,23 @@ from typing import Annotated, Any, Callable, Sequence
 
 import typer
 
-from dswb.cli.common import DEFAULT_RUNS_ROOT, RunRef, RunsRoot, print_table, user_errors
+from dswb.cli import samples_cmd
+from dswb.cli.common import DEFAULT_RUNS_ROOT, RunRef, RunsRoot, print_table, safe_text, user_errors
 from dswb.errors import UserError
 from dswb.rundir import (EventTail, RunPaths, effective_state, find_runs, read_status, resolve_run,
                          send_command)
 from dswb.rundir.events import json_safe
-from dswb.stats import StatsBook
+from dswb.stats import RunningStats, StatsBook
 
 FINAL_STATES = ("finished", "failed", "stopped", "lost")
 LIVE_STATES = ("starting", "running", "paused")
 STAT_KINDS = ("metrics", "eval", "system")
 LIST_LIMIT = 20
+NAME_LIMIT = 60           # metric and stage names in tables
+ROWS_LIMIT = 200          # metrics per statistics table
+JSON_TEXT_LIMIT = 10_000  # strings in --json output
+JSON_DEPTH_LIMIT = 32
+PLOT_LIMIT = 1e300        # plotext overflows beyond this (and below 1e-300 in magnitude)
 
 app = typer.Typer(help="List, inspect, plot and control runs (stop, pause, resume, checkpoint).",
                   no_args_is_help=True)
@@ -42,8 +52,11 @@ def fmt_num(value: Any, missing: str = "-") -> str:
     if value is None:
         return missing
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    v = float(value)
+        return safe_text(value, NAME_LIMIT)
+    try:
+        v = float(value)
+    except OverflowError:
+        return "huge"
     if not math.isfinite(v):
         return str(v)
     a = abs(v)
@@ -63,6 +76,8 @@ def fmt_num(value: Any, missing: str = "-") -> str:
 def fmt_duration(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
         return "-"
+    if seconds >= 1e9:
+        return ">30y"
     s = int(round(seconds))
     if s < 60:
         return f"{s}s"
@@ -82,12 +97,29 @@ def fmt_age(t: Any, now: float | None = None) -> str:
 def fmt_time(t: Any) -> str:
     if not isinstance(t, (int, float)):
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    except (OverflowError, OSError, ValueError):
+        return "-"
 
+
+
+def json_view(value: Any, depth: int = 0) -> Any:
+    """`value` made safe for --json output: standard JSON (no NaN/Inf), strings cut with a
+    marker, nesting cut at `JSON_DEPTH_LIMIT`."""
+    if isinstance(value, str):
+        return safe_text(value, JSON_TEXT_LIMIT) if len(value) > JSON_TEXT_LIMIT else value
+    if isinstance(value, (dict, list, tuple)) and depth >= JSON_DEPTH_LIMIT:
+        return "... [cut: nested too deep]"
+    if isinstance(value, dict):
+        return {str(k)[:JSON_TEXT_LIMIT]: json_view(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_view(v, depth + 1) for v in value]
+    return json_safe(value)
 
 
 def echo_json(value: Any) -> None:
-    typer.echo(json.dumps(json_safe(value), indent=1, default=str))
+    typer.echo(json.dumps(json_view(value), indent=1, default=str))
 
 
 # --- runs list -------------------------------------------------------------------------------
@@ -136,7 +168,8 @@ def list_runs(runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
         typer.echo(f"no runs under {runs_root}")
         return
     now = time.time()
-    rows = [[s["run_id"], s["state"], s["stage"] or "-", _step_text(s["step"], s["total_steps"]),
+    rows = [[s["run_id"], safe_text(s["state"], NAME_LIMIT), safe_text(s["stage"] or "-", NAME_LIMIT),
+             _step_text(s["step"], s["total_steps"]),
              fmt_num(s["loss"]), fmt_duration(s["eta_s"]) if s["state"] in LIVE_STATES else "-",
              fmt_age(s["updated"], now)] for s in summaries]
     print_table(["run", "state", "stage", "step", "loss", "eta", "updated"], rows, numeric=(3, 4))
@@ -182,8 +215,20 @@ def scan_events(path: Path, ema_decay: float = 0.9, keep_alerts: int = 10) -> Ru
     return scan
 
 
+def safe_summary(stats: RunningStats) -> dict[str, float]:
+    """`stats.summary()` that survives overflow: with values near +-1e308 the running variance can
+    become -inf or NaN, where `math.sqrt` raises; the std is then NaN."""
+    var = stats.m2 / stats.count if stats.count > 1 else 0.0
+    return {"count": stats.count, "mean": stats.mean, "std": math.sqrt(var) if var >= 0 else math.nan,
+            "min": stats.min, "max": stats.max, "last": stats.last, "ema": stats.ema}
+
+
+def safe_summaries(book: StatsBook) -> dict[str, dict[str, float]]:
+    return {name: safe_summary(s) for name, s in sorted(book.by_name.items())}
+
+
 def _metrics_text(metrics: dict) -> str:
-    return "  ".join(f"{k}={fmt_num(v, 'nan')}" for k, v in metrics.items())
+    return safe_text("  ".join(f"{k}={fmt_num(v, 'nan')}" for k, v in metrics.items()))
 
 
 @app.command("show")
@@ -201,31 +246,36 @@ def show(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
     if as_json:
         stats: dict[str, dict] = {}
         for (kind, stage), book in sorted(scan.books.items()):
-            stats.setdefault(kind, {})[stage] = book.summaries()
+            stats.setdefault(kind, {})[stage] = safe_summaries(book)
         echo_json({"run_id": paths.run_id, "path": str(paths.root), "state": state, "status": status,
                    "stats": stats, "last_eval": scan.last_eval, "last_checkpoint": scan.last_checkpoint,
                    "alerts": scan.alerts, "alert_count": scan.alert_count})
         return
     _print_status(paths, status, state)
     for (kind, stage), book in sorted(scan.books.items(), key=lambda kv: (STAT_KINDS.index(kv[0][0]), kv[0][1])):
-        rows = [[name, s["count"], fmt_num(s["mean"]), fmt_num(s["std"]), fmt_num(s["min"]),
-                 fmt_num(s["max"]), fmt_num(s["last"])] for name, s in book.summaries().items()]
+        table = safe_summaries(book)
+        rows = [[safe_text(name, NAME_LIMIT), s["count"], fmt_num(s["mean"]), fmt_num(s["std"]), fmt_num(s["min"]),
+                 fmt_num(s["max"]), fmt_num(s["last"])] for name, s in list(table.items())[:ROWS_LIMIT]]
         typer.echo("")
         print_table(["metric", "count", "mean", "std", "min", "max", "last"], rows,
-                    numeric=(1, 2, 3, 4, 5, 6), title=f"{kind} ({stage})")
+                    numeric=(1, 2, 3, 4, 5, 6), title=f"{kind} ({safe_text(stage, NAME_LIMIT)})")
+        if len(table) > ROWS_LIMIT:
+            typer.echo(f"... {len(table) - ROWS_LIMIT} more metrics not shown (--json shows all)")
     if not scan.books:
         typer.echo("\nno metrics recorded yet")
     if scan.last_eval:
         e = scan.last_eval
-        typer.echo(f"\nlast eval    {e.get('stage')} step {e.get('step')}: {_metrics_text(e['metrics'])}")
+        typer.echo(f"\nlast eval    {safe_text(e.get('stage'), NAME_LIMIT)} step {e.get('step')}: "
+                   f"{_metrics_text(e['metrics'])}")
     if scan.last_checkpoint:
         c = scan.last_checkpoint
-        typer.echo(f"checkpoint   {c.get('path')} ({c.get('reason', '?')}, step {c.get('step')})")
+        typer.echo(f"checkpoint   {safe_text(c.get('path'))} ({safe_text(c.get('reason', '?'), NAME_LIMIT)}, step {c.get('step')})")
     if scan.alert_count:
         more = f", last {len(scan.alerts)}" if scan.alert_count > len(scan.alerts) else ""
         typer.echo(f"\nalerts ({scan.alert_count}{more}):")
         for a in scan.alerts:
-            typer.echo(f"  step {a.get('step')}  {a.get('level', '?')}  {a.get('code', '')}: {a.get('message', '')}")
+            typer.echo(f"  step {a.get('step')}  {safe_text(a.get('level', '?'), NAME_LIMIT)}  "
+                       f"{safe_text(a.get('code', ''), NAME_LIMIT)}: {safe_text(a.get('message', ''))}")
     if scan.bad_lines:
         typer.echo(f"\n{scan.bad_lines} unreadable line(s) in {paths.events.name} skipped")
 
@@ -235,12 +285,12 @@ def _print_status(paths: RunPaths, status: dict | None, state: str) -> None:
     if status is None:
         lines.append(("state", f"{state} (no status.json yet)"))
     else:
-        where = f"pid {status.get('pid')} on {status.get('host')}" if status.get("pid") else ""
-        lines.append(("state", f"{state}  {where}".rstrip()))
+        where = f"pid {status.get('pid')} on {safe_text(status.get('host'), NAME_LIMIT)}" if status.get("pid") else ""
+        lines.append(("state", f"{safe_text(state, NAME_LIMIT)}  {where}".rstrip()))
         stages = status.get("stages") or []
-        stage_text = f"{status.get('stage')}  step {_step_text(status.get('step'), status.get('total_steps'))}"
+        stage_text = f"{safe_text(status.get('stage'), NAME_LIMIT)}  step {_step_text(status.get('step'), status.get('total_steps'))}"
         if len(stages) > 1:
-            stage_text += f"  (stages: {', '.join(map(str, stages))})"
+            stage_text += f"  (stages: {safe_text(', '.join(map(str, stages)))})"
         lines.append(("stage", stage_text))
         started, updated = status.get("started"), status.get("updated")
         times = f"started {fmt_time(started)}   updated {fmt_age(updated)}"
@@ -250,7 +300,7 @@ def _print_status(paths: RunPaths, status: dict | None, state: str) -> None:
             times += f"   eta {fmt_duration(status.get('eta_s'))}"
         lines.append(("time", times))
         if status.get("error"):
-            lines.append(("error", str(status["error"])))
+            lines.append(("error", safe_text(status["error"])))
     for label, text in lines:
         typer.echo(f"{label:<12} {text}")
 
@@ -306,14 +356,19 @@ def collect_series(path: Path, names: Sequence[str], stage: str | None = None, x
         available.update(metrics)
         if stage is not None and ev_stage != stage:
             continue
-        if t0 is None:
-            t0 = event.get("t", 0)
+        if x_axis == "step":
+            x = event.get("step")
+        else:
+            t = event.get("t")
+            if t is None:
+                continue
+            t0 = t if t0 is None else t0
+            x = t - t0
+        if not isinstance(x, (int, float)) or not math.isfinite(x):
+            continue
         for name in wanted.intersection(metrics):
             y = metrics[name]
             if isinstance(y, bool) or not isinstance(y, (int, float)):
-                continue
-            x = event.get("step") if x_axis == "step" else event.get("t", 0) - t0
-            if not isinstance(x, (int, float)):
                 continue
             s = series[name].get(ev_stage)
             if s is None:
@@ -323,9 +378,30 @@ def collect_series(path: Path, names: Sequence[str], stage: str | None = None, x
     return series, available, stages
 
 
+def plot_value(v: float) -> tuple[float, bool]:
+    """`v` moved into the range plotext can draw (|v| <= 1e300, no subnormals); True if it moved."""
+    if v > PLOT_LIMIT or v < -PLOT_LIMIT:
+        return math.copysign(PLOT_LIMIT, v), True
+    if v != 0 and abs(v) < 1 / PLOT_LIMIT:
+        return 0.0, True
+    return v, False
+
+
+def _drawable(xs: list[float], ys: list[float]) -> tuple[list[float], list[float], int]:
+    out_x, out_y, moved = [], [], 0
+    for x, y in zip(xs, ys):
+        (x, mx), (y, my) = plot_value(float(x)), plot_value(float(y))
+        out_x.append(x)
+        out_y.append(y)
+        moved += mx or my
+    return out_x, out_y, moved
+
+
 def render_plot(series: dict[str, dict[str, Series]], width: int, height: int, x_axis: str,
                 title: str = "", color: bool = False) -> str:
     import plotext as plt
+
+    notes = []
 
     plt.clear_figure()
     names = list(series)
@@ -337,13 +413,18 @@ def render_plot(series: dict[str, dict[str, Series]], width: int, height: int, x
             plt.subplot(row, 1)
         by_stage = series[name]
         for stage, s in by_stage.items():
-            xs, ys = downsample_minmax(s.xs, s.ys, width)
-            plt.plot(xs, ys, label=stage if len(by_stage) > 1 else None)
-        plt.title(f"{title}  {name}".strip() if row == 1 else name)
+            xs, ys, moved = _drawable(*downsample_minmax(s.xs, s.ys, width))
+            if moved:
+                notes.append(f"note: {moved} point(s) of {safe_text(name, NAME_LIMIT)} ({safe_text(stage, NAME_LIMIT)}) "
+                             f"beyond +-1e300 or below 1e-300 in size are drawn clipped")
+            plt.plot(xs, ys, label=safe_text(stage, NAME_LIMIT) if len(by_stage) > 1 else None)
+        label = safe_text(name, NAME_LIMIT)
+        plt.title(f"{title}  {label}".strip() if row == 1 else label)
         plt.xlabel("step" if x_axis == "step" else "seconds")
     text = plt.build()
     plt.clear_figure()
-    return text if color else plt.uncolorize(text)
+    text = text if color else plt.uncolorize(text)
+    return "\n".join([text, *notes])
 
 
 @app.command("plot")
@@ -366,17 +447,70 @@ def plot(run: RunRef,
     series, available, stages = collect_series(paths.events, metrics, stage, x_axis)
     if stage is not None and stage not in stages:
         raise UserError(f"run {paths.run_id} has no metrics for stage '{stage}' "
-                        f"(stages: {', '.join(sorted(stages)) or 'none yet'})")
+                        f"(stages: {safe_text(', '.join(sorted(stages))) or 'none yet'})")
     for name in metrics:
         if not series[name]:
-            known = ", ".join(sorted(available)) or "none recorded yet"
+            names = sorted(available)
+            known = ", ".join(safe_text(n, NAME_LIMIT) for n in names[:30]) or "none recorded yet"
+            if len(names) > 30:
+                known += f", ... {len(names) - 30} more"
             raise UserError(f"metric '{name}' not found in run {paths.run_id} (available: {known})")
     term = shutil.get_terminal_size((100, 30))
     width = width or max(40, term.columns)
     height = height or max(10, min(25, (term.lines - 2) // len(metrics)))
     if color is None:
         color = sys.stdout.isatty()
-    typer.echo(render_plot(series, width, height, x_axis, title=paths.run_id, color=color))
+    try:
+        text = render_plot(series, width, height, x_axis, title=paths.run_id, color=color)
+    except Exception as exc:  # noqa: BLE001 - a plotting library fault must not become a traceback
+        typer.echo(f"error: could not draw the plot ({type(exc).__name__}: {safe_text(exc)})", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(text)
+
+
+# --- runs verify -----------------------------------------------------------------------------
+
+VERIFY_RESULT = {"ok": "ok", "unverified": "unverified (no manifest)", "mismatch": "MISMATCH"}
+
+
+@app.command("verify")
+@user_errors
+def verify(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False) -> None:
+    """Check every checkpoint and final model of a run against its manifest (sizes, BLAKE2b checksums).
+
+    Exits 1 if any file is missing, changed or unlisted. Directories written before manifests
+    existed show as unverified. Example: `dswb runs verify latest`
+    """
+    from dswb.rundir.manifest import run_artifacts, verify_dir
+    from dswb.rundir.space import fmt_bytes
+
+    paths = resolve_run(run, runs_root)
+    check, aside = run_artifacts(paths.root)
+    results = [verify_dir(d) for d in check]
+    bad = [r for r in results if r.status == "mismatch"]
+    rel = lambda p: str(p.relative_to(paths.root))  # noqa: E731
+    if as_json:
+        echo_json({"run_id": paths.run_id, "ok": not bad, "set_aside": [rel(p) for p in aside],
+                   "results": [{"path": rel(r.path), "status": r.status, "files": r.files, "bytes": r.bytes,
+                                "problems": r.problems} for r in results]})
+    elif not results:
+        typer.echo(f"run {paths.run_id} has no checkpoints or final models yet")
+    else:
+        print_table(["directory", "files", "size", "result"],
+                    [[rel(r.path), r.files or "-", fmt_bytes(r.bytes) if r.files else "-", VERIFY_RESULT[r.status]]
+                     for r in results], numeric=(1, 2))
+        for r in bad:
+            for problem in r.problems:
+                typer.echo(f"{rel(r.path)}: {safe_text(problem)}")
+        for p in aside:
+            why = "failed verification earlier" if not p.name.startswith(".tmp-") else "interrupted write, removed on resume"
+            typer.echo(f"set aside, not checked: {rel(p)} ({why})")
+        counts = {k: sum(r.status == k for r in results) for k in VERIFY_RESULT}
+        typer.echo(f"{len(results)} checked: {counts['ok']} ok, {counts['unverified']} unverified, "
+                   f"{counts['mismatch']} mismatch")
+    if bad:
+        raise typer.Exit(1)
 
 
 # --- control: stop, pause, resume, checkpoint ------------------------------------------------
@@ -477,3 +611,6 @@ def checkpoint(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT, wait: WaitO
         time.sleep(0.1)
     typer.echo(f"no checkpoint from run {paths.run_id} after {wait:g}s", err=True)
     raise typer.Exit(1)
+
+
+app.command("samples")(samples_cmd.samples)
