@@ -87,6 +87,9 @@ class PlainReporter:
     def on_stage_end(self, stage: str, state: str) -> None:
         pass
 
+    def close(self) -> None:
+        """Called when the run ends, before the outcome is printed."""
+
 
 class TTYReporter(PlainReporter):
     """A single progress line redrawn in place; events print above it."""
@@ -104,6 +107,13 @@ class TTYReporter(PlainReporter):
     def _print(self, line: str) -> None:
         self._clear()
         print(line, file=self.out, flush=True)
+
+    def close(self) -> None:
+        """End a progress line cut short (a failure, a stop), so the outcome gets a line of its own."""
+        if self._bar:
+            self.out.write("\n")
+            self.out.flush()
+            self._bar = ""
 
     def on_metrics(self, stage, step, total_steps, metrics, eta_s) -> None:
         now = time.monotonic()

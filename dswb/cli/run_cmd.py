@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from dswb.cli.common import DEFAULT_RUNS_ROOT, RunsRoot
+from dswb.cli.common import DEFAULT_RUNS_ROOT, RunsRoot, disk_errors
 from dswb.config import load_config
 from dswb.errors import UserError
 from dswb.presets import find_preset
 from dswb.rundir.layout import create_run_dir, new_run_id
 
 
+@disk_errors
 def run(
     preset: Annotated[Optional[str], typer.Argument(help="Preset name (`demo`) or TOML file.")] = None,
     overrides: Annotated[list[str], typer.Option("--set", "-s", help="Override a field: SECTION.KEY=VALUE (repeatable).")] = [],
@@ -24,10 +25,12 @@ def run(
     detach: Annotated[bool, typer.Option("--detach", help="Start in the background and return at once.")] = False,
     plain: Annotated[bool, typer.Option("--plain", help="Plain log lines instead of a progress bar.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the run directory and the outcome.")] = False,
+    stages: Annotated[list[str], typer.Option("--stage", help="Run only this stage of the preset (repeatable).")] = [],
 ) -> None:
     """Run the stages of a preset.
 
     Examples: `dswb run presets/demo.toml`, `dswb run smoke --set train.lr=3e-4`,
+    `dswb run demo --stage sft --set sft.init=runs/<id>/final/pretrain`,
     `dswb run --resume runs/20261128-101500-demo`, `dswb run demo --detach`.
     """
     from dswb.rundir.layout import resolve_run
@@ -36,8 +39,8 @@ def run(
         paths = resolve_run(resume, runs_root)
         if not paths.config.exists():
             raise UserError(f"{paths.root}: no config.toml, cannot resume")
-        if overrides:
-            raise UserError("--set cannot be combined with --resume (the run keeps its config)")
+        if overrides or stages:
+            raise UserError("--set and --stage cannot be combined with --resume (the run keeps its config)")
         config = load_config(paths.config)
         from dswb.rundir.status import effective_state, read_status
         state = effective_state(read_status(paths.status))
@@ -56,6 +59,8 @@ def run(
             raise UserError("give a preset (e.g. `dswb run presets/demo.toml`), --set overrides of the defaults, "
                             "or --resume RUN")
         preset_path = find_preset(preset) if preset is not None else None
+        if stages:
+            overrides = [*overrides, stage_override(load_config(preset_path, overrides).run.stages, stages)]
         if detach:
             from dswb.launch import launch_detached
             paths, pid = launch_detached(preset_path and str(preset_path), runs_root, overrides, run_dir=run_dir)
@@ -74,10 +79,23 @@ def run(
     if not quiet:
         reporter = TTYReporter() if (sys.stdout.isatty() and not plain) else PlainReporter()
     typer.echo(f"run directory: {paths.root}")
-    code = run_training(config, paths, resume=resume is not None, reporter=reporter, argv=sys.argv)
+    outcome: dict = {}  # the end state even when status.json could not be written (a full disk)
+    code = run_training(config, paths, resume=resume is not None, reporter=reporter, argv=sys.argv, outcome=outcome)
+    if reporter is not None:
+        reporter.close()
     from dswb.rundir.status import read_status
     status = read_status(paths.status) or {}
-    if status.get("error"):
-        typer.echo(f"error: {status['error']}", err=True)
-    typer.echo(f"{status.get('state', 'unknown')}: {paths.root}")
+    error = outcome.get("error") or status.get("error")
+    if error:
+        typer.echo(f"error: {error}", err=True)
+    typer.echo(f"{outcome.get('state') or status.get('state') or 'unknown'}: {paths.root}")
     raise typer.Exit(code)
+
+
+def stage_override(preset_stages: list[str], chosen: list[str]) -> str:
+    """`--stage` as a `run.stages` override: the chosen stages, in the preset's order."""
+    unknown = [s for s in chosen if s not in preset_stages]
+    if unknown:
+        raise UserError(f"--stage {unknown[0]}: not a stage of this preset (its stages: {', '.join(preset_stages)})")
+    picked = [s for s in preset_stages if s in chosen]
+    return "run.stages=[" + ", ".join(f'"{s}"' for s in picked) + "]"

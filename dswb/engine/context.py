@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +26,4 @@ class StageContext:
     resume: bool
     system: Any = None          # SystemSampler or None
     previous_final: Path | None = None  # final/<previous stage>, the model this stage starts from
+    finals: dict[str, Path] = field(default_factory=dict)  # final model of every stage finished so far, in order

@@ -5,6 +5,9 @@ keeps `status.json` current (atomically, throttled), appends `train.log`, update
 streaming statistics, and forwards to an optional console reporter (progress bar or plain
 lines). Later stages and components (RL health checks, FP8 statistics, distributed reduction
 before writing) add metrics through the same `metrics()` call.
+
+A full disk in any sink raises `DiskFull` naming the file (the events file and the log keep only
+whole lines). `finish()` writes the final state best-effort: whatever can still be written is.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from dswb.rundir.events import EventWriter
+from dswb.rundir.events import AppendFile, EventWriter
 from dswb.rundir.layout import RunPaths
 from dswb.rundir.status import write_status
 from dswb.stats import StatsBook
@@ -36,8 +39,9 @@ class Monitor:
         self.stats = StatsBook(ema)
         self.reporter = reporter
         self.events = EventWriter(paths.events)
-        self._log = open(paths.log, "a", buffering=1, encoding="utf-8")
+        self._log = AppendFile(paths.log)
         self._last_status_write = 0.0
+        self._alerted: dict[tuple[str, str | None], Any] = {}
         self.write_status(force=True)
 
     # -- sinks ---------------------------------------------------------------------------
@@ -52,7 +56,7 @@ class Monitor:
             event: bool = True) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         where = f"[{stage}] " if stage else ""
-        self._log.write(f"{stamp} {level.upper():7s} {where}{message}\n")
+        self._log.write(f"{stamp} {level.upper():7s} {where}{message}\n".encode("utf-8", "replace"))
         if event:
             self.emit("log", stage, step, level=level, message=message)
 
@@ -89,7 +93,39 @@ class Monitor:
         self.log(f"ALERT {code}: {message}", level=level, stage=stage, event=False)
         self.emit("alert", stage, step, level=level, code=code, message=message, explain=explain)
 
+    def alert_on_change(self, stage: str, step: int, code: str, message: str, explain: str,
+                        level: str = "warning", value: Any = None) -> None:
+        """An alert for a condition that persists (e.g. low disk space): raised again only when
+        `value` changes, not at every check."""
+        if self._alerted.get((code, stage), object()) != value:
+            self._alerted[(code, stage)] = value
+            self.alert(stage, step, code, message, explain, level=level)
+
+    def forget_alert(self, code: str, stage: str | None) -> None:
+        self._alerted.pop((code, stage), None)
+
+    def finish(self, state: str, error: str | None, ended: float) -> list[str]:
+        """Record the run's end in every sink that can still be written; returns the sinks that
+        could not (a full disk), after which viewers read the state as `lost`."""
+        failed = []
+        stage, step = self.status.get("stage"), self.status.get("step", 0)
+        steps = [
+            ("train.log", lambda: error and self.log(f"error: {error}", level="error", stage=stage, event=False)),
+            ("status.json", lambda: self.write_status(force=True, state=state, error=error, ended=ended)),
+            ("events.jsonl", lambda: error and self.emit("log", stage, step, level="error", message=f"error: {error}")),
+            ("events.jsonl", lambda: self.emit("run_end", None, self.status.get("step", 0), state=state, error=error)),
+        ]
+        for name, write in steps:
+            try:
+                write()
+            except OSError:   # DiskFull included
+                failed.append(name)
+        self.close()
+        return failed
+
     def close(self) -> None:
-        self.events.close()
-        if not self._log.closed:
-            self._log.close()
+        for sink in (self.events, self._log):
+            try:
+                sink.close()
+            except OSError:
+                pass

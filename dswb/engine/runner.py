@@ -2,6 +2,12 @@
 leave a truthful final state (`finished`, `stopped`, `failed`) whatever happens.
 
 Exit codes: 0 finished, 1 failed (a training fault), 2 user error, 130 stopped.
+
+What every stage inherits from here: on a resume, final models and checkpoints are verified
+against their manifests first (a corrupt one is moved aside with an alert and the run falls back
+to the newest one that verifies); a resume with nothing left to do ends `finished`; a full disk
+anywhere (checkpoint, events, status, log, data cache, final model) ends the run `failed` with
+one line naming the path and the free space, written wherever it still can be.
 """
 
 from __future__ import annotations
@@ -13,20 +19,27 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 from dswb.config.load import config_to_dict, config_to_toml
 from dswb.config.schema import Config
 from dswb.engine.context import StageContext
 from dswb.engine.control import RunControl
 from dswb.engine.device import autocast_dtype, select_device, set_determinism
-from dswb.engine.final import is_complete
+from dswb.engine.checkpoint import quarantine, select_checkpoint
+from dswb.engine.final import is_complete, remove_partial, verify_final
 from dswb.engine.monitor import Monitor, Reporter
 from dswb.engine.system import SystemSampler
 from dswb.errors import EXIT_USER_ERROR, TrainingFailed, UserError
 from dswb.rundir.layout import RunPaths
-from dswb.rundir.status import new_status, read_status
+from dswb.rundir.space import disk_full_error, is_disk_full
+from dswb.rundir.status import new_status, process_start_time, read_status
 
-STAGE_MODULES = {"pretrain": "dswb.engine.stages.pretrain"}
+STAGE_MODULES = {stage: f"dswb.engine.stages.{stage}" for stage in ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")}
 EXIT_CODES = {"finished": 0, "failed": 1, "stopped": 130}
+CORRUPT_EXPLAIN = ("The file's size or checksum differs from the manifest written with it: the bytes changed on "
+                   "disk after training wrote them (a disk or filesystem fault, a copy cut short, an edit). The "
+                   "directory was moved aside (corrupt-*) for inspection; `dswb runs verify RUN` checks a whole run.")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -34,47 +47,115 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, (UserError, TrainingFailed)) else f"{type(exc).__name__}: {text}"
 
 
-def run_training(config: Config, paths: RunPaths, *, resume: bool = False, reporter: Reporter | None = None,
-                 argv: list[str] | None = None) -> int:
-    """Train every stage of `config` into `paths`; returns the process exit code."""
+def _open_run(config: Config, paths: RunPaths, resume: bool, reporter: Reporter | None,
+              argv: list[str] | None) -> Monitor:
     if not resume or not paths.config.exists():
         paths.config.write_text(config_to_toml(config))
     previous = read_status(paths.status) if resume else None
     status = new_status(config.run.stages[0], config.train.steps)
-    status.update(run_id=paths.run_id, stages=list(config.run.stages))
+    status.update(run_id=paths.run_id, stages=list(config.run.stages), pid_started=process_start_time(os.getpid()))
     if previous:
-        status["started"] = previous.get("started", status["started"])
-        status["resumed"] = previous.get("resumed", 0) + 1
+        status["started"] = previous.get("started") or status["started"]
+        status["resumed"] = (previous.get("resumed") or 0) + 1
     monitor = Monitor(paths, status, ema=config.monitor.ema, reporter=reporter)
     monitor.emit("run_start", None, 0, run_id=paths.run_id, config=config_to_dict(config),
                  argv=argv or sys.argv, resumed=bool(resume), pid=os.getpid())
     monitor.log(f"run {paths.run_id} {'resumed' if resume else 'started'} (pid {os.getpid()})", event=False)
+    return monitor
+
+
+def _final_verifies(monitor: Monitor, stage: str, final_dir: Path) -> bool:
+    """On a resume: is the stage's final model intact? A corrupt one is moved aside (the stage then
+    finishes again from its last checkpoint)."""
+    result = verify_final(final_dir)
+    if result.status == "unverified":
+        monitor.log(f"{final_dir} has no manifest (written before manifests existed): not verified",
+                    level="warning", stage=stage)
+    if result.ok:
+        return True
+    moved = quarantine(final_dir)
+    monitor.alert(stage, 0, "final_corrupt", f"final model {final_dir} failed verification "
+                  f"({'; '.join(result.problems)}); moved aside to {moved.name}, finishing the stage again "
+                  f"from its last checkpoint", CORRUPT_EXPLAIN, level="error")
+    return False
+
+
+def _choose_checkpoint(monitor: Monitor, stage: str, stage_dir: Path) -> None:
+    """On a resume: verify the stage's checkpoints newest first; move corrupt ones aside so the
+    stage resumes from the newest checkpoint that verifies, and say which."""
+    selection = select_checkpoint(stage_dir)
+    chosen = selection.checkpoint
+    if chosen is not None and selection.verification.status == "unverified":
+        monitor.log(f"checkpoint {chosen.path.name} has no manifest (written before manifests existed): "
+                    f"loaded without verification", level="warning", stage=stage)
+    if not selection.rejected:
+        return
+    if chosen is None:
+        bad = selection.rejected[0]
+        raise TrainingFailed(f"every checkpoint of stage {stage} failed verification (newest: {bad.path}: "
+                             f"{'; '.join(bad.problems)}); `dswb runs verify` lists them; move them aside "
+                             f"to train the stage from the start")
+    for bad in selection.rejected:
+        moved = quarantine(bad.path)
+        monitor.alert(stage, int(bad.path.name[5:]), "checkpoint_corrupt",
+                      f"checkpoint {bad.path.name} failed verification ({'; '.join(bad.problems)}); "
+                      f"moved aside to {moved.name}; resuming from {chosen.path.name}", CORRUPT_EXPLAIN, level="error")
+    monitor.log(f"falling back to {chosen.path.name}, the newest checkpoint that verifies", level="warning",
+                stage=stage, step=chosen.step)
+
+
+def _oom_message(exc: BaseException) -> str:
+    return ("CUDA out of memory outside a training step (" + " ".join(str(exc).split())[:200] + "); lower "
+            "batching.max_tokens or eval.max_batches, or use a smaller model")
+
+
+def run_training(config: Config, paths: RunPaths, *, resume: bool = False, reporter: Reporter | None = None,
+                 argv: list[str] | None = None, outcome: dict | None = None) -> int:
+    """Train every stage of `config` into `paths`; returns the process exit code.
+
+    `outcome`, when given, receives `state` and `error` (also when status.json could not be
+    written: a full disk) and `unwritten`, the run files the end could not be recorded in.
+    """
+    outcome = {} if outcome is None else outcome
+    try:
+        monitor = _open_run(config, paths, resume, reporter, argv)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        outcome.update(state="failed", error=str(disk_full_error(exc, [paths.root])), unwritten=["status.json"])
+        return 1
     control = RunControl(paths.root)
     control.install_signal_handlers()
     sampler = None
     state, error, code = "failed", None, 1
+    cache_root = Path(config.data.cache_dir) if config.data.cache_dir else paths.root.parent / ".cache"
     try:
         device = select_device(config.run.device)
         set_determinism(config.run.seed, config.run.threads)
-        sampler = SystemSampler(interval_s=config.monitor.system_every_s).start()
-        cache_root = Path(config.data.cache_dir) if config.data.cache_dir else paths.root.parent / ".cache"
+        sampler = SystemSampler(interval_s=config.monitor.system_every_s, disk_path=paths.root).start()
         monitor.log(f"device {device}, precision {autocast_dtype(device, config.run.precision) or 'fp32'}", event=False)
         previous_final = None
+        finals: dict[str, Path] = {}
+        state = "finished"   # what a resume with every stage already done ends as
         for stage in config.run.stages:
             final_dir = paths.final(stage)
-            if resume and is_complete(final_dir):
+            if remove_partial(final_dir):
+                monitor.log("removed an incomplete final model left by an interrupted write", stage=stage)
+            if resume and is_complete(final_dir) and _final_verifies(monitor, stage, final_dir):
                 monitor.log("already finished, skipping", stage=stage)
-                previous_final = final_dir
+                previous_final = finals[stage] = final_dir
                 continue
+            if resume:
+                _choose_checkpoint(monitor, stage, paths.checkpoints(stage))
             monitor.write_status(force=True, state="running", stage=stage)
             ctx = StageContext(config=config, paths=paths, monitor=monitor, control=control, device=device,
                                amp_dtype=autocast_dtype(device, config.run.precision), cache_root=cache_root,
-                               resume=resume, system=sampler, previous_final=previous_final)
+                               resume=resume, system=sampler, previous_final=previous_final, finals=dict(finals))
             state = importlib.import_module(STAGE_MODULES[stage]).run(ctx)
             if state != "finished":
                 monitor.emit("stage_end", stage, monitor.status.get("step", 0), state=state)
                 break
-            previous_final = final_dir
+            previous_final = finals[stage] = final_dir
         code = EXIT_CODES[state]
     except UserError as exc:
         state, error, code = "failed", _one_line(exc), EXIT_USER_ERROR
@@ -83,17 +164,26 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
     except KeyboardInterrupt:
         state, error, code = "stopped", "interrupted (second Ctrl-C): no checkpoint taken", 130
     except Exception as exc:  # a bug or an environment fault: keep the traceback in train.log
-        state, error, code = "failed", _one_line(exc), 1
-        monitor.log(traceback.format_exc(), level="error", event=False)
+        state, code = "failed", 1
+        if is_disk_full(exc, [paths.root, cache_root]):
+            error = str(disk_full_error(exc, [paths.root, cache_root]))
+        elif isinstance(exc, torch.cuda.OutOfMemoryError):
+            error = _oom_message(exc)
+        else:
+            error = _one_line(exc)
+        try:
+            monitor.log(traceback.format_exc(), level="error", event=False)
+        except OSError:
+            pass
     finally:
         control.restore_signal_handlers()
         if sampler is not None:
             sampler.stop()
-        if error:
-            monitor.log(f"error: {error}", level="error", stage=monitor.status.get("stage"))
         if state == "stopped" and control.stop_reason:
-            monitor.log(f"stopped ({control.stop_reason})", stage=monitor.status.get("stage"))
-        monitor.write_status(force=True, state=state, error=error, ended=time.time())
-        monitor.emit("run_end", None, monitor.status.get("step", 0), state=state, error=error)
-        monitor.close()
+            try:
+                monitor.log(f"stopped ({control.stop_reason})", stage=monitor.status.get("stage"))
+            except OSError:
+                pass
+        unwritten = monitor.finish(state, error, ended=time.time())
+        outcome.update(state=state, error=error, unwritten=unwritten)
     return code

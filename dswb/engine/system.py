@@ -9,7 +9,9 @@ the `system` event's metrics in docs/run-directory.md:
 - `rss_mb`: this process's resident memory; `ram_used_pct`, `ram_used_mb`: the machine's RAM in
   use (total minus available, so the two agree);
 - with a GPU (nvidia-ml-py): `gpu_util_pct`, `gpu_mem_used_mb`, `gpu_mem_total_mb`, `gpu_temp_c`;
-- `cuda_peak_mb`: `torch.cuda.max_memory_allocated()` once this process has initialised CUDA.
+- `cuda_peak_mb`: `torch.cuda.max_memory_allocated()` once this process has initialised CUDA;
+- `disk_free_gb`: free space (GiB, 2^30 bytes, available to this user) on the filesystem of
+  `disk_path` (the run directory, under the runs root), when one is given.
 
 Like nvitop, every NVML query sits behind a wrapper that turns "no library", "no GPU" or
 "not supported" into an absent key: sampling never raises.
@@ -18,6 +20,7 @@ Like nvitop, every NVML query sits behind a wrapper that turns "no library", "no
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 from typing import Any, Callable
@@ -25,6 +28,7 @@ from typing import Any, Callable
 import psutil
 
 MB = 1024 * 1024
+GB = 1024 * MB
 
 
 def _try(fn: Callable[[], Any]) -> Any:
@@ -127,9 +131,11 @@ class SystemSampler:
         events.emit("system", stage, step, metrics=sampler.latest())
     """
 
-    def __init__(self, interval_s: float = 2.0, gpu: int | str | None = None) -> None:
+    def __init__(self, interval_s: float = 2.0, gpu: int | str | None = None,
+                 disk_path: str | os.PathLike | None = None) -> None:
         self.interval_s = max(0.01, float(interval_s))
         self._gpu = gpu
+        self._disk_path = disk_path
         self._latest: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -162,6 +168,10 @@ class SystemSampler:
         peak = cuda_peak_mb()
         if peak is not None:
             out["cuda_peak_mb"] = peak
+        if self._disk_path is not None:
+            usage = _try(lambda: shutil.disk_usage(self._disk_path))
+            if usage is not None:
+                out["disk_free_gb"] = usage.free / GB
         return out
 
     def start(self) -> "SystemSampler":
