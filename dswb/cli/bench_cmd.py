@@ -6,6 +6,7 @@ Each benchmark is a module with `run(quick: bool) -> dict` and `format_table(res
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from pathlib import Path
 
@@ -18,21 +19,46 @@ BENCHES = {
     "batching": "dswb.engine.bench.batching",
     "loop": "dswb.engine.bench.loop",
     "data": "dswb.engine.bench.data",
+    "rollout": "dswb.engine.bench.rollout",
+    "parallel": "dswb.engine.bench.parallel",
+    "faults": "dswb.engine.bench.faults",
+    "fp8": "dswb.engine.bench.fp8",
+    "rl": "dswb.engine.bench.rl",
+    "grpo-vs-trl": "dswb.engine.bench.grpo_vs_trl",
     "tui": "dswb.tui.bench",
 }
 
 
 def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}."),
           json_path: JsonOut = None,
-          quick: bool = typer.Option(False, "--quick", help="Smaller sizes, for a fast check.")) -> None:
+          quick: bool = typer.Option(False, "--quick", help="Smaller sizes, for a fast check."),
+          trials: int | None = typer.Option(None, "--trials", min=1,
+                                            help="Trials, for benchmarks that repeat a scenario (faults)."),
+          init: str | None = typer.Option(None, "--init", help="Start model directory (rl: a causal LM trained on the task)."),
+          live: bool = typer.Option(False, "--live", help="tui: what watching a live training costs it "
+                                                           "(throughput, viewer CPU, terminal bytes/s)."),
+          ) -> None:
     """Run a benchmark and print its table.
 
-    Example: `dswb bench batching --json bench-results/batching.json`
+    Examples: `dswb bench batching --json bench-results/batching.json`, `dswb bench faults --trials 20`
     """
     if name not in BENCHES:
         raise UserError(f"unknown benchmark '{name}' (choose from {', '.join(BENCHES)})")
     module = importlib.import_module(BENCHES[name])
-    result = module.run(quick=quick)
+    extra = {}
+    if trials is not None:
+        if "trials" not in inspect.signature(module.run).parameters:
+            raise UserError(f"benchmark '{name}' takes no --trials")
+        extra["trials"] = trials
+    if init is not None:
+        if "init" not in inspect.signature(module.run).parameters:
+            raise UserError(f"benchmark '{name}' takes no --init")
+        extra["init"] = init
+    if live:
+        if "live" not in inspect.signature(module.run).parameters:
+            raise UserError(f"benchmark '{name}' takes no --live")
+        extra["live"] = True
+    result = module.run(quick=quick, **extra)
     typer.echo(module.format_table(result))
     if json_path is not None:
         json_path = Path(json_path)

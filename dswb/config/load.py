@@ -15,6 +15,8 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from dswb.config.parallel import validate_parallel
+from dswb.config.posttrain import check_stage_order, validate_posttrain
 from dswb.config.schema import STAGES, Config
 from dswb.errors import UserError
 
@@ -139,6 +141,9 @@ def validate(config: Config, where: str) -> None:
             raise UserError(f"{where}: run.stages: unknown stage '{stage}' (available: {', '.join(STAGES)})")
     if not config.run.stages:
         raise UserError(f"{where}: run.stages: at least one stage is needed")
+    order_error = check_stage_order(config.run.stages, STAGES)
+    if order_error:
+        raise UserError(f"{where}: run.stages: {order_error}")
     d = config.data
     if d.chunk_overlap >= d.chunk_size:
         raise UserError(f"{where}: data.chunk_overlap ({d.chunk_overlap}) must be smaller than data.chunk_size ({d.chunk_size})")
@@ -152,6 +157,31 @@ def validate(config: Config, where: str) -> None:
         raise UserError(f"{where}: train.betas: expected two numbers in [0, 1), got {config.train.betas}")
     if config.batching.seq_len_warmup_steps and config.batching.seq_len_warmup_start > config.model.max_seq_len:
         raise UserError(f"{where}: batching.seq_len_warmup_start exceeds model.max_seq_len ({config.model.max_seq_len})")
+    validate_posttrain(config, where)
+    validate_parallel(config, where)
+    validate_fp8(config, where)
+
+
+def validate_fp8(config: Config, where: str) -> None:
+    """`[fp8]` combinations that cannot work."""
+    f = config.fp8
+    grans = (f.activations, f.weights, f.gradients)
+    if f.scaling == "delayed" and set(grans) != {"tensor"}:
+        raise UserError(f"{where}: fp8.scaling = 'delayed' keeps one amax history per tensor: set fp8.activations, "
+                        f"fp8.weights and fp8.gradients to 'tensor' (got {', '.join(grans)})")
+    if f.backend == "torchao":
+        if len(set(grans)) != 1 or grans[0] not in ("tensor", "row"):
+            raise UserError(f"{where}: fp8.backend = 'torchao' runs per-tensor or per-row scaling only: set "
+                            f"fp8.activations, fp8.weights and fp8.gradients all to 'tensor' or all to 'row' "
+                            f"(got {', '.join(grans)})")
+        if f.e5m2_gradients or f.scaling == "delayed":
+            raise UserError(f"{where}: fp8.backend = 'torchao' uses its recipe's formats and current scaling: "
+                            f"set fp8.e5m2_gradients = false and fp8.scaling = 'current'")
+    if f.stats_every and f.shadow_every and f.shadow_every % f.stats_every:
+        raise UserError(f"{where}: fp8.shadow_every ({f.shadow_every}) must be a multiple of "
+                        f"fp8.stats_every ({f.stats_every})")
+    if any(not pattern.strip() for pattern in f.skip):
+        raise UserError(f"{where}: fp8.skip: empty pattern")
 
 
 def load_config(path: Path | str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

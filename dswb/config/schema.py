@@ -1,25 +1,23 @@
 """The config sections. Every field has a type, a default and a one-line doc (`doc(...)`).
 
 Sections map one-to-one to TOML tables: `[run]`, `[model]`, `[data]`, `[task]`, `[batching]`,
-`[train]`, `[eval]`, `[checkpoint]`, `[monitor]`. Later stages (SFT, RM, PPO, GRPO, FP8,
-scale-out) add their own sections here, each with its own dataclass.
+`[train]`, `[eval]`, `[checkpoint]`, `[monitor]`, `[fp8]`, and the post-training stages' `[sft]`, `[rm]`,
+`[dpo]`, `[ppo]`, `[grpo]` (in `posttrain.py`), and `[parallel]` (in `parallel.py`). Each section is
+its own dataclass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
 
-STAGES = ("pretrain",)
+from dswb.config.fields import OptimSettings, doc
+from dswb.config.parallel import ParallelConfig
+from dswb.config.posttrain import DPOConfig, GRPOConfig, PPOConfig, RMConfig, SFTConfig
 
+STAGES = ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")  # in pipeline order
+LM_STAGES = ("pretrain", "sft", "dpo", "ppo", "grpo")     # stages whose result is a causal LM
 
-def doc(default: Any, text: str, choices: tuple | None = None, min: float | None = None,
-        max: float | None = None, factory: Any = None) -> Any:
-    """A dataclass field with documentation and validation bounds in its metadata."""
-    meta = {"doc": text, "choices": choices, "min": min, "max": max}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+__all__ = ["Config", "OptimSettings", "STAGES", "LM_STAGES", "doc", "sections"]
 
 
 @dataclass
@@ -47,10 +45,10 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = doc("task", "task: the built-in arithmetic task; files: `paths`.", choices=("task", "files"))
-    paths: list[str] = doc(None, "Text (.txt) or JSONL (.jsonl) files or directories of them.", factory=list)
-    format: str = doc("auto", "auto (by extension), text or jsonl.", choices=("auto", "text", "jsonl"))
-    text_field: str = doc("text", "JSONL field holding the document text.")
-    bad_lines: str = doc("error", "A malformed line is an error, or skipped and counted.", choices=("error", "skip"))
+    paths: list[str] = doc(None, "Files, directories or globs: .txt, .jsonl(.gz/.zst), .parquet, `datasets` save_to_disk dirs.", factory=list)
+    format: str = doc("auto", "auto (by extension), text, jsonl or parquet.", choices=("auto", "text", "jsonl", "parquet"))
+    text_field: str = doc("text", "JSONL field (Parquet/Arrow column) holding the document text.")
+    bad_lines: str = doc("error", "A malformed record is an error, or skipped and counted.", choices=("error", "skip"))
     clean: bool = doc(True, "Apply the cleaning rules below.")
     strip_html: bool = doc(True, "Replace HTML tags with a space.")
     strip_urls: bool = doc(True, "Replace URLs with a space.")
@@ -61,6 +59,13 @@ class DataConfig:
     val_fraction: float = doc(0.05, "Fraction of documents held out for evaluation loss.", min=0.0, max=0.5)
     cache_dir: str = doc("", "Tokenized-data cache; empty: `<runs-root>/.cache`.")
     tokenize_batch: int = doc(1000, "Documents per fast-tokenizer batch.", min=1)
+    workers: int = doc(0, "Processes that clean and tokenize a file corpus (0 = one per CPU core).", min=0)
+    shard_mb: float = doc(0.0, "Text per shard (MB), the unit of parallel tokenization and of resuming (0 = auto: about 4 shards per worker, 0.25 to 64 MB).", min=0.0)
+    dedup: bool = doc(True, "Drop documents whose text (after cleaning) repeats an earlier one, counted in the data report.")
+    near_dedup: bool = doc(False, "Also drop near-duplicate documents (MinHash/LSH over word 5-grams).")
+    near_dedup_threshold: float = doc(0.8, "Jaccard similarity from which documents count as near-duplicates.", min=0.05, max=0.99)
+    near_dedup_perm: int = doc(128, "MinHash permutations (more: sharper threshold, slower).", min=16, max=1024)
+    tokenizer_train_chars: int = doc(200_000_000, "A BPE trained on the corpus reads at most this many characters of it.", min=1000)
 
 
 @dataclass
@@ -87,26 +92,10 @@ class BatchingConfig:
 
 
 @dataclass
-class OptimSettings:
-    """Optimisation settings every training stage has: `[train]` (pretraining) and each
-    post-training section (`[sft]`, `[rm]`, ...) carry their own copy, with their own defaults."""
-
-    steps: int = doc(1000, "Optimizer steps.", min=1)
-    lr: float = doc(3e-4, "Peak learning rate.", min=0.0)
-    min_lr_ratio: float = doc(0.1, "Final learning rate as a fraction of `lr`.", min=0.0, max=1.0)
-    schedule: str = doc("cosine", "Decay after warmup.", choices=("cosine", "linear", "constant"))
-    warmup_steps: int = doc(100, "Linear warmup steps.", min=0)
-    weight_decay: float = doc(0.01, "AdamW weight decay (not applied to norms and biases).", min=0.0)
-    betas: list[float] = doc(None, "AdamW betas.", factory=lambda: [0.9, 0.95])
-    eps: float = doc(1e-8, "AdamW epsilon.", min=0.0)
-    grad_accum: int = doc(1, "Micro-batches per optimizer step (loss weighted by tokens across them).", min=1)
-    clip_grad: float = doc(1.0, "Max global gradient norm (0 = off).", min=0.0)
-    max_bad_steps: int = doc(5, "Non-finite losses in a row before the run fails.", min=1)
-
-
-@dataclass
 class TrainConfig(OptimSettings):
     """`[train]`: pretraining's optimisation settings."""
+
+    compile: bool = doc(False, "torch.compile the model's decoder layers (every stage; pays off on GPUs, first steps slower).")
 
 
 @dataclass
@@ -127,6 +116,36 @@ class MonitorConfig:
     log_every: int = doc(1, "Write a metrics event every N steps.", min=1)
     system_every_s: float = doc(2.0, "Seconds between system samples (CPU, RAM, GPU).", min=0.1)
     ema: float = doc(0.9, "EMA decay of the streaming statistics.", min=0.0, max=0.9999)
+    peak_tflops: float = doc(0.0, "Device peak TFLOP/s for the `mfu` metric; 0 = dense BF16 peak of a known GPU (none on CPU).", min=0.0)
+
+
+FP8_GRANULARITIES = ("tensor", "row", "tile", "block")
+
+
+@dataclass
+class Fp8Config:
+    """`[fp8]`: FP8 linear layers (DeepSeek-V3 recipe by default) in every training stage."""
+
+    enabled: bool = doc(False, "Train the model's linear layers in FP8 (embeddings, norms and the output head stay high precision).")
+    backend: str = doc("auto", "FP8 GEMMs: auto (scaled_mm on FP8 GPUs, else emulated), emulated, scaled_mm, or torchao (extra).",
+                       choices=("auto", "emulated", "scaled_mm", "torchao"))
+    activations: str = doc("tile", "Scaling granularity of layer inputs: tensor, row, tile (1x128) or block (128x128).", choices=FP8_GRANULARITIES)
+    weights: str = doc("block", "Scaling granularity of weights.", choices=FP8_GRANULARITIES)
+    gradients: str = doc("tile", "Scaling granularity of output gradients.", choices=FP8_GRANULARITIES)
+    scaling: str = doc("current", "current: scale from this tensor's amax; delayed: from the max of an amax history (per-tensor only).",
+                       choices=("current", "delayed"))
+    history_len: int = doc(16, "Amax history length per tensor (used by delayed scaling; kept in checkpoints).", min=1, max=1024)
+    power_of_two: bool = doc(False, "Round scales up to powers of two (exact rescaling, as DeepSeek's later models).")
+    e5m2_gradients: bool = doc(False, "Quantize gradients to E5M2 (more range, less precision) instead of E4M3.")
+    min_dim: int = doc(64, "Linear layers with a dimension below this stay high precision.", min=1)
+    multiple_of: int = doc(16, "Linear layers with a dimension not a multiple of this stay high precision (FP8 GEMMs need 16).", min=1)
+    skip: list[str] = doc(None, "Layers kept in high precision: fnmatch patterns on the dotted module name (output heads, MoE routers).",
+                          factory=lambda: ["lm_head", "*.lm_head", "*.gate", "*router*", "score", "*.score", "*v_head*", "*value_head*"])
+    stats_every: int = doc(10, "Collect FP8 statistics (amax, scale, saturation, underflow) every N steps (0 = off).", min=0)
+    saturation_alert_pct: float = doc(0.1, "Alert when a layer group clips this % of its non-zero values (0 = off).", min=0.0, max=100.0)
+    underflow_alert_pct: float = doc(5.0, "Alert when a layer group flushes this % of its non-zero values to zero (0 = off).", min=0.0, max=100.0)
+    shadow_every: int = doc(0, "Every N steps compare the FP8 loss of a held-out batch with high precision (0 = off; a multiple of stats_every).", min=0)
+    shadow_alert_pct: float = doc(2.0, "Alert when that relative loss gap reaches this % (0 = off).", min=0.0)
 
 
 @dataclass
@@ -140,6 +159,13 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    fp8: Fp8Config = field(default_factory=Fp8Config)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 def sections() -> dict[str, type]:

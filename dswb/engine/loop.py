@@ -10,13 +10,14 @@ handling, metrics, system samples, periodic eval and checkpoints) is the same fo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator
 
 import torch
 
-from dswb.engine.checkpoint import save_checkpoint
+from dswb.engine.checkpoint import latest_checkpoint, save_checkpoint, warn_low_space
 from dswb.engine.context import StageContext
+from dswb.engine.mfu import describe as describe_mfu, device_peak, throughput_metrics
 from dswb.engine.optim import set_lr
 from dswb.engine.schedule import lr_at
 from dswb.engine.train_step import train_step
@@ -25,6 +26,9 @@ from dswb.errors import TrainingFailed
 NONFINITE_EXPLAIN = ("The loss or gradient norm was NaN/Inf, so the update was skipped. Usual causes: "
                      "a learning rate too high for the model, fp16 overflow, or bad data. Lower the stage's lr, "
                      "raise its warmup_steps or keep gradient clipping on.")
+OOM_EXPLAIN = ("The GPU ran out of memory in a training step. Activation memory grows with the tokens of one "
+               "micro-batch: lower batching.max_tokens, and raise the stage's grad_accum to keep the tokens per "
+               "step (edit the run's config.toml, then `dswb run --resume`), or use a smaller model.")
 
 
 @dataclass
@@ -50,9 +54,14 @@ class LoopParts:
     evaluate: Callable[[int], dict]         # step -> eval metrics
     optim: Any                              # the stage's OptimSettings: steps, lr, schedule, warmup...
     start_step: int = 0
+    end_step: int | None = None             # set by run_loop when the stage finishes (a time limit may end it early)
     state: dict = field(default_factory=dict)   # counters carried across resumes
+    eval_every: int | None = None           # None: `eval.every`
     # Extra per-step metrics from any component (e.g. FP8 amax statistics), merged into each metrics event.
     metric_sources: list[Callable[[], dict]] = field(default_factory=list)
+    # Called with the finished step's number after its metrics (e.g. FP8 events and alerts).
+    step_hooks: list[Callable[[int], None]] = field(default_factory=list)
+    flops_per_token: float = 0.0            # training FLOPs per real token (`mfu.py`); 0: no tflops/mfu
 
 
 def lm_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator, ctx: StageContext,
@@ -62,7 +71,12 @@ def lm_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: I
 
     def step(index: int) -> StepOutput:
         micro = [next(batches).to(ctx.device, non_blocking=True) for _ in range(grad_accum)]
-        result = train_step(model, optimizer, micro, ctx.device, ctx.amp_dtype, clip_grad)
+        try:
+            result = train_step(model, optimizer, micro, ctx.device, ctx.amp_dtype, clip_grad)
+        except torch.cuda.OutOfMemoryError as exc:  # the loop's one-line report names the shape
+            shapes = ", ".join("x".join(map(str, b.input_ids.shape)) for b in micro)
+            exc.batch_shape = f"{len(micro)} micro-batch{'es' if len(micro) > 1 else ''} of {shapes} tokens"
+            raise
         total_waited = data_wait()  # cumulative in the prefetcher: this step's wait is the difference
         wait, waited[0] = total_waited - waited[0], total_waited
         return StepOutput(loss=result.loss, finite=result.finite, tokens=result.n_real, metrics={
@@ -73,10 +87,12 @@ def lm_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: I
     return step
 
 
-def _checkpoint(ctx: StageContext, parts: LoopParts, step: int, reason: str) -> None:
+def _checkpoint(ctx: StageContext, parts: LoopParts, step: int, reason: str, data: dict | None = None) -> None:
+    warn_low_space(ctx.monitor, parts.stage, step, ctx.paths.checkpoints(parts.stage))
     t0 = time.perf_counter()
     ckpt = save_checkpoint(ctx.paths.checkpoints(parts.stage), step, parts.model, parts.optimizer,
-                           {**parts.state, "data": parts.data_state(), "stats": ctx.monitor.stats.to_dict()},
+                           {**parts.state, "data": parts.data_state() if data is None else data,
+                            "stats": ctx.monitor.stats.to_dict()},
                            ctx.config.checkpoint.keep_last)
     seconds = time.perf_counter() - t0
     ctx.monitor.emit("checkpoint", parts.stage, step, path=str(ckpt.path), seconds=round(seconds, 3), reason=reason)
@@ -96,13 +112,70 @@ def _wait_while_paused(ctx: StageContext, parts: LoopParts, step: int) -> None:
     ctx.monitor.log(f"resumed at step {step}", stage=parts.stage, step=step)
 
 
+def _out_of_memory(ctx: StageContext, parts: LoopParts, step: int, shape: str, updating: bool,
+                   data: dict | None) -> TrainingFailed:
+    """After a CUDA OOM in step `step + 1`: free its memory, checkpoint the last finished step
+    unless the optimizer update had started (the weights may be half updated), and say what to lower."""
+    parts.optimizer.zero_grad(set_to_none=True)
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+    section = next((f.name for f in fields(ctx.config) if getattr(ctx.config, f.name) is parts.optim), parts.stage)
+    where = f"CUDA out of memory in step {step + 1} ({shape or 'batch shape unknown'})"
+    last = latest_checkpoint(ctx.paths.checkpoints(parts.stage))
+    if updating:
+        kept = "no checkpoint: the optimizer update was under way; the last checkpoint is kept"
+    elif step == parts.start_step or (last is not None and last.step == step):
+        kept = f"the last finished step ({step}) is already checkpointed" if last else "no step finished yet"
+    else:
+        try:
+            _checkpoint(ctx, parts, step, "oom", data=data)
+            kept = f"checkpoint of the last finished step ({step}) written"
+        except Exception as exc:  # noqa: BLE001 - the OOM is the error to report
+            kept = f"no checkpoint ({type(exc).__name__})"
+    ctx.monitor.alert(parts.stage, step, "out_of_memory", f"{where}; {kept}", OOM_EXPLAIN, level="error")
+    return TrainingFailed(f"{where}: lower batching.max_tokens (now {ctx.config.batching.max_tokens}) and raise "
+                          f"{section}.grad_accum (now {getattr(parts.optim, 'grad_accum', '?')}) to keep the "
+                          f"tokens per step; {kept}")
+
+
+class _UpdateWatch:
+    """Whether the optimizer started an update since `reset()` (after an OOM past that point the
+    weights may be half updated); always yes for an optimizer without step hooks."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        register = getattr(optimizer, "register_step_pre_hook", None)
+        self._hook = register(self._on_step) if register is not None else None
+        self.started = True
+
+    def _on_step(self, *_: Any) -> None:
+        self.started = True
+
+    def reset(self) -> None:
+        self.started = self._hook is None
+
+    def remove(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+
+
 def run_loop(ctx: StageContext, parts: LoopParts) -> str:
     """Train from `parts.start_step` to `parts.optim.steps`; returns `finished` or `stopped`."""
+    watch = _UpdateWatch(parts.optimizer)
+    try:
+        return _train(ctx, parts, watch)
+    finally:
+        watch.remove()
+
+
+def _train(ctx: StageContext, parts: LoopParts, watch: _UpdateWatch) -> str:
     cfg, mon, stage, opt = ctx.config, ctx.monitor, parts.stage, parts.optim
     total = opt.steps
     parts.state.setdefault("skipped_steps", 0)
     bad_in_row, step_time_ema, last_system = 0, None, 0.0
     step = parts.start_step
+    peak = device_peak(ctx.device, cfg.monitor.peak_tflops)
+    if parts.flops_per_token:
+        mon.log(describe_mfu(parts.flops_per_token, peak), stage=stage)
     while step < total:
         for cmd in ctx.control.poll():
             mon.emit("control", stage, step, cmd=cmd)
@@ -118,7 +191,14 @@ def run_loop(ctx: StageContext, parts: LoopParts) -> str:
         t0 = time.perf_counter()
         lr = lr_at(step, opt.lr, total, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
         set_lr(parts.optimizer, lr)
-        out = parts.step(step)
+        data_before, oom = parts.data_state(), None
+        watch.reset()
+        try:
+            out = parts.step(step)
+        except torch.cuda.OutOfMemoryError as exc:
+            oom = getattr(exc, "batch_shape", "")
+        if oom is not None:  # outside the except block, so the failed step's tensors are freed
+            raise _out_of_memory(ctx, parts, step, oom, watch.started, data_before)
         step += 1
 
         if not out.finite:
@@ -136,21 +216,30 @@ def run_loop(ctx: StageContext, parts: LoopParts) -> str:
             torch.cuda.synchronize(ctx.device)
         dt = time.perf_counter() - t0
         step_time_ema = dt if step_time_ema is None else 0.9 * step_time_ema + 0.1 * dt
+        parts.state["trained_s"] = parts.state.get("trained_s", 0.0) + dt
+        if opt.max_seconds and parts.state["trained_s"] >= opt.max_seconds and step < total:
+            mon.log(f"time limit: {opt.max_seconds:g}s of training reached at step {step}/{total}", stage=stage, step=step)
+            total = step
         if step % cfg.monitor.log_every == 0 or step == total:
             mon.metrics(stage, step, total, {
                 "loss": out.loss, "lr": lr, **out.metrics,
                 "tokens_per_s": out.tokens / dt, "step_time_s": dt,
+                **throughput_metrics(parts.flops_per_token, out.tokens / dt, peak),
                 "skipped_steps": parts.state["skipped_steps"],
                 **{k: v for source in parts.metric_sources for k, v in source().items()},
             }, eta_s=step_time_ema * (total - step))
+        for hook in parts.step_hooks:
+            hook(step)
         if ctx.system is not None and time.monotonic() - last_system >= cfg.monitor.system_every_s:
             last_system = time.monotonic()
             mon.system(stage, step, ctx.system.latest())
-        if (cfg.eval.every and step % cfg.eval.every == 0) and step < total:
+        every = cfg.eval.every if parts.eval_every is None else parts.eval_every
+        if (every and step % every == 0) and step < total:
             mon.eval(stage, step, parts.evaluate(step))
         # No periodic checkpoint inside a streak of skipped steps: the last one stays the last good one.
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total and bad_in_row == 0:
             _checkpoint(ctx, parts, step, "periodic")
     mon.eval(stage, step, parts.evaluate(step))
     _checkpoint(ctx, parts, step, "final")
+    parts.end_step = step
     return "finished"

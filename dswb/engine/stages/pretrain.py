@@ -11,15 +11,18 @@ import torch
 
 from dswb.engine.checkpoint import latest_checkpoint, load_checkpoint, remove_partial
 from dswb.engine.context import StageContext
+from dswb.engine.data.events import progress_events, publish_report
 from dswb.engine.data.pipeline import prepare_data
+from dswb.engine.data.prepare import PreparationStopped
 from dswb.engine.evaluate import validation_batches, validation_loss
 from dswb.engine.final import save_final
+from dswb.engine.stages.common import task_info
 from dswb.engine.loader import BatchStream, Prefetcher, length_histogram
 from dswb.engine.loop import LoopParts, lm_step, run_loop
 from dswb.engine.model import build_model
 from dswb.engine.optim import build_optimizer
 from dswb.engine.task_eval import task_accuracy
-from dswb.engine.transforms import prepare_model
+from dswb.engine.transforms import model_hooks, prepare_model
 from dswb.stats import StatsBook
 
 STAGE = "pretrain"
@@ -29,7 +32,13 @@ def run(ctx: StageContext) -> str:
     cfg, mon = ctx.config, ctx.monitor
     mon.log("preparing data", stage=STAGE)
     t0 = time.perf_counter()
-    data = prepare_data(cfg, ctx.cache_root, lambda msg: mon.log(msg, stage=STAGE))
+    try:
+        data = prepare_data(cfg, ctx.cache_root, lambda msg: mon.log(msg, stage=STAGE),
+                            progress=progress_events(mon, STAGE, ctx.control))
+    except PreparationStopped:
+        mon.log("data preparation stopped; it resumes from its last complete shard", stage=STAGE)
+        return "stopped"
+    publish_report(mon, STAGE, ctx.paths.root, data.stats)
     mon.log(f"data ready in {time.perf_counter() - t0:.1f}s: {data.stats.get('train_samples')} train / "
             f"{data.stats.get('val_samples')} val samples", stage=STAGE)
 
@@ -53,14 +62,14 @@ def run(ctx: StageContext) -> str:
         mon.stats = StatsBook.from_dict(state.pop("stats"))
         mon.log(f"resumed from {ckpt.path.name}", stage=STAGE, step=start_step)
 
-    lengths = [len(s) for s in data.train]
+    lengths = data.train.lengths  # numpy, from the memory-mapped store
     mon.emit("stage_start", STAGE, start_step, total_steps=cfg.train.steps,
              model={"params": info.params, "layers": info.layers, "hidden": info.hidden, "vocab": info.vocab,
                     "source": info.source},
-             data={**data.stats, "train_tokens": sum(lengths)})
+             data={**{k: v for k, v in data.stats.items() if k != "report"}, "train_tokens": int(lengths.sum())})
     mon.emit("batching", STAGE, start_step, hist=length_histogram(lengths),
-             metrics={"samples": len(lengths), "mean_len": sum(lengths) / max(1, len(lengths)),
-                      "max_len": max(lengths, default=0), **stream.counters,
+             metrics={"samples": len(lengths), "mean_len": float(lengths.sum()) / max(1, len(lengths)),
+                      "max_len": int(lengths.max()) if len(lengths) else 0, **stream.counters,
                       "max_tokens": cfg.batching.max_tokens})
     mon.write_status(force=True, state="running", stage=STAGE, step=start_step, total_steps=cfg.train.steps)
 
@@ -74,11 +83,18 @@ def run(ctx: StageContext) -> str:
                                                 data.eval_answers[:n_task], ctx.device)
         return metrics
 
+    probe = (lambda: validation_loss(model, val[:1], ctx.device, ctx.amp_dtype)["val_loss"]) if val else None
+    packed = cfg.batching.mode == "pack"
+    context = cfg.model.max_seq_len if packed else min(float(lengths.mean()), cfg.model.max_seq_len)
+    hooks = model_hooks(model, ctx, STAGE, probe=probe, context=context)
+
     prefetch = Prefetcher(stream, depth=cfg.batching.prefetch, pin=ctx.device.type == "cuda")
     step = lm_step(model, optimizer, iter(prefetch), ctx, cfg.train.grad_accum, cfg.train.clip_grad,
                    data_wait=lambda: prefetch.wait_s)
     parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, step=step, data_state=prefetch.state_dict,
-                      evaluate=evaluate, optim=cfg.train, start_step=start_step, state=state)
+                      evaluate=evaluate, optim=cfg.train, start_step=start_step, state=state,
+                      metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks,
+                      flops_per_token=hooks.flops_per_token)
     try:
         outcome = run_loop(ctx, parts)
     finally:
@@ -89,7 +105,7 @@ def run(ctx: StageContext) -> str:
         acc = task_accuracy(model, data.tokenizer, data.test_prompts, data.test_answers, ctx.device)
         mon.eval(STAGE, cfg.train.steps, {"test_acc": acc})
     final = save_final(ctx.paths.final(STAGE), model, data.tokenizer,
-                       {"stage": STAGE, "step": cfg.train.steps, "run_id": ctx.paths.run_id,
-                        "last_eval": mon.status.get("last_eval", {})})
+                       {"stage": STAGE, "step": cfg.train.steps, "run_id": ctx.paths.run_id, "prompt_format": "plain",
+                        "task": task_info(cfg), "last_eval": mon.status.get("last_eval", {})})
     mon.emit("stage_end", STAGE, cfg.train.steps, state="finished", final_path=str(final))
     return "finished"
