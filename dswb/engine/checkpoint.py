@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_model, save_model
 
+from dswb.errors import UserError
 from dswb.rundir.manifest import (MANIFEST, QUARANTINE_PREFIX, Verification, directory_bytes, listed_files,
                                   verify_dir, write_manifest)
 from dswb.rundir.space import DiskFull, checkpoints_room, fmt_bytes, free_bytes, is_disk_full
@@ -259,7 +260,12 @@ def load_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.o
     result = verify_checkpoint(ckpt)
     if not result.ok:
         raise CorruptCheckpoint(result)
-    load_model(model, str(ckpt.path / "model.safetensors"), device=str(device))
+    try:
+        load_model(model, str(ckpt.path / "model.safetensors"), device=str(device))
+    except RuntimeError as exc:  # strict loading: the model was built differently (e.g. fp8.enabled changed)
+        keys = " ".join(str(exc).split())[:240]
+        raise UserError(f"{ckpt.path}: the checkpoint does not fit this stage's model (was a setting that shapes "
+                        f"the model, such as fp8.enabled, changed since it was written?): {keys}") from None
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(ckpt.path / "optimizer.pt", map_location=device, weights_only=True))
     set_rng_state(torch.load(ckpt.path / "rng.pt", weights_only=True))

@@ -1,0 +1,71 @@
+"""`dswb eval MODEL_DIR|RUN[:stage]`: held-out accuracy of a saved model on the built-in task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dswb.cli.common import DEFAULT_RUNS_ROOT, JsonOut, RunsRoot, user_errors
+from dswb.errors import UserError
+
+
+def resolve_model(target: str, runs_root: Path) -> Path:
+    """A model directory, or `RUN[:stage]` (default: the run's last finished stage)."""
+    path = Path(target).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    from dswb.rundir.layout import resolve_run
+
+    ref, sep, stage = target.rpartition(":") if ":" in target else (target, "", "")
+    paths = resolve_run(ref if sep else target, runs_root)
+    finished = [p for p in sorted((paths.root / "final").glob("*")) if (p / "config.json").is_file()]
+    if stage:
+        chosen = paths.final(stage)
+        if not (chosen / "config.json").is_file():
+            have = ", ".join(p.name for p in finished) or "none"
+            raise UserError(f"{target}: run {paths.run_id} has no final '{stage}' model (finished: {have})")
+        return chosen
+    if not finished:
+        raise UserError(f"{target}: run {paths.run_id} has no final model yet")
+    order = {s: i for i, s in enumerate(("pretrain", "sft", "rm", "dpo", "ppo", "grpo"))}
+    lm = [p for p in finished if p.name != "rm"] or finished
+    return max(lm, key=lambda p: (order.get(p.name, -1), p.stat().st_mtime))
+
+
+@user_errors
+def eval_model(
+    target: Annotated[str, typer.Argument(help="A model directory, or RUN[:stage] (e.g. latest:grpo).")],
+    task: Annotated[str, typer.Option("--task", help="Built-in task to score on.")] = "addition",
+    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Score only the first N test examples.")] = None,
+    digits: Annotated[Optional[int], typer.Option("--digits", min=1, max=6, help="Task digits (default: the model's).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
+    json_path: JsonOut = None,
+) -> None:
+    """Held-out exact-match accuracy of a causal LM, or pair accuracy of a reward model.
+
+    Examples: `dswb eval latest:grpo`, `dswb eval runs/<id>/final/sft --n 200`, `dswb eval latest:rm`.
+    """
+    model_dir = resolve_model(target, runs_root)
+    from dswb.engine.model_eval import evaluate_model  # heavy: torch + transformers
+
+    result = evaluate_model(model_dir, n=n, device=device, kind=task, digits=digits)
+    t = result["task"]
+    typer.echo(f"model    {result['model']}  ({result['kind']}, stage {result.get('stage') or '-'})")
+    typer.echo(f"task     {t['kind']}, {t['digits']} digits, seed {t['seed']}: {result['n']} held-out test examples")
+    if result["kind"] == "reward_model":
+        parts = [f"pair accuracy {100 * result['pair_acc']:.1f}%"]
+        for kind in ("near", "random"):
+            if f"pair_acc_{kind}" in result:
+                parts.append(f"{kind} negatives {100 * result[f'pair_acc_{kind}']:.1f}%")
+        typer.echo("result   " + ", ".join(parts))
+    else:
+        typer.echo(f"result   exact match {100 * result['exact_match']:.1f}%")
+    typer.echo(f"time     {result['seconds']:.1f}s")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+        typer.echo(f"wrote {json_path}")

@@ -1,0 +1,220 @@
+"""What PPO and GRPO share: setup (policy, reference, rewards, prompts, sampler), the experience of
+one iteration (generation -> scoring, each phase timed), metrics, samples and held-out evaluation.
+
+An iteration's prompts and random numbers are pure functions of (seed, iteration): prompts come
+from a seeded permutation per epoch of the prompt set, and sampling uses a generator seeded with
+(seed, iteration). A resumed run therefore needs no sampler state to continue bitwise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from dswb.engine.context import StageContext
+from dswb.engine.data.chat import prompt_ids as encode_prompt, stop_ids
+from dswb.engine.data.posttrain import PromptRecord, read_prompts, split_records, task_prompts
+from dswb.engine.data.tokenizer import load_tokenizer
+from dswb.engine.parallel.roles import Placement
+from dswb.engine.rl.health import RLHealth
+from dswb.engine.rl.rewards import CombinedReward, RewardInputs, RewardScores, build_rewards, nan_mean
+from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
+from dswb.engine.stages.common import StageStart, TaskData, fit_vocab, load_causal_lm, resolve_init
+from dswb.engine.task_eval import task_accuracy
+from dswb.errors import UserError
+
+SAMPLES_PER_EVENT = 8
+SAMPLE_TEXT_LIMIT = 300
+
+
+def select_prompts(n_prompts: int, per_step: int, seed: int, step: int) -> list[int]:
+    """Indices of the prompts of iteration `step`: consecutive slices of a seeded permutation per
+    epoch (an iteration that crosses an epoch boundary takes the rest from the next epoch)."""
+    out: list[int] = []
+    start = step * per_step
+    while len(out) < per_step:
+        epoch, offset = divmod(start + len(out), n_prompts)
+        order = np.random.default_rng([seed, 7919, epoch]).permutation(n_prompts)
+        out.extend(order[offset:offset + per_step - len(out)].tolist())
+    return out
+
+
+def iteration_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.default_rng([seed, 104729, step]).integers(2**62)))
+
+
+@dataclass
+class RLSetup:
+    start: StageStart
+    policy: torch.nn.Module
+    tokenizer: Any
+    prompt_format: str
+    ref: torch.nn.Module | None
+    reward: CombinedReward
+    prompts: list[PromptRecord]
+    prompt_ids: list[list[int]]
+    stop_ids: list[int]
+    task: TaskData | None
+    health: RLHealth
+    placement: Placement
+    val_prompts: list[PromptRecord] = field(default_factory=list)
+
+
+def load_prompt_records(ctx: StageContext, section: Any, stage: str) -> tuple[list[PromptRecord], list[PromptRecord], TaskData | None]:
+    cfg = ctx.config
+    if cfg.data.source == "task" and not section.data:
+        td = TaskData.from_config(cfg)
+        return task_prompts(td.splits.train), task_prompts(td.splits.val), td
+    train, val = split_records(read_prompts(section.data, f"{stage}.data"), section.val_fraction, cfg.run.seed)
+    return train, val, None
+
+
+def setup(ctx: StageContext, stage: str, section: Any, *, need_ref: bool) -> RLSetup:
+    cfg = ctx.config
+    start = resolve_init(ctx, stage, section.init, f"{stage}.init")
+    tokenizer = load_tokenizer(start.path, f"{stage}.init")
+    policy = load_causal_lm(start.path, f"{stage}.init")
+    fit_vocab(policy, tokenizer)
+    prompts, val_prompts, task = load_prompt_records(ctx, section, stage)
+    if prompts[0].is_chat and start.prompt_format != "chat":
+        raise UserError(f"{stage}.data: chat prompts, but the starting model {start.path} was not trained on chats "
+                        f"(run sft on chat records first)")
+    prompt_format = start.prompt_format
+    if any("answer" not in p.fields for p in prompts) and "exact_match" in section.rewards:
+        raise UserError(f"{stage}.rewards: exact_match needs an 'answer' field in every prompt record "
+                        f"({next(p.where for p in prompts if 'answer' not in p.fields)} has none)")
+    placement = Placement(cfg, ctx.device)
+    ref = None
+    if need_ref:
+        ref = load_causal_lm(start.path, f"{stage}.init").requires_grad_(False)
+        fit_vocab(ref, tokenizer)
+        ref = placement.place(ref, role="reference", trainable=False).eval()
+
+    def place_reward_model(model: torch.nn.Module) -> torch.nn.Module:
+        return placement.place(model, role="reward", trainable=False).eval()
+
+    reward = build_rewards(section.rewards, section.reward_weights, f"{stage}.rewards",
+                           run_rm=ctx.finals.get("rm") or ctx.paths.final("rm"), place=place_reward_model,
+                           amp_dtype=ctx.amp_dtype)
+    health = RLHealth(alert_kl=section.alert_kl, alert_clip_ratio=section.alert_clip_ratio,
+                      alert_approx_kl=section.alert_approx_kl, alert_ratio_max=section.alert_ratio_max,
+                      kl_estimator=section.kl_estimator)
+    return RLSetup(start=start, policy=policy, tokenizer=tokenizer, prompt_format=prompt_format, ref=ref,
+                   placement=placement,
+                   reward=reward, prompts=prompts, prompt_ids=[encode_prompt(tokenizer, p.prompt) for p in prompts],
+                   stop_ids=stop_ids(tokenizer, prompt_format), task=task, health=health, val_prompts=val_prompts)
+
+
+@dataclass
+class Experience:
+    rollouts: Rollouts
+    records: list[PromptRecord]         # per row
+    completions: list[str]
+    scores: RewardScores
+    timings: dict[str, float]
+
+
+def make_experience(ctx: StageContext, rl: RLSetup, sampler: HFRolloutSampler, section: Any, step: int,
+                    samples_per_prompt: int) -> Experience:
+    """Generation then scoring for iteration `step` (timed)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    chosen = select_prompts(len(rl.prompts), section.prompts_per_step, ctx.config.run.seed, step)
+    rollouts = sampler.generate([rl.prompt_ids[i] for i in chosen], samples_per_prompt=samples_per_prompt,
+                                max_new_tokens=section.max_new_tokens, temperature=section.temperature,
+                                top_p=section.top_p, stop_ids=rl.stop_ids,
+                                generator=iteration_generator(ctx.config.run.seed, step))
+    _sync(ctx)
+    timings["generation"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    records = [rl.prompts[chosen[int(k)]] for k in rollouts.prompt_index]
+    ids = [row[:int(n)] for row, n in zip(rollouts.completion_ids.tolist(), rollouts.lengths.tolist())]
+    completions = rl.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    columns = {k: [r.fields.get(k) for r in records] for k in sorted({k for r in records for k in r.fields})}
+    scores = rl.reward(RewardInputs(prompts=[r.prompt for r in records], completions=completions, completion_ids=ids,
+                                    ended=rollouts.ended.tolist(), columns=columns))
+    timings["scoring"] = time.perf_counter() - t0
+    return Experience(rollouts, records, completions, scores, timings)
+
+
+def _sync(ctx: StageContext) -> None:
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+
+
+def experience_metrics(exp: Experience) -> dict:
+    """TRL-named reward and completion statistics of one iteration."""
+    r = exp.rollouts
+    lengths = r.lengths.float()
+    total = exp.scores.total
+    metrics = {
+        "reward": float(total.mean()), "reward_std": float(total.std()) if total.numel() > 1 else 0.0,
+        "completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
+        "completions/max_length": float(lengths.max()),
+        "completions/clipped_ratio": float((~r.ended).float().mean()), "eos_rate": float(r.ended.float().mean()),
+    }
+    for name, values in exp.scores.per_source.items():
+        metrics[f"rewards/{name}/mean"] = nan_mean(values)
+    return metrics
+
+
+def samples_event(ctx: StageContext, stage: str, step: int, exp: Experience, advantages: torch.Tensor) -> None:
+    """A bounded `samples` event: the first completions of the iteration with their rewards."""
+    def cut(text: str) -> str:
+        return text if len(text) <= SAMPLE_TEXT_LIMIT else text[:SAMPLE_TEXT_LIMIT - 1] + "…"
+
+    rows = []
+    for i in range(min(SAMPLES_PER_EVENT, len(exp.completions))):
+        prompt = exp.records[i].prompt
+        rows.append({"prompt": cut(prompt if isinstance(prompt, str) else prompt[-1]["content"]),
+                     "completion": cut(exp.completions[i]), "reward": float(exp.scores.total[i]),
+                     "rewards": {k: float(v[i]) for k, v in exp.scores.per_source.items()},
+                     "advantage": float(advantages[i]), "length": int(exp.rollouts.lengths[i]),
+                     "ended": bool(exp.rollouts.ended[i])})
+    ctx.monitor.emit("samples", stage, step, samples=rows)
+
+
+def evaluator(ctx: StageContext, stage: str, rl: RLSetup):
+    """Held-out exact match on the task's validation prompts (greedy), feeding the hacking check."""
+    def evaluate(step: int) -> dict:
+        if rl.task is None or not ctx.config.eval.task_samples:
+            return {}
+        prompts, answers = rl.task.val(ctx.config.eval.task_samples)
+        metrics = {"task_acc": task_accuracy(rl.policy, rl.tokenizer, prompts, answers, ctx.device,
+                                             prompt_format=rl.prompt_format)}
+        for alert in rl.health.check_eval(step, metrics):
+            ctx.monitor.alert(stage, step, alert.code, alert.message, alert.explain, alert.level)
+        return metrics
+    return evaluate
+
+
+def test_scorer(ctx: StageContext, rl: RLSetup):
+    if rl.task is None:
+        return None
+
+    def score() -> dict:
+        prompts, answers = rl.task.test()
+        return {"test_acc": task_accuracy(rl.policy, rl.tokenizer, prompts, answers, ctx.device,
+                                          prompt_format=rl.prompt_format)}
+    return score
+
+
+def emit_alerts(ctx: StageContext, stage: str, step: int, rl: RLSetup, metrics: dict) -> None:
+    for alert in rl.health.check(step, metrics):
+        ctx.monitor.alert(stage, step, alert.code, alert.message, alert.explain, alert.level)
+
+
+def chunks(indices: list[int], n: int) -> list[list[int]]:
+    """`indices` cut into `n` nearly equal consecutive parts (no empty part)."""
+    n = max(1, min(n, len(indices)))
+    size, extra = divmod(len(indices), n)
+    out, at = [], 0
+    for k in range(n):
+        take = size + (1 if k < extra else 0)
+        out.append(indices[at:at + take])
+        at += take
+    return [c for c in out if c]

@@ -1,0 +1,136 @@
+"""Supervised fine-tuning: next-token loss on completions (or assistant turns) only.
+
+setup (starting model, records, template, masks, batches, resume) -> `run_loop` with the LM step
+-> held-out test accuracy -> final model. Records are the built-in task's prompt/completion pairs,
+or JSONL files (`sft.data`) in plain or chat form. Batches come from the same padded-token batcher
+as pretraining (bucketed or packed), with a loss mask per sample.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dswb.engine.context import StageContext
+from dswb.engine.data.chat import encode_chat, encode_plain, install_chat_template
+from dswb.engine.data.posttrain import SFTRecord, read_sft, split_records, task_sft
+from dswb.engine.data.tokenizer import build_char_tokenizer, load_tokenizer
+from dswb.engine.loader import BatchStream, Prefetcher, length_histogram
+from dswb.engine.loop import LoopParts, lm_step, run_loop
+from dswb.engine.model import build_model
+from dswb.engine.optim import build_optimizer
+from dswb.engine.stages.common import (TaskData, eval_every, finish_lm, fit_vocab, load_causal_lm, resolve_init,
+                                       resume)
+from dswb.engine.stages.lm_eval import masked_validation_batches, masked_validation_loss
+from dswb.engine.task_eval import task_accuracy
+from dswb.engine.transforms import model_hooks, prepare_model
+from dswb.errors import UserError
+
+STAGE = "sft"
+
+
+def encode_records(tokenizer, records: list[SFTRecord], loss_on: str) -> tuple[list[list[int]], list[list[int]]]:
+    samples, masks = [], []
+    for r in records:
+        if r.is_chat:
+            ids, mask = encode_chat(tokenizer, r.conversation(), loss_on)
+        else:
+            ids, mask = encode_plain(tokenizer, r.prompt, r.completion, loss_on)  # type: ignore[arg-type]
+        samples.append(ids)
+        masks.append(mask)
+    return samples, masks
+
+
+def _start(ctx: StageContext, task: TaskData | None):
+    """(model, tokenizer, info) from `sft.init`/the run/model.path, else a fresh model (seeded)."""
+    cfg = ctx.config
+    start = resolve_init(ctx, STAGE, cfg.sft.init, "sft.init", required=False)
+    if start is not None:
+        tokenizer = load_tokenizer(start.path, "sft.init")
+        return load_causal_lm(start.path, "sft.init"), tokenizer, f"{start.path}"
+    if cfg.model.tokenizer:
+        tokenizer = load_tokenizer(cfg.model.tokenizer, "model.tokenizer")
+    elif task is not None:
+        tokenizer = build_char_tokenizer(task.task.alphabet)
+    else:
+        raise UserError("sft: training from scratch on files needs model.tokenizer (or start from model.path / sft.init)")
+    torch.manual_seed(cfg.run.seed)
+    model, _ = build_model(cfg.model.size, "", tokenizer, cfg.model.max_seq_len)
+    return model, tokenizer, f"llama-{cfg.model.size} (fresh)"
+
+
+def run(ctx: StageContext) -> str:
+    cfg, sec, mon = ctx.config, ctx.config.sft, ctx.monitor
+    task = TaskData.from_config(cfg) if cfg.data.source == "task" and not sec.data else None
+    if task is not None:
+        train_records, val_records = task_sft(task.splits.train), task_sft(task.splits.val)
+    else:
+        records = read_sft(sec.data, "sft.data")
+        train_records, val_records = split_records(records, sec.val_fraction, cfg.run.seed)
+    model, tokenizer, source = _start(ctx, task)
+    chat = train_records[0].is_chat
+    if chat and install_chat_template(tokenizer, sec.template):
+        mon.log(f"added chat tokens; vocabulary now {len(tokenizer)}", stage=STAGE)
+    fit_vocab(model, tokenizer)
+    prompt_format = "chat" if chat else "plain"
+    t0 = time.perf_counter()
+    samples, masks = encode_records(tokenizer, train_records, sec.loss_on)
+    val_samples, val_masks = encode_records(tokenizer, val_records, sec.loss_on)
+    mon.log(f"{len(samples)} train / {len(val_samples)} val records ({prompt_format}), loss on {sec.loss_on}, "
+            f"encoded in {time.perf_counter() - t0:.1f}s", stage=STAGE)
+
+    max_len = int(getattr(model.config, "max_position_embeddings", cfg.model.max_seq_len))
+    model = prepare_model(model, cfg, ctx.device)
+    optimizer = build_optimizer(model, sec, ctx.device)
+    stream = BatchStream(samples, cfg.batching, pad_id=tokenizer.pad_token_id, max_len=max_len, seed=cfg.run.seed,
+                         batches_per_step=sec.grad_accum, loss_masks=masks)
+    start_step, state = resume(ctx, STAGE, model, optimizer)
+    if "data" in state:
+        stream.load_state_dict(state.pop("data"))
+
+    lengths = [len(s) for s in samples]
+    n_params = sum(p.numel() for p in model.parameters())
+    mon.emit("stage_start", STAGE, start_step, total_steps=sec.steps,
+             model={"params": n_params, "layers": getattr(model.config, "num_hidden_layers", 0),
+                    "hidden": getattr(model.config, "hidden_size", 0), "vocab": len(tokenizer), "source": source},
+             data={"train_samples": len(samples), "val_samples": len(val_samples), "train_tokens": sum(lengths),
+                   "target_tokens": sum(map(sum, masks)), "prompt_format": prompt_format})
+    mon.emit("batching", STAGE, start_step, hist=length_histogram(lengths),
+             metrics={"samples": len(lengths), "mean_len": sum(lengths) / max(1, len(lengths)),
+                      "max_len": max(lengths, default=0), **stream.counters, "max_tokens": cfg.batching.max_tokens})
+    mon.write_status(force=True, state="running", stage=STAGE, step=start_step, total_steps=sec.steps)
+
+    val = masked_validation_batches(val_samples, val_masks, tokenizer.pad_token_id, cfg.batching.max_tokens,
+                                    cfg.eval.max_batches, max_len)
+    n_task = cfg.eval.task_samples if task is not None else 0
+
+    def evaluate(step: int) -> dict:
+        metrics = masked_validation_loss(model, val, ctx.device, ctx.amp_dtype)
+        if n_task:
+            prompts, answers = task.val(n_task)
+            metrics["task_acc"] = task_accuracy(model, tokenizer, prompts, answers, ctx.device,
+                                                prompt_format=prompt_format)
+        return metrics
+
+    probe = (lambda: masked_validation_loss(model, val[:1], ctx.device, ctx.amp_dtype)["val_loss"]) if val else None
+    context = max_len if cfg.batching.mode == "pack" else min(sum(lengths) / max(1, len(lengths)), max_len)
+    hooks = model_hooks(model, ctx, STAGE, probe=probe, context=context)
+    prefetch = Prefetcher(stream, depth=cfg.batching.prefetch, pin=ctx.device.type == "cuda")
+    step = lm_step(model, optimizer, iter(prefetch), ctx, sec.grad_accum, sec.clip_grad, data_wait=lambda: prefetch.wait_s)
+    parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, step=step, data_state=prefetch.state_dict,
+                      evaluate=evaluate, optim=sec, start_step=start_step, state=state,
+                      eval_every=eval_every(ctx, sec), metric_sources=hooks.metric_sources,
+                      step_hooks=hooks.step_hooks, flops_per_token=hooks.flops_per_token)
+    try:
+        outcome = run_loop(ctx, parts)
+    finally:
+        prefetch.close()
+    if outcome != "finished":
+        return outcome
+
+    def test_score() -> dict:
+        prompts, answers = task.test()
+        return {"test_acc": task_accuracy(model, tokenizer, prompts, answers, ctx.device, prompt_format=prompt_format)}
+
+    return finish_lm(ctx, STAGE, model, tokenizer, parts.end_step, prompt_format, test_score if task else None)
