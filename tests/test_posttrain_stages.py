@@ -102,3 +102,24 @@ def test_stop_then_resume_is_bitwise_equal(tmp_path, pretrained, stage):
     def losses(run_dir):
         return {e["step"]: e["metrics"]["loss"] for e in read_events(run_dir / "events.jsonl", ("metrics",))}
     assert losses(straight) == losses(interrupted)
+
+
+def test_grpo_skipping_zero_advantage_rows_gives_the_same_update(tmp_path, pretrained, monkeypatch):
+    import dswb.engine.stages.grpo as grpo
+
+    # a reward with variance inside groups even for an untrained model: some groups teach, some do not
+    (tmp_path / "first_digit.py").write_text(
+        "def reward(prompts, completions, **kw):\n"
+        "    return [1.0 if int(p[0]) % 2 else float(c[:1] in '01') for p, c in zip(prompts, completions)]\n")
+    cfg = stage_config("grpo", pretrained, "grpo.beta=0.0", "grpo.minibatches=1", "grpo.steps=3",
+                       f'grpo.rewards=["{tmp_path}/first_digit.py:reward"]')
+    assert run_in_process(cfg, tmp_path / "skip") == 0
+    monkeypatch.setattr(grpo, "SKIP_ZERO_ADVANTAGE", False)
+    assert run_in_process(cfg, tmp_path / "all") == 0
+    skipped = [e["metrics"] for e in read_events(tmp_path / "skip" / "events.jsonl", ("metrics",))]
+    full = [e["metrics"] for e in read_events(tmp_path / "all" / "events.jsonl", ("metrics",))]
+    trained = sum(m["rows_trained"] for m in skipped)
+    assert 0 < trained < sum(m["rows_trained"] for m in full)   # some rows taught, some were skipped
+    a, b = _final_weights(tmp_path / "skip", "grpo"), _final_weights(tmp_path / "all", "grpo")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)

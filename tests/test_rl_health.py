@@ -31,10 +31,11 @@ def test_healthy_metrics_raise_nothing():
     ("approx_kl_spike", {"approx_kl": 0.4}),
     ("ratio_explosion", {"ratio_max": 80.0}),
 ])
-def test_threshold_alerts_fire_once_per_onset(code, bad):
-    health = RLHealth()
-    got = run(health, [HEALTHY, {**HEALTHY, **bad}, {**HEALTHY, **bad}, HEALTHY, {**HEALTHY, **bad}])
-    assert got == [code, code]        # onset at 2, silent at 3, cleared at 4, fires again at 5
+def test_threshold_alerts_fire_at_onset_then_cool_down(code, bad):
+    health = RLHealth(repeat_every=10)
+    flicker = [HEALTHY, {**HEALTHY, **bad}, {**HEALTHY, **bad}, HEALTHY, {**HEALTHY, **bad}]
+    assert run(health, flicker) == [code]          # onset at 2; 3 and 5 fall within the cool-down
+    assert codes(health.check(12, {**HEALTHY, **bad})) == [code]   # 10 iterations later it fires again
     assert EXPLAIN[code]
 
 

@@ -21,10 +21,14 @@ DATA_DOC = ("JSONL files or directories in this stage's format; empty with data.
 class StageSettings(OptimSettings):
     """What every post-training stage has besides its optimiser: where it starts, its data."""
 
+    betas: list[float] = doc(None, "AdamW betas (torch's and TRL's default).", factory=lambda: [0.9, 0.999])
+    weight_decay: float = doc(0.0, "AdamW weight decay (not applied to norms and biases); TRL's default is 0.", min=0.0)
     init: str = doc("", INIT_DOC)
     data: list[str] = doc(None, DATA_DOC, factory=list)
     val_fraction: float = doc(0.05, "Fraction of the records held out for evaluation (files only).", min=0.0, max=0.5)
     eval_every: int = doc(-1, "Evaluate every N steps; 0 = only at the end; -1 = `eval.every`.", min=-1)
+    stop_at_task_acc: float = doc(0.0, "End the stage early once an evaluation's held-out task accuracy reaches "
+                                  "this (built-in task; 0 = off): lands a model in a target band.", min=0.0, max=1.0)
 
 
 @dataclass
@@ -37,6 +41,8 @@ class SFTConfig(StageSettings):
     schedule: str = doc("linear", "Decay after warmup.", choices=("cosine", "linear", "constant"))
     min_lr_ratio: float = doc(0.0, "Final learning rate as a fraction of `lr`.", min=0.0, max=1.0)
     grad_accum: int = doc(4, "Micro-batches per optimizer step (loss weighted by tokens across them).", min=1)
+    weight_decay: float = doc(0.01, "AdamW weight decay (the seed's SFT default; not applied to norms and biases).",
+                              min=0.0)
     loss_on: str = doc("completion", "Tokens that carry the loss: the completion / assistant turns only, or all.",
                        choices=("completion", "all"))
     template: str = doc("auto", "Chat template for `messages` records: auto (the tokenizer's, else dswb's default), "

@@ -57,6 +57,7 @@ class LoopParts:
     end_step: int | None = None             # set by run_loop when the stage finishes (a time limit may end it early)
     state: dict = field(default_factory=dict)   # counters carried across resumes
     eval_every: int | None = None           # None: `eval.every`
+    stop_when: Callable[[dict], str | None] | None = None  # eval metrics -> a reason to end the stage now
     # Extra per-step metrics from any component (e.g. FP8 amax statistics), merged into each metrics event.
     metric_sources: list[Callable[[], dict]] = field(default_factory=list)
     # Called with the finished step's number after its metrics (e.g. FP8 events and alerts).
@@ -235,7 +236,12 @@ def _train(ctx: StageContext, parts: LoopParts, watch: _UpdateWatch) -> str:
             mon.system(stage, step, ctx.system.latest())
         every = cfg.eval.every if parts.eval_every is None else parts.eval_every
         if (every and step % every == 0) and step < total:
-            mon.eval(stage, step, parts.evaluate(step))
+            metrics = parts.evaluate(step)
+            mon.eval(stage, step, metrics)
+            reason = parts.stop_when(metrics) if parts.stop_when else None
+            if reason:
+                mon.log(f"{reason}: the stage ends at step {step}/{total}", stage=stage, step=step)
+                total = step
         # No periodic checkpoint inside a streak of skipped steps: the last one stays the last good one.
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total and bad_in_row == 0:
             _checkpoint(ctx, parts, step, "periodic")

@@ -1,9 +1,9 @@
 """Health checks of an RL run: turn the metrics of each iteration into alerts a user can act on.
 
 `RLHealth.check(step, metrics)` and `RLHealth.check_eval(step, eval_metrics)` return `Alert`s;
-the stage emits them as `alert` events. An alert fires at the onset of a condition and again only
-after it has cleared (or `repeat_every` iterations later), so a persistent problem is one alert,
-not one per iteration. Thresholds come from the stage's config (`alert_*`). The failure signs are
+the stage emits them as `alert` events. An alert fires at the onset of a condition and then not
+again for `repeat_every` iterations, so a persistent or flickering problem is one alert every so
+often, not one per iteration. Thresholds come from the stage's config (`alert_*`). The failure signs are
 the ones RL users ask about (ENGINE-NOTES section 2) and the reward hacking of section 6.
 """
 
@@ -66,11 +66,10 @@ class RLHealth:
     _baseline: tuple[float, float] | None = None   # (reward ema, task accuracy) at the first eval
 
     def _fire(self, step: int, code: str, on: bool, message: str, level: str = "warning") -> list[Alert]:
+        """An alert when `on`, unless the same one fired less than `repeat_every` iterations ago
+        (a condition that flickers around its threshold is one alert, not one per crossing)."""
         last = self._active.get(code)
-        if not on:
-            self._active.pop(code, None)
-            return []
-        if last is not None and step - last < self.repeat_every:
+        if not on or (last is not None and step - last < self.repeat_every):
             return []
         self._active[code] = step
         return [Alert(code, message, EXPLAIN[code], level)]

@@ -149,6 +149,18 @@ def eval_every(ctx: StageContext, section: Any) -> int:
     return ctx.config.eval.every if section.eval_every < 0 else section.eval_every
 
 
+def accuracy_target(section: Any):
+    """`LoopParts.stop_when` for `stop_at_task_acc`: a reason once an evaluation reaches the target."""
+    target = getattr(section, "stop_at_task_acc", 0.0)
+    if not target:
+        return None
+
+    def reached(metrics: dict) -> str | None:
+        acc = metrics.get("task_acc")
+        return f"task_acc {acc:.3f} reached stop_at_task_acc {target:g}" if isinstance(acc, float) and acc >= target else None
+    return reached
+
+
 @dataclass
 class TaskData:
     """The built-in task for post-training: its splits, and the prompts to score."""

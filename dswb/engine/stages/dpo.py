@@ -21,8 +21,8 @@ from dswb.engine.loop import LoopParts, StepOutput, run_loop
 from dswb.engine.optim import build_optimizer
 from dswb.engine.pairs import EncodedPair, PairStream, collate_pairs
 from dswb.engine.preference import dpo_loss, sequence_logprobs
-from dswb.engine.stages.common import (TaskData, eval_every, finish_lm, fit_vocab, load_causal_lm, resolve_init,
-                                       resume)
+from dswb.engine.stages.common import (TaskData, accuracy_target, eval_every, finish_lm, fit_vocab, load_causal_lm,
+                                       resolve_init, resume)
 from dswb.engine.stages.rm import load_pairs, mean_pair_length
 from dswb.engine.task_eval import task_accuracy
 from dswb.engine.transforms import model_hooks, prepare_model
@@ -156,6 +156,7 @@ def run(ctx: StageContext) -> str:
     hooks = model_hooks(policy, ctx, STAGE, context=mean_pair_length(train))
     parts = LoopParts(stage=STAGE, model=policy, optimizer=optimizer, step=step, data_state=stream.state_dict,
                       evaluate=evaluate, optim=sec, start_step=start_step, state=state, eval_every=eval_every(ctx, sec),
+                      stop_when=accuracy_target(sec),
                       metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks,
                       flops_per_token=hooks.flops_per_token)
     outcome = run_loop(ctx, parts)

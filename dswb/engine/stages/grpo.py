@@ -29,12 +29,13 @@ from dswb.engine.optim import build_optimizer
 from dswb.engine.rl.advantages import group_advantages, zero_std_groups
 from dswb.engine.rl.losses import clipped_policy_loss, kl_per_token, loss_weights
 from dswb.engine.rl.rollout import HFRolloutSampler, sequence_logprobs
-from dswb.engine.stages.common import eval_every, finish_lm, resume
+from dswb.engine.stages.common import accuracy_target, eval_every, finish_lm, resume
 from dswb.engine.stages.rl_common import (chunks, emit_alerts, evaluator, experience_metrics, make_experience,
                                           samples_event, setup, test_scorer)
 from dswb.engine.transforms import model_hooks, prepare_model
 
 STAGE = "grpo"
+SKIP_ZERO_ADVANTAGE = True   # an exact saving (see the step); tests switch it off to compare
 
 
 def run(ctx: StageContext) -> str:
@@ -71,26 +72,37 @@ def run(ctx: StageContext) -> str:
         if sec.mask_truncated:
             mask[~r.ended] = 0
         rows = [i for i in range(len(r)) if keep_row[i] and mask[i].any()]
+        # Without a KL term a zero-advantage row adds nothing to the loss or its gradient, whatever its
+        # ratio: it is left out of every forward and backward (it still counts in the normalisers, so
+        # the update is exactly the one over all rows).
+        skip = SKIP_ZERO_ADVANTAGE and rl.ref is None
+        active = {i for i in rows if float(adv[i]) != 0.0} if skip else set(rows)
+        scored = [i for i in rows if i in active]
 
         t0 = time.perf_counter()
         ids, mask, adv = r.completion_ids.to(ctx.device), mask.to(ctx.device), adv.to(ctx.device)
         old_logp = ref_logp = None
-        if rows and (need_old or rl.ref is not None):
+        if scored and (need_old or rl.ref is not None):
             with torch.no_grad():
                 if need_old:
-                    old_logp = _logprobs(policy, r, rows, ids, mask, sec.temperature, ctx, pad_id)
+                    old_logp = _logprobs(policy, r, scored, ids, mask, sec.temperature, ctx, pad_id)
                 if rl.ref is not None:
-                    ref_logp = _logprobs(rl.ref, r, rows, ids, mask, sec.temperature, ctx, pad_id)
+                    ref_logp = _logprobs(rl.ref, r, scored, ids, mask, sec.temperature, ctx, pad_id)
         timings["ref_logprobs"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         acc = _Accumulator()
-        position = {row: k for k, row in enumerate(rows)}   # row -> index into old/ref log-prob tensors
+        position = {row: k for k, row in enumerate(scored)}   # row -> index into old/ref log-prob tensors
         grad_norms = []
         for _ in range(sec.num_iterations):
             for minibatch in chunks(rows, sec.minibatches):
                 total_tokens = int(mask[minibatch].sum())
-                for micro in chunks(minibatch, sec.grad_accum):
+                work = [i for i in minibatch if i in active]
+                if not work:   # no signal in this minibatch: the optimizer still steps, on zero gradients
+                    for p in policy.parameters():
+                        if p.requires_grad:
+                            p.grad = torch.zeros_like(p)
+                for micro in chunks(work, sec.grad_accum):
                     width = int(mask[micro].sum(dim=1).max())
                     logp, entropy = sequence_logprobs(policy, [r.prompt_ids[i] for i in micro], ids[micro, :width],
                                                       mask[micro, :width], sec.temperature, ctx.amp_dtype, pad_id)
@@ -119,7 +131,7 @@ def run(ctx: StageContext) -> str:
         metrics.update(acc.metrics())
         metrics["frac_reward_zero_std"] = float(zero.float().mean())
         metrics["grad_norm"] = max(grad_norms) if grad_norms else 0.0
-        metrics["rows_trained"] = len(rows)
+        metrics["rows_trained"] = len(scored)
         for phase, seconds in timings.items():
             metrics[f"timing/{phase}_s"] = seconds
         completion_tokens = int(r.lengths.sum())
@@ -135,7 +147,8 @@ def run(ctx: StageContext) -> str:
     hooks = model_hooks(policy, ctx, STAGE)   # FP8 statistics of the policy; no MFU: an iteration is mostly generation
     parts = LoopParts(stage=STAGE, model=policy, optimizer=optimizer, step=step, data_state=lambda: {},
                       evaluate=evaluator(ctx, STAGE, rl), optim=sec, start_step=start_step, state=state,
-                      eval_every=eval_every(ctx, sec), metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks)
+                      eval_every=eval_every(ctx, sec), stop_when=accuracy_target(sec),
+                      metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks)
     outcome = run_loop(ctx, parts)
     if outcome != "finished":
         return outcome

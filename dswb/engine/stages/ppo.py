@@ -30,8 +30,8 @@ from dswb.engine.optim import build_optimizer
 from dswb.engine.rl.advantages import explained_variance, gae, masked_whiten
 from dswb.engine.rl.losses import clipped_policy_loss, clipped_value_loss, kl_per_token, per_token_rewards
 from dswb.engine.rl.rollout import HFRolloutSampler, left_pad, positions, sequence_logprobs
-from dswb.engine.stages.common import (eval_every, finish_lm, fit_vocab, is_reward_model, load_scalar_model,
-                                       resolve_init, resume)
+from dswb.engine.stages.common import (accuracy_target, eval_every, finish_lm, fit_vocab, is_reward_model,
+                                       load_scalar_model, resolve_init, resume)
 from dswb.engine.stages.rl_common import (chunks, emit_alerts, evaluator, experience_metrics, iteration_generator,
                                           make_experience, samples_event, setup, test_scorer)
 from dswb.engine.transforms import model_hooks, prepare_model
@@ -193,7 +193,8 @@ def run(ctx: StageContext) -> str:
     hooks = model_hooks(policy, ctx, STAGE)   # FP8 statistics of the policy; no MFU: an iteration is mostly generation
     parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, step=step, data_state=lambda: {},
                       evaluate=evaluator(ctx, STAGE, rl), optim=sec, start_step=start_step, state=state,
-                      eval_every=eval_every(ctx, sec), metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks)
+                      eval_every=eval_every(ctx, sec), stop_when=accuracy_target(sec),
+                      metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks)
     outcome = run_loop(ctx, parts)
     if outcome != "finished":
         return outcome

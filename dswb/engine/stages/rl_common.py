@@ -105,8 +105,17 @@ def setup(ctx: StageContext, stage: str, section: Any, *, need_ref: bool) -> RLS
                       kl_estimator=section.kl_estimator)
     return RLSetup(start=start, policy=policy, tokenizer=tokenizer, prompt_format=prompt_format, ref=ref,
                    placement=placement,
-                   reward=reward, prompts=prompts, prompt_ids=[encode_prompt(tokenizer, p.prompt) for p in prompts],
+                   reward=reward, prompts=prompts, prompt_ids=encode_prompts(tokenizer, prompts),
                    stop_ids=stop_ids(tokenizer, prompt_format), task=task, health=health, val_prompts=val_prompts)
+
+
+def encode_prompts(tokenizer: Any, records: list[PromptRecord]) -> list[list[int]]:
+    """Token ids of every prompt, ready for generation (plain prompts in one batched call)."""
+    if records and not records[0].is_chat:
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        texts = [r.prompt for r in records]
+        return [bos + list(ids) for ids in tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]]
+    return [encode_prompt(tokenizer, r.prompt) for r in records]
 
 
 @dataclass

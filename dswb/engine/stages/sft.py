@@ -20,8 +20,8 @@ from dswb.engine.loader import BatchStream, Prefetcher, length_histogram
 from dswb.engine.loop import LoopParts, lm_step, run_loop
 from dswb.engine.model import build_model
 from dswb.engine.optim import build_optimizer
-from dswb.engine.stages.common import (TaskData, eval_every, finish_lm, fit_vocab, load_causal_lm, resolve_init,
-                                       resume)
+from dswb.engine.stages.common import (TaskData, accuracy_target, eval_every, finish_lm, fit_vocab, load_causal_lm,
+                                       resolve_init, resume)
 from dswb.engine.stages.lm_eval import masked_validation_batches, masked_validation_loss
 from dswb.engine.task_eval import task_accuracy
 from dswb.engine.transforms import model_hooks, prepare_model
@@ -120,7 +120,7 @@ def run(ctx: StageContext) -> str:
     step = lm_step(model, optimizer, iter(prefetch), ctx, sec.grad_accum, sec.clip_grad, data_wait=lambda: prefetch.wait_s)
     parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, step=step, data_state=prefetch.state_dict,
                       evaluate=evaluate, optim=sec, start_step=start_step, state=state,
-                      eval_every=eval_every(ctx, sec), metric_sources=hooks.metric_sources,
+                      eval_every=eval_every(ctx, sec), stop_when=accuracy_target(sec), metric_sources=hooks.metric_sources,
                       step_hooks=hooks.step_hooks, flops_per_token=hooks.flops_per_token)
     try:
         outcome = run_loop(ctx, parts)
