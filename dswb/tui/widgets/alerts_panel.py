@@ -6,6 +6,8 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
+from dswb.tui.format import cut_text, fmt_num
+
 ICONS = {"error": ("✘", "bold red"), "warning": ("⚠", "bold yellow")}
 
 
@@ -36,19 +38,21 @@ def render_alerts(alerts: list[dict], total: int, explain: bool = True) -> Group
         return "no alerts"
     parts = []
     for alert in alerts:
-        level = str(alert.get("level") or "warning")
+        alert = alert if isinstance(alert, dict) else {}
+        level = cut_text(alert.get("level") or "warning", 10, one_line=True)
         icon, style = ICONS.get(level, ("•", "bold"))
         head = Text()
         head.append(f"{icon} {level} ", style=style)
-        head.append(str(alert.get("code") or "alert"), style="bold")
-        where = f"  step {alert.get('step', '?')}"
+        head.append(cut_text(alert.get("code") or "alert", 100, one_line=True), style="bold")
+        step = alert.get("step")
+        where = f"  step {fmt_num(step) if step is not None else '?'}"
         if alert.get("stage"):
-            where += f" [{alert['stage']}]"
+            where += f" [{cut_text(alert['stage'], 100, one_line=True)}]"
         head.append(where, style="dim")
         parts.append(head)
-        parts.append(Text(f"  {alert.get('message', '')}"))
+        parts.append(Text(f"  {cut_text(alert.get('message') or '', 1100, one_line=True)}"))
         if explain and alert.get("explain"):
-            parts.append(Text(f"  why: {alert['explain']}", style="italic"))
-    if total > len(alerts):
+            parts.append(Text(f"  why: {cut_text(alert['explain'], 1100, one_line=True)}", style="italic"))
+    if isinstance(total, int) and total > len(alerts):
         parts.append(Text(f"… {total - len(alerts)} older", style="dim"))
     return Group(*parts)

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from dswb.tui.format import bar, fmt_num
+from dswb.tui.format import bar, cut_text, finite_or_none, fmt_num
 
 HIST_BAR = 40
 
@@ -39,14 +39,16 @@ class BatchingPanel(Static):
 WATCHED = ("pad_efficiency", "tokens_real", "tokens_padded", "batch_size", "seq_len")
 
 
-def render_batching(batching: dict | None, summaries: dict[str, dict]) -> Group | str:
+def render_batching(batching: object, summaries: object) -> Group | str:
+    batching = batching if isinstance(batching, dict) else None
+    summaries = summaries if isinstance(summaries, dict) else {}
     parts: list = []
-    eff = summaries.get("pad_efficiency")
-    if eff:
+    eff = _summary(summaries, "pad_efficiency")
+    if eff and eff.get("last") is not None:
         line = Text()
         line.append("padding efficiency ", style="bold")
-        line.append(f"{100 * eff['last']:.1f}% ", style="bold green")
-        line.append(f"(mean {100 * eff['mean']:.1f}%, min {100 * eff['min']:.1f}%)  ", style="dim")
+        line.append(f"{_pct(eff.get('last'))} ", style="bold green")
+        line.append(f"(mean {_pct(eff.get('mean'))}, min {_pct(eff.get('min'))})  ", style="dim")
         line.append(bar(eff["last"], 20), style="green")
         parts.append(line)
     table = Table.grid(padding=(0, 2))
@@ -58,15 +60,16 @@ def render_batching(batching: dict | None, summaries: dict[str, dict]) -> Group 
             ("samples", "batch_size"), ("sequence length", "seq_len"))
     shown = False
     for label, key in rows:
-        s = summaries.get(key)
+        s = _summary(summaries, key)
         if s:
-            table.add_row(label, fmt_num(s["last"]), fmt_num(s["mean"]))
+            table.add_row(label, fmt_num(s.get("last")), fmt_num(s.get("mean")))
             shown = True
     if shown:
         parts.append(table)
     if batching:
-        metrics = batching.get("metrics") or {}
-        facts = "  ".join(f"{k.replace('_', ' ')} {fmt_num(v)}" for k, v in metrics.items())
+        metrics = batching.get("metrics") if isinstance(batching.get("metrics"), dict) else {}
+        facts = "  ".join(f"{cut_text(k, 100, one_line=True).replace('_', ' ')} {fmt_num(v)}"
+                          for k, v in list(metrics.items())[:32])
         if facts:
             parts.append(Text(f"training set: {facts}", style="dim"))
         hist = histogram_lines(batching.get("hist") or {})
@@ -76,18 +79,35 @@ def render_batching(batching: dict | None, summaries: dict[str, dict]) -> Group 
     return Group(*parts) if parts else "no batching information yet"
 
 
-def histogram_lines(hist: dict, width: int = HIST_BAR) -> list[Text]:
+def _summary(summaries: dict, key: str) -> dict | None:
+    s = summaries.get(key)
+    return s if isinstance(s, dict) else None
+
+
+def _pct(fraction: object) -> str:
+    value = finite_or_none(fraction)
+    return "N/A" if value is None else f"{100 * value:.1f}%"
+
+
+def histogram_lines(hist: object, width: int = HIST_BAR) -> list[Text]:
     """One line per bin: `  96-112 ██████▋ 1,400`."""
-    edges, counts = hist.get("edges") or [], hist.get("counts") or []
-    if not counts or len(edges) < len(counts) + 1:
+    if not isinstance(hist, dict):
+        return []
+    edges, counts = hist.get("edges"), hist.get("counts")
+    if not isinstance(edges, list) or not isinstance(counts, list) or not counts or len(edges) < len(counts) + 1:
+        return []
+    edges = [finite_or_none(e) for e in edges[: len(counts) + 1]]
+    counts = [finite_or_none(c) for c in counts[:256]]
+    if any(e is None for e in edges) or any(c is None or c < 0 for c in counts):
         return []
     top = max(counts) or 1
-    label_width = max(len(f"{edges[i]:g}-{edges[i + 1]:g}") for i in range(len(counts)))
+    labels = [f"{edges[i]:g}-{edges[i + 1]:g}"[:24] for i in range(len(counts))]
+    label_width = max(len(label) for label in labels)
     lines = []
-    for i, count in enumerate(counts):
+    for label, count in zip(labels, counts):
         text = Text()
-        text.append(f"{edges[i]:g}-{edges[i + 1]:g}".rjust(label_width) + " ", style="dim")
+        text.append(label.rjust(label_width) + " ", style="dim")
         text.append(bar(count / top, width), style="cyan")
-        text.append(f" {count:,}")
+        text.append(f" {fmt_num(int(count) if count < 1e15 else count)}")
         lines.append(text)
     return lines

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
-from dswb.tui.format import fmt_num
+from dswb.tui.format import cut_text, finite_or_none, fmt_num
 from dswb.tui.widgets._tables import fill_table
 
 COLUMNS = ("stage", "step", "val_loss", "val_ppl", "task_acc")
@@ -27,11 +27,11 @@ class EvalTable(DataTable):
     def show(self, rows: list[tuple[str, int | None, dict]]) -> None:
         cells = []
         for stage, step, metrics in rows:
-            acc = metrics.get("task_acc")
-            cells.append((stage, fmt_num(step), fmt_num(metrics.get("val_loss")),
-                          fmt_num(metrics.get("val_ppl")),
-                          f"{100 * acc:.1f}%" if isinstance(acc, (int, float)) else "-"))
+            metrics = metrics if isinstance(metrics, dict) else {}
+            acc = finite_or_none(metrics.get("task_acc"))
+            cells.append((cut_text(stage, 100, one_line=True), fmt_num(step), fmt_num(metrics.get("val_loss")),
+                          fmt_num(metrics.get("val_ppl")), f"{100 * acc:.1f}%" if acc is not None else "-"))
         if cells == self._shown:
             return
         self._shown = cells
-        fill_table(self, [(c, c) for c in COLUMNS], cells, [cell[0] for cell in cells])
+        fill_table(self, [(c, c) for c in COLUMNS], cells, [str(i) for i in range(len(cells))])

@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from dswb.tui.format import cut_text, finite_or_none
 from dswb.tui.widgets._tables import fill_table
 
 COLUMNS = [(c, c) for c in ("layer group", "amax", "saturation %", "underflow %")]
@@ -43,24 +44,34 @@ class Fp8Panel(Vertical):
         if key == self._shown:
             return
         self._shown = key
+        layers = layers if isinstance(layers, dict) else {}
         if layers:
             self.query_one("#fp8-caption", Static).update(
-                f"FP8 per layer group at step {step} (latest of {samples} samples); red: saturation >= "
-                f"{SATURATION_WARN}% or underflow >= {UNDERFLOW_WARN}%")
-        rows = []
-        for group, values in layers.items():
-            values = values if isinstance(values, dict) else {}
-            rows.append((group, _num(values.get("amax")), _flag(values.get("saturation_pct"), SATURATION_WARN),
-                         _flag(values.get("underflow_pct"), UNDERFLOW_WARN)))
-        fill_table(self.table, COLUMNS, rows, list(layers))
+                f"FP8 per layer group at step {cut_text(step, 20, one_line=True)} (latest of {samples} samples); "
+                f"red: saturation >= {SATURATION_WARN}% or underflow >= {UNDERFLOW_WARN}%")
+        rows = fp8_rows(layers)
+        fill_table(self.table, COLUMNS, rows, [f"{i}" for i in range(len(rows))])
+
+
+def fp8_rows(layers: dict) -> list[tuple]:
+    """One row per layer group: name, amax, saturation % and underflow % (flagged when high)."""
+    rows = []
+    for group, values in list(layers.items())[:64]:
+        values = values if isinstance(values, dict) else {}
+        rows.append((cut_text(group, 100, one_line=True), _num(values.get("amax")),
+                     _flag(values.get("saturation_pct"), SATURATION_WARN),
+                     _flag(values.get("underflow_pct"), UNDERFLOW_WARN)))
+    return rows
 
 
 def _num(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) else "N/A"
+    value = finite_or_none(value)
+    return f"{value:.4g}" if value is not None else "N/A"
 
 
 def _flag(value: object, warn: float) -> Text:
-    if not isinstance(value, (int, float)):
+    value = finite_or_none(value)
+    if value is None:
         return Text("N/A")
     style = "bold red" if value >= warn else ""
     return Text(f"{value:.3f}", style=style)

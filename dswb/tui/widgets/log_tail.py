@@ -6,6 +6,8 @@ from rich.text import Text
 from textual.events import Resize
 from textual.widgets import RichLog
 
+from dswb.tui.format import cut_text
+
 LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "info": "", "debug": "dim"}
 
 
@@ -51,13 +53,15 @@ class LogTail(RichLog):
 
 
 def format_line(entry: dict) -> Text:
-    level = str(entry.get("level") or "info")
+    entry = entry if isinstance(entry, dict) else {"message": entry}
+    level = cut_text(entry.get("level") or "info", 10, one_line=True)
+    message = cut_text(entry.get("message", ""), 1100)
     if entry.get("raw"):  # a train.log line, shown as written
-        return Text(str(entry.get("message", "")), style=LEVEL_STYLES.get(level, ""))
+        return Text(message, style=LEVEL_STYLES.get(level, ""))
     text = Text()
     stage = entry.get("stage")
     text.append(f"{level.upper():7s} ", style=LEVEL_STYLES.get(level, ""))
     if stage:
-        text.append(f"[{stage}] ", style="dim")
-    text.append(str(entry.get("message", "")))
+        text.append(f"[{cut_text(stage, 100, one_line=True)}] ", style="dim")
+    text.append(message)
     return text
