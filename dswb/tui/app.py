@@ -23,7 +23,7 @@ from dswb.tui.launching import PresetChoice, available_presets
 from dswb.tui.messages import RunsScanned, RunUpdated
 from dswb.tui.screens.compare import CompareScreen
 from dswb.tui.screens.confirm import ConfirmScreen
-from dswb.tui.screens.dashboard import DashboardScreen
+from dswb.tui.screens.dashboard import DEFAULT_REFRESH_S, DashboardScreen
 from dswb.tui.screens.help import HelpScreen
 from dswb.tui.screens.launch import LaunchScreen
 from dswb.tui.screens.runs import RunsScreen
@@ -31,13 +31,13 @@ from dswb.tui.screens.runs import RunsScreen
 Launcher = Callable[[str, Path, list[str]], tuple[RunPaths, int]]
 
 
-def _default_launcher(preset: str, runs_root: Path, overrides: list[str]) -> tuple[RunPaths, int]:
+def default_launcher(preset: str, runs_root: Path, overrides: list[str]) -> tuple[RunPaths, int]:
     from dswb.launch import launch_detached  # stdlib + config only; imported when first used
 
     return launch_detached(preset, runs_root, overrides)
 
 
-def _default_resumer(run_root: Path) -> tuple[RunPaths, int]:
+def default_resumer(run_root: Path) -> tuple[RunPaths, int]:
     from dswb.launch import resume_detached
 
     return resume_detached(run_root)
@@ -58,7 +58,7 @@ class DswbApp(App):
 
     def __init__(self, runs_root: Path, attach: RunPaths | None = None, *,
                  clock: Callable[[], float] = time.time, poll_interval: float = 0.25,
-                 scan_interval: float = 1.0, min_redraw_s: float = 0.1,
+                 scan_interval: float = 1.0, refresh_s: float = DEFAULT_REFRESH_S,
                  launcher: Launcher | None = None, resumer: Callable[[Path], tuple[RunPaths, int]] | None = None,
                  exit_after_first_frame: bool = False, root_label: str | None = None,
                  presets: Callable[[], list[PresetChoice]] | None = None) -> None:
@@ -69,9 +69,9 @@ class DswbApp(App):
         self.attach = attach
         self.clock = clock
         self.poll_interval = poll_interval
-        self.min_redraw_s = min_redraw_s
-        self.launcher = launcher or _default_launcher
-        self.resumer = resumer or _default_resumer
+        self.refresh_s = refresh_s  # a dashboard redraws at most this often
+        self.launcher = launcher or default_launcher
+        self.resumer = resumer or default_resumer
         self.exit_after_first_frame = exit_after_first_frame
         self.runs: list[RunRow] = []
         self.followers: dict[str, RunFollower] = {}
@@ -85,11 +85,12 @@ class DswbApp(App):
         return iter(())
 
     def on_mount(self) -> None:
+        self.scanner.active = self.attach is None
         self.scanner.start()
         if self.attach is None:
             self.push_screen(RunsScreen())
         else:  # the runs list is built when the user first goes back to it
-            self.push_screen(DashboardScreen(self.attach, min_redraw_s=self.min_redraw_s))
+            self.push_screen(DashboardScreen(self.attach, refresh_s=self.refresh_s))
 
     def screen_mounted(self) -> None:
         """Called by the runs list and the dashboard when mounted (the first frame follows)."""
@@ -148,7 +149,7 @@ class DswbApp(App):
 
     # -- navigation ---------------------------------------------------------------------------
     def open_run(self, paths: RunPaths) -> None:
-        self.push_screen(DashboardScreen(paths, min_redraw_s=self.min_redraw_s))
+        self.push_screen(DashboardScreen(paths, refresh_s=self.refresh_s))
 
     def back_to_runs(self) -> None:
         """Leave a run's screen for the runs list (built now if the app opened on a run)."""
@@ -179,6 +180,9 @@ class DswbApp(App):
         sections = []
         if getattr(screen, "HELP", None):
             sections.append((_screen_title(screen), dict(screen.HELP)))
+        sections.append(("Settings", {
+            "refresh": f"a dashboard redraws at most every {self.refresh_s:g} s "
+                       "(dswb tui --refresh SECONDS; longer is lighter over SSH)"}))
         self.push_screen(HelpScreen(sections))
 
     def action_open_run(self, run_id: str) -> None:

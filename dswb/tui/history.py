@@ -91,7 +91,7 @@ class SeriesHistory:
 
     __slots__ = ("capacity", "width", "count", "gaps", "last_x", "last_y",
                  "n", "mean", "m2", "min", "max", "ema", "ema_decay",
-                 "_bx0", "_by0", "_bx1", "_by1", "_bn", "_rx", "_ry")
+                 "_bx0", "_by0", "_bx1", "_by1", "_bn", "_rx", "_ry", "_bucket_points")
 
     def __init__(self, capacity: int = 4096, ema_decay: float = 0.9) -> None:
         if capacity < 8:
@@ -117,6 +117,7 @@ class SeriesHistory:
         self._bn: list[int] = []  # points per bucket (the last folded one may be narrower)
         self._rx: list[float] = []  # exact tail
         self._ry: list[float] = []
+        self._bucket_points: Points | None = None  # the buckets as points, until they change
 
     def __len__(self) -> int:
         return self.count
@@ -173,6 +174,7 @@ class SeriesHistory:
 
     def _fold(self) -> None:
         """Fold the exact tail into buckets; merge bucket pairs while there are too many."""
+        self._bucket_points = None
         w = max(self.width, 2)
         rx, ry = self._rx, self._ry
         m = (len(rx) // w) * w
@@ -217,6 +219,7 @@ class SeriesHistory:
 
     def _rewind(self, x: float) -> None:
         """Forget the points at or after `x`."""
+        self._bucket_points = None
         rx, ry = self._rx, self._ry
         while rx and rx[-1] >= x:
             rx.pop()
@@ -251,22 +254,26 @@ class SeriesHistory:
         return 2 * len(self._bx0) + len(self._rx)
 
     def points(self) -> Points:
-        """Every stored point in x order (min and max of each bucket, then the exact tail)."""
-        xs: list[float] = []
-        ys: list[float] = []
-        for x0, y0, x1, y1 in zip(self._bx0, self._by0, self._bx1, self._by1):
-            if x0 == x1:
-                xs.append(x0)
-                ys.append(y0)
-            elif x0 < x1:
-                xs += (x0, x1)
-                ys += (y0, y1)
-            else:
-                xs += (x1, x0)
-                ys += (y1, y0)
-        xs += self._rx
-        ys += self._ry
-        return xs, ys
+        """Every stored point in x order (min and max of each bucket, then the exact tail).
+
+        The buckets change only when the tail is folded, so their points are kept between calls:
+        a live plot asking every second copies lists instead of rebuilding them."""
+        if self._bucket_points is None:
+            xs: list[float] = []
+            ys: list[float] = []
+            for x0, y0, x1, y1 in zip(self._bx0, self._by0, self._bx1, self._by1):
+                if x0 == x1:
+                    xs.append(x0)
+                    ys.append(y0)
+                elif x0 < x1:
+                    xs += (x0, x1)
+                    ys += (y0, y1)
+                else:
+                    xs += (x1, x0)
+                    ys += (y1, y0)
+            self._bucket_points = (xs, ys)
+        bx, by = self._bucket_points
+        return bx + self._rx, by + self._ry
 
     def view(self, max_points: int) -> Points:
         """At most about `max_points` points (min/max per group), always ending at the last point."""

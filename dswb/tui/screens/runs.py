@@ -42,6 +42,12 @@ class RunsScreen(Screen):
         yield RunSummary(id="run-summary")
         yield Footer()
 
+    def on_screen_resume(self) -> None:
+        self.app.scanner.set_active(True)  # scan every second while the list is on screen
+
+    def on_screen_suspend(self) -> None:
+        self.app.scanner.set_active(False)
+
     def on_mount(self) -> None:
         self.show_rows(self.app.runs)
         self.set_interval(5.0, lambda: self.show_rows(self.app.runs))  # keep "updated … ago" current

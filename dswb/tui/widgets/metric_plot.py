@@ -1,30 +1,38 @@
-"""A line plot of one or more metric series (textual-plotext), fed downsampled views.
+"""A line plot of one or more metric series, drawn with braille dots (`dswb.tui.chart`).
 
-The plot never keeps a history: `set_source(fn)` gives it a function that, asked for at
-most N points, returns `[(label, xs, ys), ...]` read from the run model. `replot()` asks for
-about twice the plot's width (braille cells hold two dots across), then clear -> plot -> refresh.
+The plot keeps no history: its `source()` returns `(series, x_end)` read from the run model
+(`[(label, xs, ys[, clean]), ...]` and the x where the axis should end, e.g. the stage's total
+steps; `clean` says the points need no checking, see `chart.Series`).
+`replot()` bins the points per pixel column and compares the resulting picture with the one on
+screen: nothing is rebuilt when nothing visible changed, and only the rows that changed are
+repainted (a live plot with stable axes changes a few cells at its right end per step).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
-from textual.app import RenderResult
+from rich.segment import Segment
+from rich.style import Style
+from textual.geometry import Region
 from textual.strip import Strip
-from textual_plotext import PlotextPlot
+from textual.widget import Widget
 
-from dswb.tui.ansi import ansi_to_strips, ansi_to_text, matrix_to_strips
-from dswb.tui.format import fmt_num, fmt_tick, nice_ticks
+from dswb.tui import chart
+from dswb.tui.format import fmt_num
 
-Series = tuple[str, Sequence[float], Sequence[float]]
-Source = Callable[[int], list[Series]]
+SeriesData = tuple  # (label, xs, ys) or (label, xs, ys, clean)
+PlotData = tuple[list[SeriesData], "float | None"]
+Source = Callable[[], PlotData]
 
-COLORS = ("cyan", "orange", "green", "magenta")
-NO_COLOR_MARKERS = ("braille", "dot", "x", "+")
+RUN_STYLES = {
+    "title": Style(bold=True), "axis": Style(dim=True), "label": Style(dim=True),
+    "s0": Style(color="cyan"), "s1": Style(color="orange1"), "s2": Style(color="green"), "s3": Style(color="magenta"),
+}
 
 
-class MetricPlot(PlotextPlot):
-    """A titled line plot; shows the last value of its first series in the title."""
+class MetricPlot(Widget):
+    """A titled line plot; the title shows the last value of its first series."""
 
     DEFAULT_CSS = """
     MetricPlot { height: 1fr; min-height: 6; }
@@ -37,87 +45,70 @@ class MetricPlot(PlotextPlot):
         self.xlabel = xlabel
         self.source: Source | None = None
         self.points_drawn = 0
-        self.rebuilds = 0
-        self._drawn_key: object = None
-        self._strips: list[Strip] | None = None
-        self._strips_size = None
-
-    def render(self) -> RenderResult:
-        """As `PlotextPlot.render`, with a faster ANSI decoder (used only outside `render_line`)."""
-        return ansi_to_text(self._build())
-
-    def _build(self) -> str:
-        width, height = self.size.width, self.size.height
-        self.plt.plotsize(width, height)
-        self.plt._set_size(width, height)
-        self.plt.theme(self._get_plotext_theme_name(self.app.theme))
-        return self.plt.build()
-
-    def refresh(self, *args, **kwargs):
-        self._strips = None  # anything that repaints the plot rebuilds it
-        return super().refresh(*args, **kwargs)
-
-    def render_line(self, y: int) -> Strip:
-        """Textual's Line API: the plot's lines straight from plotext's cell grid, built once per repaint."""
-        size = self.size
-        if self._strips is None or self._strips_size != size:
-            self._strips = self._build_strips(size.width, size.height)
-            self._strips_size = size
-        return self._strips[y] if 0 <= y < len(self._strips) else Strip.blank(size.width)
-
-    def _build_strips(self, width: int, height: int) -> list[Strip]:
-        plt = self.plt
-        plt.plotsize(width, height)
-        plt._set_size(width, height)
-        plt.theme(self._get_plotext_theme_name(self.app.theme))
-        try:  # plotext internals (plotext < 6): the cell grid, without its ANSI rendering
-            plt._set_sizes()
-            plt._build_matrix()
-            return matrix_to_strips(plt.monitor.matrix, width, height)
-        except AttributeError:
-            return ansi_to_strips(plt.build(), width, height)
+        self.rebuilds = 0  # pictures built (a replot that changes nothing visible builds none)
+        self.rows_repainted = 0
+        self._picture: chart.Picture | None = None
+        self._lines: chart.ChartLines = []
+        self._strips: list[Strip] = []
+        self._styles: dict[str | None, Style] = {}
 
     def set_source(self, source: Source | None) -> None:
         self.source = source
         self.replot()
 
-    def points_wanted(self) -> int:
-        """Twice the canvas width (the widget less the y labels and frame): a braille cell holds
-        two dots across, so more points than this cannot show."""
-        return max(16, 2 * ((self.size.width or 40) - 10))
-
     def on_resize(self) -> None:
         self.replot()
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._picture = None  # colours changed (theme): rebuild at the next replot
+        self._styles = {}
+
     def replot(self) -> None:
-        """Redraw from the source (cheap when the widget is hidden: nothing is built yet)."""
-        series = self.source(self.points_wanted()) if self.source is not None else []
+        """Rebuild from the source if the picture changed; repaint only the rows that did."""
+        width, height = self.size.width, self.size.height
+        if not width or not height:
+            return  # hidden or not laid out yet: it replots when it gets a size
+        series, x_end = self.source() if self.source is not None else ([], None)
+        title = self.metric_title
         series = [s for s in series if len(s[1])]
+        if series:
+            title = f"{self.metric_title}  {fmt_num(series[0][2][-1])}"
+        else:
+            title = f"{self.metric_title}: no data yet"
         no_color = self.app.no_color if self.is_attached else False
-        key = (self.metric_title, self.size, no_color, [(label, xs[-1], len(xs), ys[-1], ys) for label, xs, ys in series])
-        if key == self._drawn_key:
-            return  # same view as on screen: no rebuild
-        self._drawn_key = key
+        pic, drawn = chart.picture(title, [chart.Series(*s) for s in series], width, height,
+                                   xlabel=self.xlabel, x_end=x_end, dotted_after_first=no_color,
+                                   previous=self._picture)
+        self.points_drawn = drawn
+        if pic == self._picture:
+            return
         self.rebuilds += 1
-        plt = self.plt
-        plt.clear_data()
-        self.points_drawn = sum(len(s[1]) for s in series)
-        if not series:
-            plt.title(f"{self.metric_title}: no data yet")
+        lines = chart.render(pic)
+        previous, resized = self._lines, self._picture is None or \
+            (self._picture.width, self._picture.height) != (width, height)
+        self._picture, self._lines = pic, lines
+        self._strips = [self._strip(runs, width) for runs in lines]
+        if resized or len(previous) != len(lines):
+            self.rows_repainted += len(lines)
             self.refresh()
             return
-        for i, (label, xs, ys) in enumerate(series):
-            kwargs = {"marker": NO_COLOR_MARKERS[i % 4] if no_color else "braille"}
-            if not no_color:
-                kwargs["color"] = COLORS[i % len(COLORS)]
-            if len(series) > 1:
-                kwargs["label"] = label
-            plt.plot(list(xs), list(ys), **kwargs)
-        first_label, _, first_ys = series[0]
-        plt.title(f"{self.metric_title}  {fmt_num(first_ys[-1])}")
-        plt.xlabel(self.xlabel)
-        x_lo = min(s[1][0] for s in series)
-        x_hi = max(s[1][-1] for s in series)
-        ticks = nice_ticks(x_lo, x_hi, max(2, (self.size.width or 40) // 12))
-        plt.xticks(ticks, [fmt_tick(t) for t in ticks])
-        self.refresh()
+        for y, (old, new) in enumerate(zip(previous, lines)):
+            if old != new:  # repaint only the changed cells of the row (fewer bytes to the terminal)
+                span = chart.changed_span(old, new) if self._strips[y].cell_length == width else None
+                start, end = span if span is not None else (0, width)
+                self.rows_repainted += 1
+                self.refresh(Region(start, y, max(1, end - start), 1))
+
+    def _strip(self, runs: list[chart.Run], width: int) -> Strip:
+        styles = self._styles
+        if not styles:
+            base = self.rich_style
+            styles = self._styles = {name: base + style for name, style in RUN_STYLES.items()}
+            styles[None] = base
+        return Strip([Segment(text, styles[style]) for text, style in runs]).adjust_cell_length(width)
+
+    def render_line(self, y: int) -> Strip:
+        if 0 <= y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(self.size.width, self.rich_style)
