@@ -123,3 +123,34 @@ def test_grpo_skipping_zero_advantage_rows_gives_the_same_update(tmp_path, pretr
     a, b = _final_weights(tmp_path / "skip", "grpo"), _final_weights(tmp_path / "all", "grpo")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_chat_records_train_with_the_default_template_and_evaluate_as_chats(tmp_path, pretrained):
+    from transformers import AutoTokenizer
+
+    from dswb.engine.data.chat import DEFAULT_CHAT_TEMPLATE
+    from dswb.engine.data.task import AdditionTask
+    from dswb.engine.model_eval import evaluate_model
+
+    splits = AdditionTask(2, 0).split(200, 0, 0)
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": e.prompt},
+                                                     {"role": "assistant", "content": e.answer}]}) + "\n"
+                            for e in splits.train))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": e.prompt}], "answer": e.answer}) + "\n"
+                               for e in splits.train[:40]))
+    cfg = tiny_config('run.stages=["sft", "grpo"]', f'sft.init="{pretrained}"', f'sft.data=["{data}"]',
+                      *STAGE_SETTINGS["sft"], *STAGE_SETTINGS["grpo"], f'grpo.data=["{prompts}"]',
+                      "eval.task_samples=0")
+    run = tmp_path / "run"
+    assert run_in_process(cfg, run) == 0
+    for stage in ("sft", "grpo"):
+        info = json.loads((run / "final" / stage / "dswb_stage.json").read_text())
+        assert info["prompt_format"] == "chat"
+        tok = AutoTokenizer.from_pretrained(run / "final" / stage, local_files_only=True)
+        assert tok.chat_template == DEFAULT_CHAT_TEMPLATE and "<|assistant|>" in tok.get_vocab()
+    starts = {e["stage"]: e for e in read_events(run / "events.jsonl", ("stage_start",))}
+    assert starts["sft"]["data"]["prompt_format"] == "chat"
+    result = evaluate_model(run / "final" / "grpo", n=10, device="cpu")
+    assert result["kind"] == "causal_lm" and 0.0 <= result["exact_match"] <= 1.0

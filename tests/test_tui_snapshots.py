@@ -55,6 +55,20 @@ def test_dashboard_rl(snap_compare):
     assert snap_compare(app_for("rl"), terminal_size=LARGE, run_before=keys("2"))
 
 
+def test_dashboard_pipeline_rl(snap_compare):
+    """The RL tab of a GRPO stage: reward with its std, KL, entropy, clip ratio, completion length,
+    and where an iteration's time goes."""
+    assert snap_compare(app_for("pipeline"), terminal_size=LARGE, run_before=keys("2"))
+
+
+def test_dashboard_samples(snap_compare):
+    assert snap_compare(app_for("pipeline"), terminal_size=LARGE, run_before=keys("0"))
+
+
+def test_dashboard_pipeline_table(snap_compare):
+    assert snap_compare(app_for("pipeline"), terminal_size=(120, 40), run_before=keys("3"))
+
+
 def test_dashboard_stats(snap_compare):
     assert snap_compare(app_for("finished"), terminal_size=SMALL, run_before=keys("4"))
 

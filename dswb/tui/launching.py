@@ -15,6 +15,7 @@ from dswb.config.schema import Config
 from dswb.errors import UserError
 
 ALL_STAGES = "all"
+FROM = "from:"  # a stage picker value: this stage and every later one
 DEFAULT_PRESET = "smoke"
 
 
@@ -51,11 +52,33 @@ def override_lines(text: str) -> list[str]:
     return items
 
 
-def build_overrides(text: str, stage: str = ALL_STAGES, run_name: str = "") -> list[str]:
+def stage_choices(stages: list[str]) -> list[tuple[str, str]]:
+    """The stage picker's (label, value) options for a preset's stages: all of them, each alone,
+    and for a pipeline each stage onward (`from:NAME`), e.g. to rerun RL after changing it."""
+    options = [(f"all stages ({', '.join(stages)})" if stages else "all stages", ALL_STAGES)]
+    if len(stages) > 1:
+        options += [(f"{s} only", s) for s in stages]
+        options += [(" → ".join(stages[i:]), f"{FROM}{stages[i]}") for i in range(1, len(stages) - 1)]
+    return options
+
+
+def selected_stages(choice: str, stages: list[str]) -> list[str] | None:
+    """The stages a picker value stands for (None: the preset's own)."""
+    if not choice or choice == ALL_STAGES:
+        return None
+    if choice.startswith(FROM):
+        name = choice[len(FROM):]
+        return stages[stages.index(name):] if name in stages else [name]
+    return [choice]
+
+
+def build_overrides(text: str, stage: str = ALL_STAGES, run_name: str = "", stages: list[str] | None = None
+                    ) -> list[str]:
     """The `--set` items the form stands for: typed overrides, the stage choice, the name."""
     items = override_lines(text)
-    if stage and stage != ALL_STAGES:
-        items.append(f"run.stages={json.dumps([stage])}")
+    chosen = selected_stages(stage, list(stages or []))
+    if chosen:
+        items.append(f"run.stages={json.dumps(chosen)}")
     if run_name.strip():
         items.append(f"run.name={json.dumps(run_name.strip())}")
     return items

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dswb.rundir import RunPaths, create_run_dir, write_status
+from dswb.tui import synthetic_rl
 
 FIXED_T0 = 1_735_732_800.0  # 2025-01-01 12:00:00 UTC
 FIXTURE_HOST = "fixture-host"  # not this machine: viewers show the state the run claims
@@ -37,6 +38,9 @@ class RunSpec:
     fp8_every: int = 0  # > 0: an `fp8` event every N steps
     fail_at: int | None = None  # the loss turns non-finite at this step and the run fails
     gpu: bool = False
+    posttrain: bool = False  # stages log what the post-training contract names (`synthetic_rl`)
+    samples_every: int = 10  # with posttrain: a `samples` event every N iterations of PPO/GRPO
+    disk: bool = False  # system events carry disk_free_gb
     pid: int = 4242
     host: str = FIXTURE_HOST
 
@@ -85,6 +89,8 @@ def _metrics(spec: RunSpec, stage: str, step: int, total: int, rng: random.Rando
 def _system(spec: RunSpec, step: int, rng: random.Random) -> dict:
     metrics = {"cpu_pct": round(180 + rng.uniform(-10, 10), 1), "rss_mb": round(900 + step * 0.1, 1),
                "ram_used_pct": round(41 + rng.uniform(-1, 1), 1), "ram_used_mb": round(9800 + step * 0.2, 1)}
+    if spec.disk:
+        metrics["disk_free_gb"] = round(182.4 - step * 0.01, 2)
     if spec.gpu:
         metrics.update({"gpu_util_pct": round(92 + rng.uniform(-4, 4), 1), "gpu_mem_used_mb": 61234.0,
                         "gpu_mem_total_mb": 81559.0, "gpu_temp_c": 67.0, "cuda_peak_mb": 58012.0})
@@ -124,13 +130,24 @@ def run_events(spec: RunSpec) -> list[dict]:
         emit("log", stage, 0, level="info", message=f"[{stage}] {total} steps, batching bucket, max_tokens 8192")
         for step in range(1, total + 1):
             t += spec.step_s
-            metrics = _metrics(spec, stage, step, total, rng)
+            if spec.posttrain and stage in synthetic_rl.RL_STAGES:
+                metrics = synthetic_rl.rl_metrics(stage, step, total, rng)
+            elif spec.posttrain and stage == "rm":
+                metrics = synthetic_rl.rm_metrics(step, total, rng)
+            else:
+                metrics = _metrics(spec, stage, step, total, rng)
             emit("metrics", stage, step, metrics=metrics)
+            if spec.posttrain and stage in synthetic_rl.RL_STAGES and step % spec.samples_every == 0:
+                emit("samples", stage, step, samples=synthetic_rl.samples(step, rng))
+            if spec.posttrain and step == total // 2 and stage in synthetic_rl.ALERTS:
+                code, message, explain = synthetic_rl.ALERTS[stage]
+                emit("alert", stage, step, level="warning", code=code, message=message.format(step=step),
+                     explain=explain)
             if spec.system_every and step % spec.system_every == 0:
                 emit("system", stage, step, metrics=_system(spec, step, rng))
             if spec.fp8_every and step % spec.fp8_every == 0:
                 emit("fp8", stage, step, layers=_fp8(step, rng))
-            if step == total // 3 and spec.fail_at is None:
+            if step == total // 3 and spec.fail_at is None and not (spec.posttrain and stage not in ("pretrain", "sft")):
                 emit("alert", stage, step, level="warning", code="loss_spike",
                      message=f"loss jumped 2.1x its EMA at step {step}",
                      explain="A sudden loss spike often means the learning rate is too high for this "
@@ -148,7 +165,9 @@ def run_events(spec: RunSpec) -> list[dict]:
                     failed = True
                     break
                 continue
-            if spec.eval_every and (step % spec.eval_every == 0 or step == total):
+            if spec.posttrain and spec.eval_every and (step % spec.eval_every == 0 or step == total):
+                emit("eval", stage, step, metrics=synthetic_rl.eval_metrics(stage, step, total, step == total))
+            elif spec.eval_every and (step % spec.eval_every == 0 or step == total):
                 frac = step / total
                 emit("eval", stage, step, metrics={"val_loss": round(1.0 + 5.5 * math.exp(-3.5 * frac), 4),
                                                    "val_ppl": round(math.exp(1.0 + 5.5 * math.exp(-3.5 * frac)), 3),
@@ -249,6 +268,11 @@ FIXTURE_SPECS = {
                   seed=3, rl=True, gpu=True),
     "fp8": RunSpec("20250101-160000-fp8", stages=[("pretrain", 200)], t0=FIXED_T0 + 14400, seed=4,
                    fp8_every=10, gpu=True),
+    # A post-training pipeline (issue 6): pretrain -> SFT -> reward model -> PPO -> GRPO.
+    "pipeline": RunSpec("20250101-170000-pipeline", stages=[("pretrain", 120), ("sft", 60), ("rm", 40), ("ppo", 60),
+                                                           ("grpo", 60)],
+                        t0=FIXED_T0 + 18000, seed=5, step_s=0.2, eval_every=20, system_every=15, checkpoint_every=60,
+                        posttrain=True, disk=True),
 }
 LIVE_FRACTION = 0.5  # the live fixture holds this share of its events; a test replays the rest
 

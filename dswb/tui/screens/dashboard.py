@@ -1,8 +1,12 @@
-"""One run's dashboard: header, progress, plots, statistics, system, log, alerts, batching, FP8.
+"""One run's dashboard: header, progress, and tabs of plots, statistics, system, log, alerts,
+batching, FP8, RL and the latest RL samples.
 
-The screen owns no data: on `RunUpdated` the app calls `refresh_run(follower)`, which reads the
-follower's model under its lock and hands each widget plain values (plots get a source that
-returns downsampled views). Controls write the run's `control.jsonl`; stop asks first.
+The screen owns no data: on `RunUpdated` the app calls `refresh_run(follower)`, and at most once
+per `refresh_s` the screen reads the follower's model under its lock and hands plain values to
+the header and to the widgets of the tab on screen only (hidden tabs do no work; a tab is
+brought up to date when it is shown). Widgets skip what did not change, and plots repaint only
+the rows that did, so a live run costs a few lines of terminal output per refresh.
+Controls write the run's `control.jsonl`; stop asks first.
 """
 
 from __future__ import annotations
@@ -13,20 +17,23 @@ from typing import TYPE_CHECKING
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.lazy import Lazy
+from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
 
 from dswb.rundir import RunPaths
+from dswb.tui.chart import PLOT_LIMIT
 from dswb.tui.format import fmt_age
 from dswb.tui.model import RunModel, StageModel
-from dswb.tui.widgets import (AlertsPanel, BatchingPanel, EvalTable, Fp8Panel, HeaderInfo, LogTail,
-                              MetricPlot, RunHeader, RunProgress, StatsTable, SystemPanel)
+from dswb.tui.widgets import (AlertsPanel, BatchingPanel, EvalTable, Fp8Panel, HeaderInfo, LogTail, MetricPlot,
+                              PipelineTable, RlFacts, RunHeader, RunProgress, SamplesPanel, StatsTable, SystemPanel)
 
 if TYPE_CHECKING:
     from dswb.tui.follower import RunFollower
 
-# (plot id, title, [(label, metric)]): "eval:" metrics come from `eval` events.
+DEFAULT_REFRESH_S = 1.0
+# (plot id, title, [(label, metric)]): "eval:" metrics come from `eval` events, "system:" from
+# `system` events; "a|b" takes the first of the names the run has (older runs wrote clip_frac).
 OVERVIEW_PLOTS = (
     ("plot-loss", "loss", [("train", "loss"), ("val", "eval:val_loss")]),
     ("plot-lr", "learning rate", [("lr", "lr")]),
@@ -34,23 +41,25 @@ OVERVIEW_PLOTS = (
     ("plot-tokens_per_s", "tokens/s", [("tokens/s", "tokens_per_s")]),
 )
 RL_PLOTS = (
-    ("plot-reward", "reward", [("reward", "reward")]),
+    ("plot-reward", "reward", [("reward", "reward"), ("std", "reward_std")]),
     ("plot-kl", "KL", [("kl", "kl")]),
     ("plot-entropy", "entropy", [("entropy", "entropy")]),
-    ("plot-clip_frac", "clip fraction", [("clip_frac", "clip_frac")]),
+    ("plot-clip_ratio", "clip ratio", [("clipped", "clip_ratio|clip_frac")]),
+    ("plot-length", "completion length", [("mean", "completions/mean_length")]),
 )
 EVAL_PLOTS = (
-    ("plot-task_acc", "eval accuracy", [("task_acc", "eval:task_acc")]),
+    ("plot-task_acc", "eval accuracy", [("task_acc", "eval:task_acc"), ("pair_acc", "eval:pair_acc")]),
     ("plot-val_loss", "eval loss", [("val_loss", "eval:val_loss")]),
 )
 SYSTEM_PLOTS = (
     ("plot-cpu", "CPU %", [("cpu", "system:cpu_pct")]),
     ("plot-gpu", "GPU util %", [("gpu", "system:gpu_util_pct")]),
 )
-TABS = ("overview", "rl", "eval", "stats", "system", "log", "alerts", "batching", "fp8")
-ALL_PLOTS = OVERVIEW_PLOTS + RL_PLOTS + EVAL_PLOTS + SYSTEM_PLOTS
-TAB_PLOTS = {tab: {spec[0] for spec in specs} for tab, specs in
+TABS = ("overview", "rl", "eval", "stats", "system", "log", "alerts", "batching", "fp8", "samples")
+TAB_KEYS = {tab: str((i + 1) % 10) for i, tab in enumerate(TABS)}  # 1-9, then 0 for samples
+TAB_PLOTS = {tab: tuple(spec[0] for spec in specs) for tab, specs in
              (("overview", OVERVIEW_PLOTS), ("rl", RL_PLOTS), ("eval", EVAL_PLOTS), ("system", SYSTEM_PLOTS))}
+OPTIONAL_TABS = ("rl", "fp8", "samples")  # shown only when the run has what they show
 
 
 class DashboardScreen(Screen):
@@ -64,7 +73,7 @@ class DashboardScreen(Screen):
         Binding("R", "restart", "Resume run", show=False),
         Binding("left_square_bracket", "stage(-1)", "Prev stage", show=False, key_display="["),
         Binding("right_square_bracket", "stage(1)", "Next stage", show=False, key_display="]"),
-    ] + [Binding(str(i + 1), f"tab('{tab}')", tab.capitalize(), show=False) for i, tab in enumerate(TABS)]
+    ] + [Binding(TAB_KEYS[tab], f"tab('{tab}')", tab.capitalize(), show=False) for tab in TABS]
 
     HELP = {
         "escape": "back to the runs list (the run keeps going)",
@@ -73,21 +82,24 @@ class DashboardScreen(Screen):
         "k": "write a checkpoint now",
         "R": "resume a stopped, failed or lost run from its last checkpoint",
         "[ ]": "show the previous / next stage",
-        "1-9": "tabs: overview, RL, eval, stats, system, log, alerts, batching, FP8",
+        "1-9": "tabs: overview, RL, eval (pipeline table), stats, system, log, alerts, batching, FP8",
+        "0": "samples: the latest RL rollouts (prompt, completion, rewards, advantage)",
     }
 
-    def __init__(self, paths: RunPaths, min_redraw_s: float = 0.1) -> None:
+    def __init__(self, paths: RunPaths, refresh_s: float = DEFAULT_REFRESH_S) -> None:
         super().__init__(name=f"dashboard-{paths.run_id}")
         self.paths = paths
         self.stage_name: str | None = None
         self.follower: RunFollower | None = None
-        self.min_redraw_s = min_redraw_s
+        self.refresh_s = refresh_s
         self.redraws = 0
-        self._last_redraw = 0.0
+        self._last_redraw = -1e9
         self._redraw_timer = None
         self._stale = True
-        self._widget_cache: dict[type, list] = {}
+        self._found: dict[str, object] = {}
         self._error_shown = False
+        self._retry_scheduled = False
+        self._retries = 0  # redraws scheduled because a lazily mounted widget was not there yet
 
     @property
     def run_id(self) -> str:
@@ -120,13 +132,16 @@ class DashboardScreen(Screen):
             with TabPane("RL", id="rl"):
                 with Lazy(Grid(id="rl-plots", classes="plot-grid")):
                     yield from self._plots(RL_PLOTS)
+                    yield RlFacts(id="rl-facts", classes="panel")
             with TabPane("Eval", id="eval"):
                 with Lazy(Vertical()):
+                    yield PipelineTable(id="pipeline-table")
                     yield EvalTable(id="eval-table")
                     with Grid(id="eval-plots", classes="plot-grid two-up"):
                         yield from self._plots(EVAL_PLOTS)
             with TabPane("Stats", id="stats"):
-                yield Lazy(StatsTable(id="stats-table"))
+                with Lazy(VerticalScroll(id="stats-scroll")):
+                    yield StatsTable(id="stats-table")
             with TabPane("System", id="system"):
                 with Lazy(Vertical()):
                     yield SystemPanel(id="system-panel", classes="panel")
@@ -142,11 +157,14 @@ class DashboardScreen(Screen):
                     yield BatchingPanel(id="batching-panel")
             with TabPane("FP8", id="fp8"):
                 yield Lazy(Fp8Panel(id="fp8-panel"))
+            with TabPane("Samples", id="samples"):
+                with Lazy(VerticalScroll(id="samples-scroll")):
+                    yield SamplesPanel(id="samples-panel", classes="panel")
         yield Footer()
 
     def on_mount(self) -> None:
         tabs = self.query_one(TabbedContent)
-        for tab in ("rl", "fp8"):
+        for tab in OPTIONAL_TABS:
             tabs.hide_tab(tab)
         self.follower = self.app.follow(self.paths)
         self.refresh_run(self.follower)
@@ -162,10 +180,10 @@ class DashboardScreen(Screen):
 
     # -- reading the model ------------------------------------------------------------------
     def _source(self, series: list[tuple[str, str]]):
-        def source(max_points: int):
+        def source():
             follower = self.follower
             if follower is None:
-                return []
+                return [], None
             model = follower.model
             out = []
             with model.lock:
@@ -173,23 +191,24 @@ class DashboardScreen(Screen):
                 for label, metric in series:
                     history = _history(model, stage, metric)
                     if history is not None and history.n:
-                        xs, ys = history.view(max_points)
-                        out.append((label, xs, ys))
-            return out
+                        xs, ys = history.points()
+                        out.append((label, xs, ys, _plottable(history)))
+                x_end = stage.total_steps if stage is not None and stage.total_steps > 0 else None
+            return out, (None if series[0][1].startswith("system:") else x_end)
         return source
 
     def _tick(self) -> None:
-        """Once a second: keep the "updated … ago" text honest between events."""
-        if self.follower is not None and self.is_current:
+        """Once a second: keep the "updated … ago" text honest when no redraw did."""
+        if self.follower is not None and self.is_current and time.monotonic() - self._last_redraw >= 0.9:
             self._update_header(self.follower.model)
 
     def refresh_run(self, follower: RunFollower) -> None:
-        """Redraw from the follower's model (throttled to one redraw per `min_redraw_s`)."""
+        """New data: redraw now, or at the end of the current refresh period."""
         self.follower = follower
         if not self.is_current:
             self._stale = True
             return
-        wait = self._last_redraw + self.min_redraw_s - time.monotonic()
+        wait = self._last_redraw + self.refresh_s - time.monotonic()
         if wait > 0:
             if self._redraw_timer is None:
                 self._redraw_timer = self.set_timer(wait, self._deferred_redraw)
@@ -205,6 +224,7 @@ class DashboardScreen(Screen):
         return self._redraw_timer is not None
 
     def redraw(self) -> None:
+        """Bring the header and the tab on screen up to date with the model."""
         follower = self.follower
         if follower is None:
             return
@@ -214,52 +234,101 @@ class DashboardScreen(Screen):
         model = follower.model
         if follower.error is not None and not self._error_shown:
             self._error_shown = True
-            self.notify(f"cannot follow {self.run_id}: {follower.error}", severity="error", timeout=30)
+            self.notify(f"reading {self.run_id}: {str(follower.error)[:200]} (still trying)", severity="warning",
+                        timeout=30)
         tabs = self.query_one(TabbedContent)
         with self.app.batch_update(), model.lock:
             stage = model.shown_stage(self.stage_name)
             self._update_header(model)
-            summaries = stage.summaries() if stage else {}
-            has_rl = stage is not None and model.rl_metrics_present(stage)
-            self._toggle_tab(tabs, "rl", has_rl)
+            self._toggle_tab(tabs, "rl", stage is not None and model.rl_metrics_present(stage))
             self._toggle_tab(tabs, "fp8", model.fp8_events > 0)
-            for table in self._widgets(StatsTable, 2):
-                table.show(summaries)
-            for panel in self._widgets(SystemPanel, 2):
-                panel.show(model.system_last)
-            alerts = list(model.alerts)
-            for alerts_panel in self._widgets(AlertsPanel, 2):
-                alerts_panel.show(alerts)
-            log_source, log_lines, log_total = model.log_view()
-            for log in self._widgets(LogTail, 2):
-                log.show(log_lines, log_total, log_source)
-            for eval_table in self._widgets(EvalTable, 1):
-                eval_table.show([(s.name, s.eval_series["val_loss"].last_x if "val_loss" in s.eval_series else None,
-                                  s.eval_last) for s in model.stages.values() if s.eval_last])
+            self._toggle_tab(tabs, "samples", model.samples_total > 0)
+            self._update_alert_tab(tabs, len(model.alerts))
+            active = tabs.active
+            show = getattr(self, f"_show_{active}", None)
+            if show is not None:
+                show(model, stage)
+        self.replot_visible(active)
+
+    # One method per tab: what it shows, read under the model's lock.
+    def _show_overview(self, model: RunModel, stage: StageModel | None) -> None:
+        if table := self._widget("side-stats"):
+            table.show(stage.summaries() if stage else {})
+        if panel := self._widget("side-system"):
+            panel.show(model.system_last)
+        if alerts := self._widget("side-alerts"):
+            alerts.show(list(model.alerts))
+        if log := self._widget("side-log"):
+            log.show(*_log_args(model))
+
+    def _show_rl(self, model: RunModel, stage: StageModel | None) -> None:
+        if facts := self._widget("rl-facts"):
+            facts.show(stage.last_metrics if stage else {})
+
+    def _show_eval(self, model: RunModel, stage: StageModel | None) -> None:
+        if pipeline := self._widget("pipeline-table"):
+            pipeline.show(model.pipeline())
+        if table := self._widget("eval-table"):
+            table.show([(s.name, s.eval_series["val_loss"].last_x if "val_loss" in s.eval_series else None,
+                         s.eval_last) for s in model.stages.values() if s.eval_last])
+
+    def _show_stats(self, model: RunModel, stage: StageModel | None) -> None:
+        if table := self._widget("stats-table"):
+            table.show(stage.summaries() if stage else {})
+
+    def _show_system(self, model: RunModel, stage: StageModel | None) -> None:
+        if panel := self._widget("system-panel"):
+            panel.show(model.system_last)
+        if gpu := self._widget("plot-gpu"):
+            gpu.display = "gpu_util_pct" in model.system_series
+
+    def _show_log(self, model: RunModel, stage: StageModel | None) -> None:
+        if log := self._widget("log-tail"):
+            log.show(*_log_args(model))
+
+    def _show_alerts(self, model: RunModel, stage: StageModel | None) -> None:
+        if panel := self._widget("alerts-panel"):
+            panel.show(list(model.alerts))
+
+    def _show_batching(self, model: RunModel, stage: StageModel | None) -> None:
+        if panel := self._widget("batching-panel"):
             batching = (stage.batching if stage is not None else None) or model.batching
-            for batching_panel in self._widgets(BatchingPanel, 1):
-                batching_panel.show(batching, summaries)
-            for plot in self._widgets(MetricPlot, len(ALL_PLOTS)):
-                if plot.id == "plot-gpu":
-                    plot.display = "gpu_util_pct" in model.system_series
-            for fp8 in self._widgets(Fp8Panel, 1):
-                fp8.show(model.fp8_last, model.fp8_step, model.fp8_events)
-            self._update_alert_tab(tabs, len(alerts))
-        self.replot_visible(tabs.active)
+            panel.show(batching, stage.summaries() if stage else {})
+
+    def _show_fp8(self, model: RunModel, stage: StageModel | None) -> None:
+        if panel := self._widget("fp8-panel"):
+            panel.show(model.fp8_last, model.fp8_step, model.fp8_events)
+
+    def _show_samples(self, model: RunModel, stage: StageModel | None) -> None:
+        if panel := self._widget("samples-panel"):
+            panel.show(model.samples[-1] if model.samples else None, model.samples_total)
 
     def replot_visible(self, active_tab: str) -> None:
         """Rebuild the plots of the shown tab (the others replot when they are shown)."""
-        for plot in self._widgets(MetricPlot, len(ALL_PLOTS)):
-            if plot.display and plot.id in TAB_PLOTS.get(active_tab, ()):
+        for plot_id in TAB_PLOTS.get(active_tab, ()):
+            plot = self._widget(plot_id)
+            if plot is not None and plot.display:
                 plot.replot()
 
-    def _widgets(self, kind: type, expected: int) -> list:
-        """The screen's widgets of a kind, queried until all `expected` have mounted (some tabs
-        mount lazily), then cached: a DOM query per widget kind per redraw is not free."""
-        cached = self._widget_cache.get(kind)
-        if cached is None or len(cached) < expected:
-            cached = self._widget_cache[kind] = list(self.query(kind))
-        return cached
+    def _widget(self, widget_id: str):
+        """A widget of this screen by id, looked up once. A tab's widgets mount lazily after the
+        first frame: until then this returns None and the screen redraws once they are there."""
+        widget = self._found.get(widget_id)
+        if widget is None:
+            found = self.query(f"#{widget_id}")
+            widget = found.first() if found else None
+            if widget is None:
+                if not self._retry_scheduled and self._retries < 20:
+                    self._retry_scheduled = True
+                    self._retries += 1
+                    self.call_after_refresh(self._retry)
+                return None
+            self._found[widget_id] = widget
+        return widget
+
+    def _retry(self) -> None:
+        self._retry_scheduled = False
+        self.redraw()
 
     def _update_header(self, model: RunModel) -> None:
         with model.lock:
@@ -273,14 +342,16 @@ class DashboardScreen(Screen):
             loss_history = stage.series.get("loss") if stage else None
             loss = loss_history.last_y if loss_history is not None and loss_history.n else model.last_loss()
             info = HeaderInfo(
-                run_id=self.run_id, state=model.state, stage=stage.name if stage else str(status.get("stage") or "-"),
+                run_id=self.run_id, state=model.state, stage=stage.name if stage else (status.get("stage") or "-"),
                 stage_index=names.index(stage.name) + 1 if stage else 0,
                 stage_count=max(len(names), len(status.get("stages") or [])), step=step, total_steps=total,
                 loss=loss, error=status.get("error") or model.error)
             updated = fmt_age(status.get("updated") or model.last_t, self.app.clock())
-            tokens = metrics.get("tokens_per_s") if isinstance(metrics.get("tokens_per_s"), (int, float)) else None
-        self.query_one(RunHeader).show(info)
-        self.query_one(RunProgress).show(step, total, eta, tokens, model.state, updated)
+            tokens = metrics.get("tokens_per_s")
+        if header := self._widget("run-header"):
+            header.show(info)
+        if progress := self._widget("progress"):
+            progress.show(step, total, eta, tokens, model.state, updated)
 
     @staticmethod
     def _toggle_tab(tabs: TabbedContent, tab: str, show: bool) -> None:
@@ -292,11 +363,14 @@ class DashboardScreen(Screen):
 
     @staticmethod
     def _update_alert_tab(tabs: TabbedContent, count: int) -> None:
-        tabs.get_tab("alerts").label = f"Alerts ({count})" if count else "Alerts"
+        label = f"Alerts ({count})" if count else "Alerts"
+        tab = tabs.get_tab("alerts")
+        if str(tab.label) != label:
+            tab.label = label
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if self.follower is not None:
-            self.redraw()  # fills a tab mounted lazily and replots its plots
+            self.redraw()  # brings the tab up to date and replots its plots
 
     # -- actions --------------------------------------------------------------------------
     def action_back(self) -> None:
@@ -335,7 +409,26 @@ class DashboardScreen(Screen):
         self.app.resume_run(self.paths)
 
 
+def _plottable(history) -> bool:
+    """Whether a history's points can go to the chart unchecked (finite, in x order, within
+    the chart's range): its all-time min and max say so."""
+    return -PLOT_LIMIT <= history.min and history.max <= PLOT_LIMIT
+
+
+def _log_args(model: RunModel) -> tuple[list[dict], int, str]:
+    source, lines, total = model.log_view()
+    return lines, total, source
+
+
 def _history(model: RunModel, stage: StageModel | None, metric: str):
+    for name in metric.split("|"):
+        history = _one_history(model, stage, name)
+        if history is not None and history.n:
+            return history
+    return None
+
+
+def _one_history(model: RunModel, stage: StageModel | None, metric: str):
     if metric.startswith("system:"):
         return model.system_series.get(metric[7:])
     if stage is None:

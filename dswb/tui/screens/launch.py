@@ -33,6 +33,7 @@ class LaunchScreen(ModalScreen[RunPaths | None]):
         "tab / shift+tab": "move between fields",
         "ctrl+l": "launch (only when the form is valid)",
         "escape": "cancel",
+        "stages": "all of the preset's stages, one alone, or a pipeline from one stage onward",
         "overrides": "one SECTION.KEY=VALUE per line, e.g. train.lr=3e-4 (validated as you type)",
     }
 
@@ -43,6 +44,7 @@ class LaunchScreen(ModalScreen[RunPaths | None]):
         self.valid = False
         self.message = ""
         self.launching = False
+        self.stages: list[str] = []  # the chosen preset's own stages
 
     def compose(self) -> ComposeResult:
         default = launching.default_preset(self.presets)
@@ -80,7 +82,7 @@ class LaunchScreen(ModalScreen[RunPaths | None]):
     def overrides(self) -> list[str]:
         return launching.build_overrides(self.query_one("#overrides", TextArea).text,
                                          str(self.query_one("#stage", Select).value),
-                                         self.query_one("#run-name", Input).value)
+                                         self.query_one("#run-name", Input).value, self.stages)
 
     def _preset_changed(self) -> None:
         preset = self.preset()
@@ -96,10 +98,8 @@ class LaunchScreen(ModalScreen[RunPaths | None]):
             stages = list(launching.validate(preset.path, []).run.stages)
         except UserError:
             pass
-        options = [(f"all stages ({', '.join(stages)})" if stages else "all stages", ALL_STAGES)]
-        if len(stages) > 1:
-            options += [(f"{s} only", s) for s in stages]
-        stage_select.set_options(options)
+        self.stages = stages
+        stage_select.set_options(launching.stage_choices(stages))
         stage_select.value = ALL_STAGES
         self.validate_form()
 

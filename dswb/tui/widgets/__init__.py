@@ -6,12 +6,16 @@ from dswb.tui.widgets.eval_table import EvalTable
 from dswb.tui.widgets.fp8_panel import Fp8Panel
 from dswb.tui.widgets.log_tail import LogTail
 from dswb.tui.widgets.metric_plot import MetricPlot
+from dswb.tui.widgets.pipeline_table import PipelineTable
+from dswb.tui.widgets.rl_facts import RlFacts
 from dswb.tui.widgets.run_header import HeaderInfo, RunHeader
 from dswb.tui.widgets.run_progress import RunProgress
 from dswb.tui.widgets.run_summary import RunSummary
 from dswb.tui.widgets.runs_table import RunsTable
+from dswb.tui.widgets.samples_panel import SamplesPanel
 from dswb.tui.widgets.stats_table import StatsTable
 from dswb.tui.widgets.system_panel import SystemPanel
 
 __all__ = ["AlertsPanel", "BatchingPanel", "EvalTable", "Fp8Panel", "HeaderInfo", "LogTail", "MetricPlot",
-           "RunHeader", "RunProgress", "RunSummary", "RunsTable", "StatsTable", "SystemPanel"]
+           "PipelineTable", "RlFacts", "RunHeader", "RunProgress", "RunSummary", "RunsTable", "SamplesPanel",
+           "StatsTable", "SystemPanel"]

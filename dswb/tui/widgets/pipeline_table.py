@@ -1,0 +1,40 @@
+"""The pipeline table: one row per stage with its state, steps and accuracies
+(`dswb.rundir.pipeline`, shared with the CLI)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from dswb.rundir.pipeline import COLUMNS, PipelineRow
+from dswb.tui.format import cut_text, state_badge
+from dswb.tui.widgets._tables import fill_table
+
+
+class PipelineTable(DataTable):
+    """`show(rows)` with `PipelineRow`s, in the run's stage order."""
+
+    DEFAULT_CSS = """
+    PipelineTable { height: auto; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
+        self._shown: object = None
+
+    def on_mount(self) -> None:
+        fill_table(self, [(c, c) for c in COLUMNS], [])
+
+    def show(self, rows: list[PipelineRow]) -> None:
+        cells = [pipeline_cells(row) for row in rows]
+        key = [tuple(str(c) for c in cell) for cell in cells]
+        if key == self._shown:
+            return
+        self._shown = key
+        fill_table(self, [(c, c) for c in COLUMNS], cells, [str(i) for i in range(len(cells))])
+
+
+def pipeline_cells(row: PipelineRow) -> tuple:
+    stage, state, steps, test, best, pair = row.cells()
+    badge, style = state_badge(state) if state != "pending" else ("· pending", "dim")
+    return (cut_text(stage, 100, one_line=True), Text(badge, style=style), steps, test, best, pair)
