@@ -30,6 +30,14 @@ def format_rate(value: float) -> str:
 
 def metrics_summary(metrics: dict) -> str:
     parts = []
+    if metrics.get("reward") is not None:   # RL stages: the reward first, then its spread and the KL
+        parts.append(f"reward {metrics['reward']:.3f}")
+        if metrics.get("kl") is not None:
+            parts.append(f"kl {metrics['kl']:.3f}")
+    elif metrics.get("accuracy") is not None:   # reward model
+        parts.append(f"acc {metrics['accuracy']:.1%}")
+    elif metrics.get("rewards/accuracies") is not None:   # DPO
+        parts.append(f"acc {metrics['rewards/accuracies']:.1%}")
     if metrics.get("loss") is not None:
         parts.append(f"loss {metrics['loss']:.4f}")
     if metrics.get("lr") is not None:

@@ -86,9 +86,14 @@ def run(
     from dswb.rundir.status import read_status
     status = read_status(paths.status) or {}
     error = outcome.get("error") or status.get("error")
+    state = outcome.get("state") or status.get("state") or "unknown"
+    if not quiet:
+        from dswb.cli.pipeline_view import print_pipeline
+        typer.echo("")
+        print_pipeline(paths, state, title="held-out accuracy after each stage")
     if error:
         typer.echo(f"error: {error}", err=True)
-    typer.echo(f"{outcome.get('state') or status.get('state') or 'unknown'}: {paths.root}")
+    typer.echo(f"{state}: {paths.root}")
     raise typer.Exit(code)
 
 

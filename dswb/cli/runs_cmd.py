@@ -24,6 +24,7 @@ from typing import Annotated, Any, Callable, Sequence
 import typer
 
 from dswb.cli import samples_cmd
+from dswb.cli.pipeline_view import pipeline, pipeline_json, print_pipeline
 from dswb.cli.common import DEFAULT_RUNS_ROOT, RunRef, RunsRoot, print_table, safe_text, user_errors
 from dswb.errors import UserError
 from dswb.rundir import (EventTail, RunPaths, effective_state, find_runs, read_status, resolve_run,
@@ -249,9 +250,12 @@ def show(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
             stats.setdefault(kind, {})[stage] = safe_summaries(book)
         echo_json({"run_id": paths.run_id, "path": str(paths.root), "state": state, "status": status,
                    "stats": stats, "last_eval": scan.last_eval, "last_checkpoint": scan.last_checkpoint,
-                   "alerts": scan.alerts, "alert_count": scan.alert_count})
+                   "alerts": scan.alerts, "alert_count": scan.alert_count,
+                   "pipeline": pipeline_json(pipeline(paths, state))})
         return
     _print_status(paths, status, state)
+    typer.echo("")
+    print_pipeline(paths, state)
     for (kind, stage), book in sorted(scan.books.items(), key=lambda kv: (STAT_KINDS.index(kv[0][0]), kv[0][1])):
         table = safe_summaries(book)
         rows = [[safe_text(name, NAME_LIMIT), s["count"], fmt_num(s["mean"]), fmt_num(s["std"]), fmt_num(s["min"]),

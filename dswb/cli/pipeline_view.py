@@ -1,0 +1,28 @@
+"""The per-stage table of a run (stage, state, steps, held-out accuracy), as `dswb run` prints it at
+the end and `dswb runs show` prints it for any run. Built by `dswb.rundir.pipeline`, the same
+function the dashboard's eval tab uses. Standard library only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from dswb.cli.common import print_table
+from dswb.rundir import RunPaths
+from dswb.rundir.events import read_events
+from dswb.rundir.pipeline import COLUMNS, PipelineRow, pipeline_from_events
+
+
+def pipeline(paths: RunPaths, run_state: str | None = None) -> list[PipelineRow]:
+    return pipeline_from_events(read_events(paths.events), run_state)
+
+
+def print_pipeline(paths: RunPaths, run_state: str | None = None, title: str = "pipeline") -> list[PipelineRow]:
+    """Print the table when the run has more than one stage or a post-training stage; returns the rows."""
+    rows = pipeline(paths, run_state)
+    if len(rows) > 1 or any(r.stage != "pretrain" for r in rows):
+        print_table(list(COLUMNS), [r.cells() for r in rows], numeric=(2, 3, 4, 5), title=title)
+    return rows
+
+
+def pipeline_json(rows: list[PipelineRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
