@@ -35,7 +35,7 @@ def test_parse_size_rejects(text):
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["parallel.mode=pipeline"], "parallel.mode: 'pipeline' is not one of none, layers"),
+    (["parallel.mode=tensor"], "parallel.mode: 'tensor' is not one of none, layers, ddp, fsdp, pipeline"),
     (['parallel.devices=[]'], "parallel.devices: give [\"auto\"] or at least one device"),
     (['parallel.devices=["auto","cpu"]'], "\"auto\" stands alone"),
     (['parallel.devices=["gpu0"]'], "parallel.devices[0]: 'gpu0' is not a device"),

@@ -10,6 +10,10 @@ newest `step-*` directory is always complete; loading verifies it against its ma
 (`CorruptCheckpoint` on a mismatch; `select_checkpoint` picks the newest that verifies).
 
 A full disk during a write removes the partial directory and raises `DiskFull` naming it.
+
+A distributed run (`dswb.engine.parallel.distributed.active()`) writes the model and optimizer with
+`torch.distributed.checkpoint` instead (a `dcp/` directory in place of `model.safetensors` and
+`optimizer.pt`, same contract: `dswb.engine.parallel.dist_checkpoint`); loading takes either kind.
 """
 
 from __future__ import annotations
@@ -93,6 +97,12 @@ def save_checkpoint(stage_dir: Path, step: int, model: torch.nn.Module, optimize
     `extra(directory)` may write more files (e.g. a JSON sidecar) into the checkpoint before
     the manifest is taken; they are verified like the others.
     """
+    from dswb.engine.parallel.distributed import active
+
+    if active() is not None:
+        from dswb.engine.parallel.dist_checkpoint import save_distributed
+
+        return save_distributed(stage_dir, step, model, optimizer, trainer_state, keep_last, extra)
     final = stage_dir / f"step-{step}"
     tmp = stage_dir / f".tmp-step-{step}-{os.getpid()}-{time.monotonic_ns()}"
     try:
@@ -257,6 +267,13 @@ def load_checkpoint(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.o
 
     Raises `CorruptCheckpoint` (before touching the model) if the files do not match the manifest.
     """
+    from dswb.engine.parallel.dist_checkpoint import is_dcp_checkpoint
+    from dswb.engine.parallel.distributed import active
+
+    if active() is not None or is_dcp_checkpoint(ckpt.path):
+        from dswb.engine.parallel.dist_checkpoint import load_distributed
+
+        return load_distributed(ckpt, model, optimizer, device)
     result = verify_checkpoint(ckpt)
     if not result.ok:
         raise CorruptCheckpoint(result)

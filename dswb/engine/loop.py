@@ -5,6 +5,8 @@ step *is* belongs to the stage: `LoopParts.step` performs one optimizer step (an
 micro-batches, a preference step, or a whole RL iteration: rollout, scoring, updates) and returns
 a `StepOutput`. Everything else (pause/stop/checkpoint commands, the lr schedule, non-finite
 handling, metrics, system samples, periodic eval and checkpoints) is the same for every stage.
+In a distributed run every rank runs this loop in step: the control flags and (with a time limit)
+the step time are agreed over the ranks, so every rank takes the same decisions.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dswb.engine.checkpoint import latest_checkpoint, save_checkpoint, warn_low_
 from dswb.engine.context import StageContext
 from dswb.engine.mfu import describe as describe_mfu, device_peak, throughput_metrics
 from dswb.engine.optim import set_lr
+from dswb.engine.parallel.distributed import active as active_world
+from dswb.engine.parallel.pipeline import pipeline_of, pipeline_train_step
 from dswb.engine.schedule import lr_at
 from dswb.engine.train_step import train_step
 from dswb.errors import TrainingFailed
@@ -73,7 +77,10 @@ def lm_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: I
     def step(index: int) -> StepOutput:
         micro = [next(batches).to(ctx.device, non_blocking=True) for _ in range(grad_accum)]
         try:
-            result = train_step(model, optimizer, micro, ctx.device, ctx.amp_dtype, clip_grad)
+            if pipeline_of(model) is not None:
+                result = pipeline_train_step(model, optimizer, micro, clip_grad)
+            else:
+                result = train_step(model, optimizer, micro, ctx.device, ctx.amp_dtype, clip_grad)
         except torch.cuda.OutOfMemoryError as exc:  # the loop's one-line report names the shape
             shapes = ", ".join("x".join(map(str, b.input_ids.shape)) for b in micro)
             exc.batch_shape = f"{len(micro)} micro-batch{'es' if len(micro) > 1 else ''} of {shapes} tokens"
@@ -125,6 +132,8 @@ def _out_of_memory(ctx: StageContext, parts: LoopParts, step: int, shape: str, u
     last = latest_checkpoint(ctx.paths.checkpoints(parts.stage))
     if updating:
         kept = "no checkpoint: the optimizer update was under way; the last checkpoint is kept"
+    elif active_world() is not None and active_world().size > 1:
+        kept = "no checkpoint: the other ranks are inside the step (a distributed run); the last checkpoint is kept"
     elif step == parts.start_step or (last is not None and last.step == step):
         kept = f"the last finished step ({step}) is already checkpointed" if last else "no step finished yet"
     else:
@@ -216,6 +225,8 @@ def _train(ctx: StageContext, parts: LoopParts, watch: _UpdateWatch) -> str:
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         dt = time.perf_counter() - t0
+        if opt.max_seconds and active_world() is not None:
+            dt = active_world().max([dt])[0]   # the slowest rank's: every rank reaches the limit at the same step
         step_time_ema = dt if step_time_ema is None else 0.9 * step_time_ema + 0.1 * dt
         parts.state["trained_s"] = parts.state.get("trained_s", 0.0) + dt
         if opt.max_seconds and parts.state["trained_s"] >= opt.max_seconds and step < total:

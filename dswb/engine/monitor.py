@@ -3,8 +3,11 @@
 Every metric, event and state change goes through `Monitor`, which writes `events.jsonl`,
 keeps `status.json` current (atomically, throttled), appends `train.log`, updates the
 streaming statistics, and forwards to an optional console reporter (progress bar or plain
-lines). Later stages and components (RL health checks, FP8 statistics, distributed reduction
-before writing) add metrics through the same `metrics()` call.
+lines). Later stages and components (RL health checks, FP8 statistics) add metrics through the
+same `metrics()` call. In a distributed run (`ranks`, see `dswb.engine.parallel.ranks`) every rank
+calls the same methods: metrics are reduced over the ranks before rank 0 writes them, evaluation
+metrics become rank 0's on every rank (in place, so every rank takes the same decisions), and
+`system` events list every rank's device; the other ranks' monitors write only their own log.
 
 A full disk in any sink raises `DiskFull` naming the file (the events file and the log keep only
 whole lines). `finish()` writes the final state best-effort: whatever can still be written is.
@@ -33,8 +36,10 @@ class Reporter(Protocol):
 class Monitor:
     STATUS_EVERY_S = 0.5
 
-    def __init__(self, paths: RunPaths, status: dict, ema: float = 0.9, reporter: Reporter | None = None) -> None:
+    def __init__(self, paths: RunPaths, status: dict, ema: float = 0.9, reporter: Reporter | None = None,
+                 ranks: Any = None) -> None:
         self.paths = paths
+        self.ranks = ranks          # a RankSync in a distributed run, else None
         self.status = status
         self.stats = StatsBook(ema)
         self.reporter = reporter
@@ -69,6 +74,8 @@ class Monitor:
     # -- typed helpers -----------------------------------------------------------------
     def metrics(self, stage: str, step: int, total_steps: int, metrics: dict[str, float],
                 eta_s: float | None) -> None:
+        if self.ranks is not None:
+            metrics = self.ranks.reduce(metrics)
         if eta_s is not None:
             metrics = {**metrics, "eta_s": eta_s}
         self.stats.update(metrics)
@@ -78,6 +85,11 @@ class Monitor:
             self.reporter.on_metrics(stage, step, total_steps, metrics, eta_s)
 
     def eval(self, stage: str, step: int, metrics: dict[str, float]) -> None:
+        if self.ranks is not None:
+            agreed = self.ranks.agree(metrics)
+            if agreed is not metrics:
+                metrics.clear()
+                metrics.update(agreed)
         self.stats.update(metrics)
         self.emit("eval", stage, step, metrics=metrics)
         self.status["last_eval"] = metrics
@@ -87,7 +99,8 @@ class Monitor:
     def system(self, stage: str | None, step: int, metrics: dict[str, float]) -> None:
         if metrics:
             self.stats.update(metrics)
-            self.events.emit("system", stage, step, metrics=metrics)
+            extra = {} if self.ranks is None else {"ranks": self.ranks.system_ranks(metrics)}
+            self.events.emit("system", stage, step, metrics=metrics, **extra)
 
     def alert(self, stage: str, step: int, code: str, message: str, explain: str, level: str = "warning") -> None:
         self.log(f"ALERT {code}: {message}", level=level, stage=stage, event=False)

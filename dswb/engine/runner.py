@@ -8,6 +8,13 @@ against their manifests first (a corrupt one is moved aside with an alert and th
 to the newest one that verifies); a resume with nothing left to do ends `finished`; a full disk
 anywhere (checkpoint, events, status, log, data cache, final model) ends the run `failed` with
 one line naming the path and the free space, written wherever it still can be.
+
+Under torchrun (or a distributed `[parallel] mode`) every rank runs this same function: rank 0
+writes the run directory (with the world size and every rank's device in `run_start` and
+`status.json`), the other ranks log to `train.rank-<r>.log` (`dswb.engine.parallel.ranks`); only
+rank 0 moves corrupt checkpoints aside. A rank that dies or hangs makes a collective fail on the
+others: the run ends `failed` with one line naming the rank where it can (a rank leaves its own
+error in the launcher's store before it exits).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from dswb.engine.device import autocast_dtype, select_device, set_determinism
 from dswb.engine.checkpoint import quarantine, select_checkpoint
 from dswb.engine.final import is_complete, remove_partial, verify_final
 from dswb.engine.monitor import Monitor, Reporter
+from dswb.engine.parallel.distributed import World, end_world, ensure_world, is_collective_failure
 from dswb.engine.system import SystemSampler
 from dswb.errors import EXIT_USER_ERROR, TrainingFailed, UserError
 from dswb.rundir.layout import RunPaths
@@ -48,18 +56,29 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _open_run(config: Config, paths: RunPaths, resume: bool, reporter: Reporter | None,
-              argv: list[str] | None) -> Monitor:
+              argv: list[str] | None, world: World | None = None) -> Monitor:
+    ranks = None
+    if world is not None:
+        from dswb.engine.parallel.ranks import RankMonitor, RankSync
+
+        ranks = RankSync(world)
+        if not world.is_main:
+            return RankMonitor(paths, {}, world, ranks, ema=config.monitor.ema)
     if not resume or not paths.config.exists():
         paths.config.write_text(config_to_toml(config))
     previous = read_status(paths.status) if resume else None
     status = new_status(config.run.stages[0], config.train.steps)
     status.update(run_id=paths.run_id, stages=list(config.run.stages), pid_started=process_start_time(os.getpid()))
+    distributed = {} if world is None else {"world_size": world.size, "parallel_mode": world.mode, "ranks": world.ranks}
+    if world is not None and not world.created_here:
+        distributed["launcher_pid"] = os.getppid()   # torchrun's agent
+    status.update(distributed)
     if previous:
         status["started"] = previous.get("started") or status["started"]
         status["resumed"] = (previous.get("resumed") or 0) + 1
-    monitor = Monitor(paths, status, ema=config.monitor.ema, reporter=reporter)
+    monitor = Monitor(paths, status, ema=config.monitor.ema, reporter=reporter, ranks=ranks)
     monitor.emit("run_start", None, 0, run_id=paths.run_id, config=config_to_dict(config),
-                 argv=argv or sys.argv, resumed=bool(resume), pid=os.getpid())
+                 argv=argv or sys.argv, resumed=bool(resume), pid=os.getpid(), **distributed)
     monitor.log(f"run {paths.run_id} {'resumed' if resume else 'started'} (pid {os.getpid()})", event=False)
     return monitor
 
@@ -117,14 +136,21 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
     written: a full disk) and `unwritten`, the run files the end could not be recorded in.
     """
     outcome = {} if outcome is None else outcome
+    world = ensure_world(config)
+    if world is not None and not world.ranks:
+        world.describe_ranks()
     try:
-        monitor = _open_run(config, paths, resume, reporter, argv)
+        monitor = _open_run(config, paths, resume, reporter, argv, world)
     except OSError as exc:
         if not is_disk_full(exc):
             raise
         outcome.update(state="failed", error=str(disk_full_error(exc, [paths.root])), unwritten=["status.json"])
         return 1
     control = RunControl(paths.root)
+    if world is not None:
+        from dswb.engine.parallel.ranks import DistributedControl
+
+        control = DistributedControl(control, world)
     control.install_signal_handlers()
     sampler = None
     state, error, code = "failed", None, 1
@@ -133,20 +159,30 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
         device = select_device(config.run.device)
         set_determinism(config.run.seed, config.run.threads)
         sampler = SystemSampler(interval_s=config.monitor.system_every_s, disk_path=paths.root).start()
+        if monitor.ranks is not None:
+            monitor.ranks.sampler = sampler
         monitor.log(f"device {device}, precision {autocast_dtype(device, config.run.precision) or 'fp32'}", event=False)
+        if world is not None:
+            monitor.log(world.describe())
         previous_final = None
         finals: dict[str, Path] = {}
         state = "finished"   # what a resume with every stage already done ends as
+        main = world is None or world.is_main
         for stage in config.run.stages:
             final_dir = paths.final(stage)
-            if remove_partial(final_dir):
+            if main and remove_partial(final_dir):
                 monitor.log("removed an incomplete final model left by an interrupted write", stage=stage)
-            if resume and is_complete(final_dir) and _final_verifies(monitor, stage, final_dir):
+            done = resume and is_complete(final_dir) and (not main or _final_verifies(monitor, stage, final_dir))
+            if world is not None:
+                done = world.broadcast(done)
+            if done:
                 monitor.log("already finished, skipping", stage=stage)
                 previous_final = finals[stage] = final_dir
                 continue
-            if resume:
+            if resume and main:
                 _choose_checkpoint(monitor, stage, paths.checkpoints(stage))
+            if world is not None:   # rank 0 has moved corrupt checkpoints aside: every rank now sees the same
+                world.barrier()
             monitor.write_status(force=True, state="running", stage=stage)
             ctx = StageContext(config=config, paths=paths, monitor=monitor, control=control, device=device,
                                amp_dtype=autocast_dtype(device, config.run.precision), cache_root=cache_root,
@@ -165,7 +201,9 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
         state, error, code = "stopped", "interrupted (second Ctrl-C): no checkpoint taken", 130
     except Exception as exc:  # a bug or an environment fault: keep the traceback in train.log
         state, code = "failed", 1
-        if is_disk_full(exc, [paths.root, cache_root]):
+        if world is not None and is_collective_failure(exc):
+            error = world.explain_failure(exc)
+        elif is_disk_full(exc, [paths.root, cache_root]):
             error = str(disk_full_error(exc, [paths.root, cache_root]))
         elif isinstance(exc, torch.cuda.OutOfMemoryError):
             error = _oom_message(exc)
@@ -184,6 +222,10 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
                 monitor.log(f"stopped ({control.stop_reason})", stage=monitor.status.get("stage"))
             except OSError:
                 pass
+        if world is not None and state == "failed":
+            world.report_failure(error or "failed")
         unwritten = monitor.finish(state, error, ended=time.time())
         outcome.update(state=state, error=error, unwritten=unwritten)
+        if world is not None and world.created_here:
+            end_world()
     return code

@@ -3,6 +3,13 @@
 The loss is token-weighted across gradient accumulation: each micro-batch contributes
 `sum of token losses / tokens in the whole step`, so the result equals one big batch.
 A non-finite loss or gradient skips the update (gradients are dropped) and is reported.
+
+In a distributed run (DDP, FSDP2) each rank sums its own micro-batches' token losses and the step's
+target tokens are all-reduced first, so every token of the global batch weighs the same: with the
+gradients averaged over R ranks, each rank's loss is scaled by R (`grad_scale`), and the step is the
+one-process step over the union of the ranks' micro-batches. DDP all-reduces once per step (the
+earlier micro-batches' backward passes run under `no_sync`). A pipeline has its own step
+(`dswb.engine.parallel.pipeline.pipeline_train_step`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import torch
 
 from dswb.engine.device import autocast
 from dswb.engine.losses import token_loss_sum
+from dswb.engine.parallel.distributed import active
+from dswb.engine.parallel.wrap import grad_scale, gradient_sync
 
 
 @dataclass
@@ -36,13 +45,17 @@ def forward_loss_sum(model: torch.nn.Module, batch, amp_dtype, device: torch.dev
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list,
                device: torch.device, amp_dtype, clip_grad: float) -> StepResult:
-    n_target = sum(b.n_target for b in micro_batches)
+    world = active()
+    local_target = sum(b.n_target for b in micro_batches)
+    n_target = int(world.sum([local_target])[0]) if world is not None else local_target
+    scale = grad_scale()
     total = torch.zeros((), device=device)
-    for batch in micro_batches:
-        loss_sum = forward_loss_sum(model, batch, amp_dtype, device)
-        (loss_sum / max(1, n_target)).backward()
+    for i, batch in enumerate(micro_batches):
+        with gradient_sync(model, i == len(micro_batches) - 1):
+            loss_sum = forward_loss_sum(model, batch, amp_dtype, device)
+            (loss_sum * scale / max(1, n_target)).backward()
         total += loss_sum.detach()
-    loss = float(total) / max(1, n_target)
+    loss = (float(total) if world is None else world.sum([float(total)])[0]) / max(1, n_target)
     params = [p for p in model.parameters() if p.grad is not None]
     if clip_grad > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_grad))
@@ -52,7 +65,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_b
     if finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=loss, grad_norm=grad_norm, finite=finite, n_target=n_target,
+    return StepResult(loss=loss, grad_norm=grad_norm, finite=finite, n_target=local_target,
                       n_real=sum(b.n_real for b in micro_batches),
                       n_padded=sum(b.n_padded for b in micro_batches),
                       n_samples=sum(b.n_samples for b in micro_batches))

@@ -6,8 +6,11 @@ change how a model trains — FP8 linear layers, distributed wrapping (DDP/FSDP)
 device, and returns the model to train. Placement comes first (`dswb.engine.parallel.roles`):
 `[parallel] mode = "layers"` spreads the model over several devices instead of moving it to one.
 Then, from the config: `[fp8] enabled` turns a trained model's linear layers into FP8 layers
-(`dswb.engine.fp8`), and `train.compile` compiles the decoder layers, last. `model_hooks` gives a
-stage what a prepared model adds to its loop (FP8 statistics, events and alerts).
+(`dswb.engine.fp8`), and `train.compile` compiles the decoder layers, last. In a distributed run
+(`[parallel] mode = "ddp" | "fsdp" | "pipeline"` under torchrun, `dswb.engine.parallel.wrap`) a
+trained model is then made data parallel, sharded or cut to this rank's pipeline stage, in place;
+frozen models (reference, reward) stay whole on every rank. `model_hooks` gives a stage what a
+prepared model adds to its loop (FP8 statistics, events and alerts).
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ def prepare_model(model: torch.nn.Module, config: Config, device: torch.device,
         model = apply_fp8(model, config.fp8, device)
     for transform in transforms:
         model = transform(model, config, device)
+    from dswb.engine.parallel.distributed import active
+
+    world = active()
+    if trainable and world is not None:
+        from dswb.engine.parallel.wrap import distribute
+
+        model = distribute(model, config, device, world)
     if config.train.compile:
         compile_model(model)
     return model.train()
@@ -78,10 +88,17 @@ def model_hooks(model: torch.nn.Module, ctx, stage: str, probe: Callable[[], flo
     (`fp8.shadow_every`); `context` the mean tokens a training sequence attends over, for the
     FLOPs per token of `mfu` (`dswb.engine.mfu`)."""
     hooks = ModelHooks()
+    from dswb.engine.parallel.wrap import describe_distribution
+
+    placed = describe_distribution(model)
+    if placed:
+        ctx.monitor.log(placed, stage=stage)
     if context:
         from dswb.engine.mfu import model_flops_per_token
+        from dswb.engine.parallel.pipeline import pipeline_of, stage_flops_per_token
 
-        hooks.flops_per_token, text = model_flops_per_token(model, context)
+        count = stage_flops_per_token if pipeline_of(model) is not None else model_flops_per_token
+        hooks.flops_per_token, text = count(model, context)
         ctx.monitor.log(text, stage=stage, event=False)
     compiled = getattr(model, COMPILED_ATTR, None)
     if compiled:

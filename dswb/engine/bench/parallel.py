@@ -13,12 +13,25 @@ it sends to a device that does not exist when the layers do not divide evenly (6
 Hook overhead (not with --quick): the one-thread CPU step time of a tiny Llama mapped onto 4 "devices"
 that are all the CPU vs the same model unmapped: the cost of the boundary hooks alone (indicative only
 on a loaded machine).
+
+Processes: the real distributed step (`prepare_model`'s DDP / FSDP2 wrapping and `train_step`, under
+torchrun) on a fixed per-rank batch of a Llama: the median step time and the tokens/s of the whole
+world, for one process (1 thread, and all the threads the machine has) against two processes of one
+thread each (DDP, FSDP2), with gloo on the CPU; with GPUs, one process per GPU (nccl, bf16) for DDP and
+FSDP2 and the tokens/s per GPU. Two processes on a 2-core CPU can at best double one single-threaded
+process, and a shared machine makes every figure indicative only.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from dswb.engine.parallel.memory import MemoryModel
 from dswb.engine.parallel.planner import DeviceSpec, plan_layers, seed_even_split
@@ -102,10 +115,91 @@ def hook_overhead_section(quick: bool) -> dict | None:
             "mapped_4_ms": hooked * 1000, "overhead": hooked / base - 1}
 
 
-# The distributed half (torchrun, DDP, FSDP2) adds a section here: ("processes", processes_section),
-# step time and tokens/s for 1 vs 2 processes on CPU (gloo), and throughput per GPU with DDP and FSDP2
-# when GPUs are present. Each section is `fn(quick) -> rows`, shown by `format_table`.
-SECTIONS = [("balance", balance_section), ("hook_overhead", hook_overhead_section)]
+# (label, processes, parallel.mode, threads per process); a GPU run uses every GPU instead.
+CPU_CASES = [("1 process, 1 thread", 1, "none", 1), ("1 process, all threads", 1, "none", 0),
+             ("2 processes, ddp", 2, "ddp", 1), ("2 processes, fsdp", 2, "fsdp", 1)]
+
+
+def processes_section(quick: bool) -> list[dict]:
+    """Median step time and world tokens/s of the distributed step, one case per torchrun launch."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    size, rows, seq, steps = ("tiny", 4, 64, 8) if quick else ("small", 8, 128, 20)
+    if gpus:
+        size, rows, seq = "base", 16, 512
+        cases = [(f"{gpus} GPU{'s' if gpus > 1 else ''}, ddp", gpus, "ddp", 0),
+                 (f"{gpus} GPU{'s' if gpus > 1 else ''}, fsdp", gpus, "fsdp", 0)]
+    else:
+        cases = CPU_CASES if not quick else [CPU_CASES[0], CPU_CASES[2]]
+    out = []
+    for label, nproc, mode, threads in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "result.json"
+            args = ["--worker", str(result), size, str(rows), str(seq), str(steps), mode, str(threads)]
+            if nproc > 1 or mode != "none":
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+                       "-m", "dswb.engine.bench.parallel", *args]
+            else:
+                cmd = [sys.executable, "-m", "dswb.engine.bench.parallel", *args]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads or os.cpu_count() or 1)}
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0 or not result.exists():
+                out.append({"case": label, "error": (done.stdout + done.stderr).strip().splitlines()[-1:]})
+                continue
+            row = json.loads(result.read_text())
+        out.append({"case": label, "processes": nproc, "mode": mode, **row,
+                    "tokens_per_s_per_device": row["tokens_per_s"] / nproc})
+    return out
+
+
+def _worker(result: str, size: str, rows: int, seq: int, steps: int, mode: str, threads: int) -> None:
+    """One case (every rank runs it): `steps` timed steps after 3 warm-up steps; rank 0 writes JSON."""
+    import torch
+
+    from dswb.config import load_config
+    from dswb.engine.collate import collate_padded
+    from dswb.engine.device import autocast_dtype, select_device, set_determinism
+    from dswb.engine.model import llama_config
+    from dswb.engine.optim import build_optimizer
+    from dswb.engine.parallel.distributed import active, ensure_world, shutdown
+    from dswb.engine.train_step import train_step
+    from dswb.engine.transforms import prepare_model
+    from transformers import LlamaForCausalLM
+
+    config = load_config(None, [f"parallel.mode={mode}", f"run.threads={threads}"])
+    world = ensure_world(config)
+    device = select_device(config.run.device)
+    set_determinism(0, threads)
+    model = prepare_model(LlamaForCausalLM(llama_config(size, 2048, seq, 1, 2, 0)), config, device)
+    optimizer = build_optimizer(model, config.train, device)
+    rank = world.rank if world else 0
+    gen = torch.Generator().manual_seed(rank)
+    batch = collate_padded(torch.randint(3, 2048, (rows, seq), generator=gen).tolist(), 0, seq).to(device)
+    amp = autocast_dtype(device, config.run.precision)
+    times = []
+    for i in range(3 + steps):
+        t0 = time.perf_counter()
+        train_step(model, optimizer, [batch], device, amp, 1.0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    if world is not None:
+        times = [world.max([t])[0] for t in times]
+    size_w = world.size if world else 1
+    step = statistics.median(times)
+    if rank == 0:
+        params = sum(p.numel() for p in model.parameters()) * (size_w if mode == "fsdp" else 1)
+        Path(result).write_text(json.dumps({
+            "model": f"llama-{size}", "params_m": params / 1e6, "batch_per_rank": f"{rows} x {seq}",
+            "device": str(device), "threads": torch.get_num_threads(), "step_ms": step * 1000,
+            "tokens_per_s": size_w * rows * seq / step, "steps": steps}))
+    if active() is not None:
+        shutdown(0)
+
+
+SECTIONS = [("balance", balance_section), ("hook_overhead", hook_overhead_section), ("processes", processes_section)]
 
 
 def run(quick: bool = False) -> dict:
@@ -134,6 +228,17 @@ def format_table(result: dict) -> str:
     lines.append("")
     lines.append("load/ideal = fullest device's bytes / (total / devices); peak use = fullest device / 80 GB; "
                  "seed missing = layers the seed's split sends past the last device")
+    procs = result.get("processes")
+    if procs:
+        lines += ["", "distributed step (DDP / FSDP2 under torchrun; tokens/s of the whole world; indicative only "
+                      "on a shared machine: 2 processes on 2 CPU cores can at best double 1 single-threaded process)",
+                  f"{'case':<26}{'model':>12}{'batch/rank':>12}{'threads':>9}{'step ms':>10}{'tokens/s':>11}{'per device':>12}"]
+        for r in procs:
+            if "error" in r:
+                lines.append(f"{r['case']:<26}failed: {' '.join(r['error'])[:120]}")
+                continue
+            lines.append(f"{r['case']:<26}{r['model']:>12}{r['batch_per_rank']:>12}{r['threads']:>9}"
+                         f"{r['step_ms']:>10.1f}{r['tokens_per_s']:>11.0f}{r['tokens_per_s_per_device']:>12.0f}")
     hooks = result.get("hook_overhead")
     if hooks:
         lines.append("")
@@ -141,3 +246,8 @@ def format_table(result: dict) -> str:
                      f"unmapped {hooks['unmapped_ms']:.0f} ms, mapped over 4 CPU 'devices' "
                      f"{hooks['mapped_4_ms']:.0f} ms ({hooks['overhead']:+.1%}); indicative only on a shared machine")
     return "\n".join(lines)
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
+    _worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), sys.argv[7],
+            int(sys.argv[8]))

@@ -23,7 +23,8 @@ from dswb.engine.checkpoint import latest_checkpoint, load_checkpoint, remove_pa
 from dswb.engine.context import StageContext
 from dswb.engine.data.task import AdditionTask, TaskSplits
 from dswb.engine.data.tokenizer import load_tokenizer
-from dswb.engine.final import MARKER, is_complete, save_final
+from dswb.engine.final import MARKER, is_complete
+from dswb.engine.parallel.dist_checkpoint import save_final_model
 from dswb.errors import UserError
 from dswb.stats import StatsBook
 
@@ -191,7 +192,7 @@ def finish_lm(ctx: StageContext, stage: str, model: torch.nn.Module, tokenizer: 
             mon.eval(stage, steps, scores)
             mon.log(f"held-out test: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items())
                     + f" ({time.perf_counter() - t0:.1f}s)", stage=stage, step=steps)
-    final = save_final(ctx.paths.final(stage), model, tokenizer,
+    final = save_final_model(ctx.paths.final(stage), model, tokenizer,
                        {"stage": stage, "step": steps, "run_id": ctx.paths.run_id, "prompt_format": prompt_format,
                         "task": task_info(ctx.config), "last_eval": mon.status.get("last_eval", {}), **(extra or {})})
     mon.emit("stage_end", stage, steps, state="finished", final_path=str(final))

@@ -5,7 +5,9 @@ The policy starts from `dpo.init` (default: the run's latest language model); th
 sequence log-probs of every pair are computed once before training and the reference is freed.
 Loss: sigmoid (with optional label smoothing) or IPO on length-averaged log-probs
 (`dswb.engine.preference.dpo_loss`). Metrics as TRL names them: `rewards/chosen`,
-`rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`.
+`rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`. In a distributed run
+every rank holds the reference log-probs of every pair and trains on its share of the micro-batches
+(as the reward model does).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dswb.engine.device import autocast
 from dswb.engine.loop import LoopParts, StepOutput, run_loop
 from dswb.engine.optim import build_optimizer
 from dswb.engine.pairs import EncodedPair, PairStream, collate_pairs
+from dswb.engine.parallel.sharding import shard_pairs
 from dswb.engine.preference import dpo_loss, sequence_logprobs
 from dswb.engine.stages.common import (TaskData, accuracy_target, eval_every, finish_lm, fit_vocab, load_causal_lm,
                                        resolve_init, resume)
@@ -98,7 +101,7 @@ def run(ctx: StageContext) -> str:
 
     policy = prepare_model(policy, cfg, ctx.device)
     optimizer = build_optimizer(policy, sec, ctx.device)
-    stream = PairStream(len(train), sec.batch_size, cfg.run.seed)
+    stream = shard_pairs(PairStream(len(train), sec.batch_size, cfg.run.seed))
     start_step, state = resume(ctx, STAGE, policy, optimizer)
     if "data" in state:
         stream.load_state_dict(state.pop("data"))
@@ -125,8 +128,9 @@ def run(ctx: StageContext) -> str:
                     rc, rr = pair_logprobs(ref, pairs, pad_id, ctx, average)
                 ref_lp = torch.stack([rc, rr], dim=1)
             out = dpo_loss(c, r, ref_lp[:, 0], ref_lp[:, 1], sec.beta, sec.loss, sec.label_smoothing)
-            (out["losses"].sum() / n_pairs).backward()
-            loss_total += float(out["losses"].sum())
+            loss_sum = out["losses"].sum()
+            (loss_sum / n_pairs).backward()
+            loss_total += float(loss_sum.detach())
             sums["rewards/chosen"] += float(out["chosen_rewards"].sum())
             sums["rewards/rejected"] += float(out["rejected_rewards"].sum())
             sums["rewards/accuracies"] += float((out["chosen_rewards"] > out["rejected_rewards"]).float().sum())

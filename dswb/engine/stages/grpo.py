@@ -13,7 +13,10 @@ One iteration = one `run_loop` step:
    is aggregated by `loss_type` over the whole minibatch (`dswb.engine.rl.losses.loss_weights`).
 Kept from the paper: group normalisation, clipped ratio, k3 KL. Differences, as in TRL: beta 0 by
 default (no reference model), token-level "dapo" aggregation by default, truncated completions
-optionally masked.
+optionally masked. Under DDP each rank generates its share of the prompts; advantages and loss
+normalisers are computed over every rank's rows (`dswb.engine.parallel.rl`), so the update is the
+one-process update on the same global batch (with `minibatches = 1`; with more, each global
+minibatch is the union of the ranks' k-th parts).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import torch
 from dswb.engine.context import StageContext
 from dswb.engine.loop import LoopParts, StepOutput, run_loop
 from dswb.engine.optim import build_optimizer
+from dswb.engine.parallel.rl import global_advantages, global_all, global_sum, micro_plan, split_minibatches
+from dswb.engine.parallel.wrap import grad_scale
 from dswb.engine.rl.advantages import group_advantages, zero_std_groups
 from dswb.engine.rl.losses import clipped_policy_loss, kl_per_token, loss_weights
 from dswb.engine.rl.rollout import HFRolloutSampler, sequence_logprobs
@@ -65,7 +70,8 @@ def run(ctx: StageContext) -> str:
         r = exp.rollouts
         timings = exp.timings
         rewards = exp.scores.total
-        adv = group_advantages(rewards, G, sec.advantage, sec.scale_rewards)
+        adv = global_advantages(rewards, lambda everything: group_advantages(everything, G, sec.advantage,
+                                                                             sec.scale_rewards))
         zero = zero_std_groups(rewards, G)
         keep_row = ~zero.repeat_interleave(G) if sec.drop_zero_variance else torch.ones(len(r), dtype=torch.bool)
         mask = r.completion_mask.clone()
@@ -94,15 +100,21 @@ def run(ctx: StageContext) -> str:
         acc = _Accumulator()
         position = {row: k for k, row in enumerate(scored)}   # row -> index into old/ref log-prob tensors
         grad_norms = []
+        scale = grad_scale()   # DDP averages gradients over ranks; the weights below are global already
         for _ in range(sec.num_iterations):
-            for minibatch in chunks(rows, sec.minibatches):
-                total_tokens = int(mask[minibatch].sum())
+            for minibatch in split_minibatches(rows, sec.minibatches):
+                total_tokens = int(global_sum(int(mask[minibatch].sum())))
+                total_seqs = int(global_sum(len(minibatch)))
                 work = [i for i in minibatch if i in active]
-                if not work:   # no signal in this minibatch: the optimizer still steps, on zero gradients
+                micros = micro_plan(chunks(work, sec.grad_accum) if work else [])
+                if not micros:   # no signal anywhere in this minibatch: the optimizer still steps, on zero gradients
                     for p in policy.parameters():
                         if p.requires_grad:
                             p.grad = torch.zeros_like(p)
-                for micro in chunks(work, sec.grad_accum):
+                for micro in micros:
+                    if micro is None:   # another rank has more micro-batches: a pass that adds nothing
+                        _zero_weight_pass(policy, r, ids, sec.temperature, ctx, pad_id)
+                        continue
                     width = int(mask[micro].sum(dim=1).max())
                     logp, entropy = sequence_logprobs(policy, [r.prompt_ids[i] for i in micro], ids[micro, :width],
                                                       mask[micro, :width], sec.temperature, ctx.amp_dtype, pad_id)
@@ -115,13 +127,13 @@ def run(ctx: StageContext) -> str:
                     if ref_logp is not None:
                         kl = kl_per_token(logp, ref_logp[pos, :width], sec.kl_estimator)
                         per_token = per_token + sec.beta * kl
-                    w = loss_weights(m, sec.loss_type, len(minibatch), total_tokens, sec.max_new_tokens)
+                    w = loss_weights(m, sec.loss_type, total_seqs, total_tokens, sec.max_new_tokens)
                     loss = (w * per_token).sum()
-                    loss.backward()
+                    (loss * scale).backward()
                     acc.add(loss, terms, entropy, kl, logp, old, m)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), sec.clip_grad or float("inf")))
                 grad_norms.append(grad_norm)
-                if math.isfinite(grad_norm) and acc.finite:
+                if math.isfinite(grad_norm) and global_all(acc.finite):
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 acc.updates += 1
@@ -140,8 +152,9 @@ def run(ctx: StageContext) -> str:
         state["health"] = rl.health.state_dict()
         if sec.samples_every and (index + 1) % sec.samples_every == 0:
             samples_event(ctx, STAGE, index + 1, exp, adv.cpu())
-        finite = acc.finite and all(math.isfinite(g) for g in grad_norms)
-        return StepOutput(loss=acc.loss_value(), finite=finite, metrics=metrics,
+        finite = global_all(acc.finite) and all(math.isfinite(g) for g in grad_norms)
+        loss_value = global_sum(acc.loss) / max(1, acc.updates)   # the ranks' parts of one global loss
+        return StepOutput(loss=loss_value, finite=finite, metrics=metrics,
                           tokens=completion_tokens + sum(len(p) for p in r.prompt_ids))
 
     hooks = model_hooks(policy, ctx, STAGE)   # FP8 statistics of the policy; no MFU: an iteration is mostly generation
@@ -153,6 +166,14 @@ def run(ctx: StageContext) -> str:
     if outcome != "finished":
         return outcome
     return finish_lm(ctx, STAGE, policy, rl.tokenizer, parts.end_step, rl.prompt_format, test_scorer(ctx, rl))
+
+
+def _zero_weight_pass(policy, r, ids, temperature, ctx, pad_id) -> None:
+    """A forward and backward of one row with weight 0: the gradient is unchanged, but DDP's
+    all-reduce of this backward pass meets the other ranks' (`dswb.engine.parallel.rl`)."""
+    logp, _ = sequence_logprobs(policy, [r.prompt_ids[0]], ids[:1, :1], torch.ones_like(ids[:1, :1]), temperature,
+                                ctx.amp_dtype, pad_id)
+    (logp.sum() * 0.0).backward()
 
 
 def _logprobs(model, r, rows, ids, mask, temperature, ctx, pad_id) -> torch.Tensor:

@@ -12,7 +12,9 @@ One iteration = one `run_loop` step:
    log-probs of the same tokens, clipped value loss, total `pg + vf_coef * vf` (token means).
 The value model is a scalar head on a backbone (`value_init`: this run's reward model when it has
 one, else the policy's backbone with a new head); it trains with the policy, one optimizer.
-The final model is the policy alone.
+The final model is the policy alone. Under DDP (policy and value each data parallel) each rank
+generates its share of the prompts; the whitening and the token means are over every rank's tokens
+(`dswb.engine.parallel.rl`), so with `minibatches = 1` the update is the one-process update.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from dswb.engine.context import StageContext
 from dswb.engine.device import autocast
 from dswb.engine.loop import LoopParts, StepOutput, run_loop
 from dswb.engine.optim import build_optimizer
-from dswb.engine.rl.advantages import explained_variance, gae, masked_whiten
+from dswb.engine.parallel.rl import global_all, global_sum, global_whiten, micro_plan, split_minibatches
+from dswb.engine.parallel.wrap import grad_scale
+from dswb.engine.rl.advantages import explained_variance, gae
 from dswb.engine.rl.losses import clipped_policy_loss, clipped_value_loss, kl_per_token, per_token_rewards
 from dswb.engine.rl.rollout import HFRolloutSampler, left_pad, positions, sequence_logprobs
 from dswb.engine.stages.common import (accuracy_target, eval_every, finish_lm, fit_vocab, is_reward_model,
@@ -63,6 +67,15 @@ def sequence_values(value_model: torch.nn.Module, prompt_ids: list[list[int]], c
         hidden = backbone(input_ids=inputs, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
         values = value_model.score(hidden[:, -width:]).squeeze(-1).float().to(device)
     return values.masked_fill(~completion_mask.bool(), 0.0)
+
+
+def _zero_weight_pass(policy, value, r, ids, temperature, ctx, pad_id) -> None:
+    """A forward and backward of one row through both models with weight 0: gradients unchanged, but
+    their DDP all-reduces meet the other ranks' (`dswb.engine.parallel.rl`)."""
+    one, ones = ids[:1, :1], torch.ones_like(ids[:1, :1])
+    logp, _ = sequence_logprobs(policy, [r.prompt_ids[0]], one, ones, temperature, ctx.amp_dtype, pad_id)
+    values = sequence_values(value, [r.prompt_ids[0]], one, ones, ctx.amp_dtype, pad_id)
+    ((logp.sum() + values.sum()) * 0.0).backward()
 
 
 def value_start(ctx: StageContext, spec: str, policy_path: Path) -> Path:
@@ -121,18 +134,22 @@ def run(ctx: StageContext) -> str:
         token_rewards = per_token_rewards(scores.to(ctx.device), kl, mask, sec.kl_coef)
         advantages, returns = gae(token_rewards, old_values, mask, sec.gamma, sec.lam)
         if sec.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = global_whiten(advantages, mask)
         timings["ref_logprobs"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         order_gen = iteration_generator(cfg.run.seed + 1, index)
         sums = {k: 0.0 for k in ("pg", "vf", "entropy", "clip_low", "clip_high", "vclip", "ratio", "approx_kl")}
         tokens, ratio_max, updates, finite, grad_norms = 0.0, 0.0, 0, True, []
+        scale = grad_scale()   # DDP averages gradients over ranks; the token means below are global already
         for _ in range(sec.epochs):
             order = torch.randperm(len(every), generator=order_gen).tolist()
-            for minibatch in chunks(order, sec.minibatches):
-                total_tokens = float(mask[minibatch].sum())
-                for micro in chunks(minibatch, sec.grad_accum):
+            for minibatch in split_minibatches(order, sec.minibatches):
+                total_tokens = global_sum(float(mask[minibatch].sum()))
+                for micro in micro_plan(chunks(minibatch, sec.grad_accum) if minibatch else []):
+                    if micro is None:   # another rank has more micro-batches: a pass that adds nothing
+                        _zero_weight_pass(policy, value, r, ids, sec.temperature, ctx, pad_id)
+                        continue
                     width = int(mask[micro].sum(dim=1).max())
                     m = mask[micro, :width].float()
                     prompts = [r.prompt_ids[i] for i in micro]
@@ -143,7 +160,7 @@ def run(ctx: StageContext) -> str:
                     vf = clipped_value_loss(values, old_values[micro, :width], returns[micro, :width], sec.cliprange_value)
                     pg_loss = (pg["loss"] * m).sum() / max(total_tokens, 1.0)
                     vf_loss = (vf["loss"] * m).sum() / max(total_tokens, 1.0)
-                    (pg_loss + sec.vf_coef * vf_loss).backward()
+                    ((pg_loss + sec.vf_coef * vf_loss) * scale).backward()
                     finite &= math.isfinite(float(pg_loss.detach())) and math.isfinite(float(vf_loss.detach()))
                     n = float(m.sum())
                     tokens += n
@@ -159,7 +176,7 @@ def run(ctx: StageContext) -> str:
                     ratio_max = max(ratio_max, float((ratio * m).max()))
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), sec.clip_grad or float("inf")))
                 grad_norms.append(grad_norm)
-                if finite and math.isfinite(grad_norm):
+                if global_all(finite) and math.isfinite(grad_norm):
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 updates += 1
@@ -170,7 +187,7 @@ def run(ctx: StageContext) -> str:
         metrics.update({
             "score": float(scores.mean()), "kl": float(kl.sum() / mask.sum().clamp(min=1)),
             "non_score_reward": float((-sec.kl_coef * kl).sum(dim=1).mean()),
-            "policy_loss": sums["pg"] / max(1, updates), "value_loss": sums["vf"] / max(1, updates),
+            "policy_loss": global_sum(sums["pg"]) / max(1, updates), "value_loss": global_sum(sums["vf"]) / max(1, updates),
             "entropy": sums["entropy"] / n, "clip_ratio/low": sums["clip_low"] / n,
             "clip_ratio/high": sums["clip_high"] / n, "clip_ratio": (sums["clip_low"] + sums["clip_high"]) / n,
             "value_clip_ratio": sums["vclip"] / n, "ratio_mean": sums["ratio"] / n, "ratio_max": ratio_max,
@@ -187,7 +204,7 @@ def run(ctx: StageContext) -> str:
             seq_adv = (advantages * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
             samples_event(ctx, STAGE, index + 1, exp, seq_adv.cpu())
         loss = metrics["policy_loss"] + sec.vf_coef * metrics["value_loss"]
-        return StepOutput(loss=loss, finite=finite and all(math.isfinite(g) for g in grad_norms), metrics=metrics,
+        return StepOutput(loss=loss, finite=global_all(finite) and all(math.isfinite(g) for g in grad_norms), metrics=metrics,
                           tokens=completion_tokens + sum(len(p) for p in r.prompt_ids))
 
     hooks = model_hooks(policy, ctx, STAGE)   # FP8 statistics of the policy; no MFU: an iteration is mostly generation

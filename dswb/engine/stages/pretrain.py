@@ -1,6 +1,8 @@
 """Pretraining: next-token prediction on the run's corpus (or the built-in task's text).
 
 setup (data, tokenizer, model, optimizer, batches, resume) -> `run_loop` -> final model.
+In a distributed run rank 0 prepares the data cache first, each rank reads its shard of the batches,
+and a pipeline evaluates through its stages (no task accuracy: a pipeline cannot generate).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from dswb.engine.data.events import progress_events, publish_report
 from dswb.engine.data.pipeline import prepare_data
 from dswb.engine.data.prepare import PreparationStopped
 from dswb.engine.evaluate import validation_batches, validation_loss
-from dswb.engine.final import save_final
 from dswb.engine.stages.common import task_info
 from dswb.engine.loader import BatchStream, Prefetcher, length_histogram
 from dswb.engine.loop import LoopParts, lm_step, run_loop
 from dswb.engine.model import build_model
 from dswb.engine.optim import build_optimizer
+from dswb.engine.parallel.dist_checkpoint import save_final_model
+from dswb.engine.parallel.distributed import active
+from dswb.engine.parallel.pipeline import pipeline_of, pipeline_validation_loss
+from dswb.engine.parallel.sharding import load_stream_state, stream_shard
 from dswb.engine.task_eval import task_accuracy
 from dswb.engine.transforms import model_hooks, prepare_model
 from dswb.stats import StatsBook
@@ -32,13 +37,22 @@ def run(ctx: StageContext) -> str:
     cfg, mon = ctx.config, ctx.monitor
     mon.log("preparing data", stage=STAGE)
     t0 = time.perf_counter()
+    world = active()
+
+    def prepare(control):
+        return prepare_data(cfg, ctx.cache_root, lambda msg: mon.log(msg, stage=STAGE),
+                            progress=progress_events(mon, STAGE, control))
     try:
-        data = prepare_data(cfg, ctx.cache_root, lambda msg: mon.log(msg, stage=STAGE),
-                            progress=progress_events(mon, STAGE, ctx.control))
+        if world is None:
+            data = prepare(ctx.control)
+        else:   # rank 0 fills the cache (stoppable alone), then the other ranks read it
+            data = world.main_first(lambda: prepare(ctx.control.local if world.is_main else None),
+                                    passthrough=(PreparationStopped,))
     except PreparationStopped:
         mon.log("data preparation stopped; it resumes from its last complete shard", stage=STAGE)
         return "stopped"
-    publish_report(mon, STAGE, ctx.paths.root, data.stats)
+    if world is None or world.is_main:
+        publish_report(mon, STAGE, ctx.paths.root, data.stats)
     mon.log(f"data ready in {time.perf_counter() - t0:.1f}s: {data.stats.get('train_samples')} train / "
             f"{data.stats.get('val_samples')} val samples", stage=STAGE)
 
@@ -48,7 +62,7 @@ def run(ctx: StageContext) -> str:
     optimizer = build_optimizer(model, cfg.train, ctx.device)
     pad_id = data.tokenizer.pad_token_id
     stream = BatchStream(data.train, cfg.batching, pad_id=pad_id, max_len=cfg.model.max_seq_len, seed=cfg.run.seed,
-                         batches_per_step=cfg.train.grad_accum)
+                         batches_per_step=cfg.train.grad_accum, **stream_shard())
 
     ckpt_dir = ctx.paths.checkpoints(STAGE)
     if remove_partial(ckpt_dir):
@@ -58,7 +72,9 @@ def run(ctx: StageContext) -> str:
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, optimizer, ctx.device)
         start_step = state.pop("step")
-        stream.load_state_dict(state.pop("data"))
+        note = load_stream_state(stream, state.pop("data"))
+        if note:
+            mon.log(note, stage=STAGE)
         mon.stats = StatsBook.from_dict(state.pop("stats"))
         mon.log(f"resumed from {ckpt.path.name}", stage=STAGE, step=start_step)
 
@@ -74,9 +90,12 @@ def run(ctx: StageContext) -> str:
     mon.write_status(force=True, state="running", stage=STAGE, step=start_step, total_steps=cfg.train.steps)
 
     val = validation_batches(data.val, cfg, pad_id)
-    n_task = cfg.eval.task_samples if data.task is not None else 0
+    pipelined = pipeline_of(model) is not None
+    n_task = cfg.eval.task_samples if data.task is not None and not pipelined else 0
 
     def evaluate(step: int) -> dict:
+        if pipelined:
+            return pipeline_validation_loss(model, val, ctx.device)
         metrics = validation_loss(model, val, ctx.device, ctx.amp_dtype)
         if n_task:
             metrics["task_acc"] = task_accuracy(model, data.tokenizer, data.eval_prompts[:n_task],
@@ -101,10 +120,10 @@ def run(ctx: StageContext) -> str:
         prefetch.close()
     if outcome != "finished":
         return outcome
-    if data.task is not None and data.test_prompts:
+    if data.task is not None and data.test_prompts and not pipelined:
         acc = task_accuracy(model, data.tokenizer, data.test_prompts, data.test_answers, ctx.device)
         mon.eval(STAGE, cfg.train.steps, {"test_acc": acc})
-    final = save_final(ctx.paths.final(STAGE), model, data.tokenizer,
+    final = save_final_model(ctx.paths.final(STAGE), model, data.tokenizer,
                        {"stage": STAGE, "step": cfg.train.steps, "run_id": ctx.paths.run_id, "prompt_format": "plain",
                         "task": task_info(cfg), "last_eval": mon.status.get("last_eval", {})})
     mon.emit("stage_end", STAGE, cfg.train.steps, state="finished", final_path=str(final))

@@ -4,6 +4,8 @@ one iteration (generation -> scoring, each phase timed), metrics, samples and he
 An iteration's prompts and random numbers are pure functions of (seed, iteration): prompts come
 from a seeded permutation per epoch of the prompt set, and sampling uses a generator seeded with
 (seed, iteration). A resumed run therefore needs no sampler state to continue bitwise.
+Under DDP each rank generates its contiguous block of the iteration's prompts, with the random
+numbers those rows draw in one process (`dswb.engine.parallel.sharding`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from dswb.engine.context import StageContext
 from dswb.engine.data.chat import prompt_ids as encode_prompt, stop_ids
 from dswb.engine.data.posttrain import PromptRecord, read_prompts, split_records, task_prompts
 from dswb.engine.data.tokenizer import load_tokenizer
+from dswb.engine.parallel.distributed import active
 from dswb.engine.parallel.roles import Placement
+from dswb.engine.parallel.sharding import prompt_block, skip_rows
 from dswb.engine.rl.health import RLHealth
 from dswb.engine.rl.rewards import CombinedReward, RewardInputs, RewardScores, build_rewards, nan_mean
 from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
@@ -87,6 +91,10 @@ def setup(ctx: StageContext, stage: str, section: Any, *, need_ref: bool) -> RLS
     if any("answer" not in p.fields for p in prompts) and "exact_match" in section.rewards:
         raise UserError(f"{stage}.rewards: exact_match needs an 'answer' field in every prompt record "
                         f"({next(p.where for p in prompts if 'answer' not in p.fields)} has none)")
+    world = active()
+    if world is not None and section.prompts_per_step < world.size:
+        raise UserError(f"{stage}.prompts_per_step: {section.prompts_per_step} prompts for {world.size} processes: "
+                        f"each process generates its share of an iteration's prompts, so give at least {world.size}")
     placement = Placement(cfg, ctx.device)
     ref = None
     if need_ref:
@@ -133,10 +141,14 @@ def make_experience(ctx: StageContext, rl: RLSetup, sampler: HFRolloutSampler, s
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     chosen = select_prompts(len(rl.prompts), section.prompts_per_step, ctx.config.run.seed, step)
+    lo, hi = prompt_block(len(chosen))     # all of them in one process
+    generator = iteration_generator(ctx.config.run.seed, step)
+    if section.temperature > 0:
+        skip_rows(generator, lo * samples_per_prompt, section.max_new_tokens)
+    chosen = chosen[lo:hi]
     rollouts = sampler.generate([rl.prompt_ids[i] for i in chosen], samples_per_prompt=samples_per_prompt,
                                 max_new_tokens=section.max_new_tokens, temperature=section.temperature,
-                                top_p=section.top_p, stop_ids=rl.stop_ids,
-                                generator=iteration_generator(ctx.config.run.seed, step))
+                                top_p=section.top_p, stop_ids=rl.stop_ids, generator=generator)
     _sync(ctx)
     timings["generation"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -5,7 +5,9 @@ LM: its backbone, and a new `score` head. The reward of a sequence is the head's
 token (the eos after the completion). Loss: `-log sigmoid(r_chosen - r_rejected - margin)` plus an
 optional centering term. Metrics: accuracy, margin, mean chosen/rejected reward. Evaluation: pair
 accuracy on held-out pairs, split into near-miss and random negatives for the built-in task.
-The final model loads with `AutoModelForSequenceClassification.from_pretrained`.
+The final model loads with `AutoModelForSequenceClassification.from_pretrained`. In a distributed
+run rank r trains on micro-batches r, r + R, ... of the one pair stream (the same pairs per rank, so
+the ranks' averaged gradients are the one-process gradient over all of them).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from dswb.engine.pairs import EncodedPair, PairStream, collate_pairs, encode_pai
 from dswb.engine.preference import reward_model_loss
 from dswb.engine.stages.common import (TaskData, eval_every, fit_vocab, load_scalar_model, resolve_init, resume,
                                        task_info)
-from dswb.engine.final import save_final
+from dswb.engine.parallel.dist_checkpoint import save_final_model
+from dswb.engine.parallel.sharding import shard_pairs
 from dswb.engine.transforms import model_hooks, prepare_model
 
 STAGE = "rm"
@@ -96,7 +99,7 @@ def run(ctx: StageContext) -> str:
     fit_vocab(model, tokenizer)
     model = prepare_model(model, cfg, ctx.device)
     optimizer = build_optimizer(model, sec, ctx.device)
-    stream = PairStream(len(train), sec.batch_size, cfg.run.seed)
+    stream = shard_pairs(PairStream(len(train), sec.batch_size, cfg.run.seed))
     start_step, state = resume(ctx, STAGE, model, optimizer)
     if "data" in state:
         stream.load_state_dict(state.pop("data"))
@@ -146,7 +149,7 @@ def run(ctx: StageContext) -> str:
     steps = parts.end_step
     if test:
         mon.eval(STAGE, steps, pair_accuracy(model, test, pad_id, ctx, prefix="test_"))
-    final = save_final(ctx.paths.final(STAGE), model, tokenizer,
+    final = save_final_model(ctx.paths.final(STAGE), model, tokenizer,
                        {"stage": STAGE, "step": steps, "run_id": ctx.paths.run_id, "kind": "reward_model",
                         "prompt_format": "chat" if is_chat else "plain", "task": task_info(cfg),
                         "last_eval": mon.status.get("last_eval", {})})

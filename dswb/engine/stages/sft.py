@@ -3,7 +3,8 @@
 setup (starting model, records, template, masks, batches, resume) -> `run_loop` with the LM step
 -> held-out test accuracy -> final model. Records are the built-in task's prompt/completion pairs,
 or JSONL files (`sft.data`) in plain or chat form. Batches come from the same padded-token batcher
-as pretraining (bucketed or packed), with a loss mask per sample.
+as pretraining (bucketed or packed), with a loss mask per sample. In a distributed run each rank
+reads its shard of the batches; a pipeline evaluates through its stages (no task accuracy).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dswb.engine.loader import BatchStream, Prefetcher, length_histogram
 from dswb.engine.loop import LoopParts, lm_step, run_loop
 from dswb.engine.model import build_model
 from dswb.engine.optim import build_optimizer
+from dswb.engine.parallel.pipeline import pipeline_of, pipeline_validation_loss
+from dswb.engine.parallel.sharding import load_stream_state, stream_shard
 from dswb.engine.stages.common import (TaskData, accuracy_target, eval_every, finish_lm, fit_vocab, load_causal_lm,
                                        resolve_init, resume)
 from dswb.engine.stages.lm_eval import masked_validation_batches, masked_validation_loss
@@ -84,10 +87,12 @@ def run(ctx: StageContext) -> str:
     model = prepare_model(model, cfg, ctx.device)
     optimizer = build_optimizer(model, sec, ctx.device)
     stream = BatchStream(samples, cfg.batching, pad_id=tokenizer.pad_token_id, max_len=max_len, seed=cfg.run.seed,
-                         batches_per_step=sec.grad_accum, loss_masks=masks)
+                         batches_per_step=sec.grad_accum, loss_masks=masks, **stream_shard())
     start_step, state = resume(ctx, STAGE, model, optimizer)
     if "data" in state:
-        stream.load_state_dict(state.pop("data"))
+        note = load_stream_state(stream, state.pop("data"))
+        if note:
+            mon.log(note, stage=STAGE)
 
     lengths = [len(s) for s in samples]
     n_params = sum(p.numel() for p in model.parameters())
@@ -103,9 +108,12 @@ def run(ctx: StageContext) -> str:
 
     val = masked_validation_batches(val_samples, val_masks, tokenizer.pad_token_id, cfg.batching.max_tokens,
                                     cfg.eval.max_batches, max_len)
-    n_task = cfg.eval.task_samples if task is not None else 0
+    pipelined = pipeline_of(model) is not None
+    n_task = cfg.eval.task_samples if task is not None and not pipelined else 0
 
     def evaluate(step: int) -> dict:
+        if pipelined:
+            return pipeline_validation_loss(model, val, ctx.device)
         metrics = masked_validation_loss(model, val, ctx.device, ctx.amp_dtype)
         if n_task:
             prompts, answers = task.val(n_task)
@@ -133,4 +141,5 @@ def run(ctx: StageContext) -> str:
         prompts, answers = task.test()
         return {"test_acc": task_accuracy(model, tokenizer, prompts, answers, ctx.device, prompt_format=prompt_format)}
 
-    return finish_lm(ctx, STAGE, model, tokenizer, parts.end_step, prompt_format, test_score if task else None)
+    return finish_lm(ctx, STAGE, model, tokenizer, parts.end_step, prompt_format,
+                     test_score if task and not pipelined else None)
