@@ -106,6 +106,25 @@ def test_run_directory_of_a_two_process_run(runs):
     assert {"dcp/__0_0.distcp", "dcp/__1_0.distcp", "dcp/.metadata", "trainer_state.json"} <= set(manifest["files"])
 
 
+def test_viewers_show_the_world_of_a_two_process_run(runs):
+    """The dashboard's model and `dswb runs show` read the world size and every rank from the real run."""
+    from typer.testing import CliRunner
+
+    from dswb.cli.app import app
+    from dswb.rundir import RunPaths, read_events
+    from dswb.tui.model import RunModel
+    from dswb.tui.widgets.system_panel import render_ranks
+
+    model = RunModel(RunPaths(runs / "ddp"))
+    model.ingest(read_events(runs / "ddp" / "events.jsonl"))
+    assert model.world_text() == "2 x ddp"
+    assert [r["rank"] for r in model.ranks] == [0, 1] and all(r["device"] == "cpu" for r in model.ranks)
+    assert all("rss_mb" in r for r in model.ranks)   # each rank's own latest sample
+    assert render_ranks(model.ranks).row_count == 2
+    shown = CliRunner().invoke(app, ["runs", "show", str(runs / "ddp")])
+    assert shown.exit_code == 0 and "2 processes (ddp) on 1 host, cpu" in shown.output, shown.output
+
+
 def test_fsdp_matches_ddp(runs):
     ddp, fsdp = metrics(runs / "ddp"), metrics(runs / "fsdp")
     assert same([m["metrics"]["loss"] for m in fsdp], [m["metrics"]["loss"] for m in ddp])

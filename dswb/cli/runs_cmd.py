@@ -296,6 +296,18 @@ def _print_status(paths: RunPaths, status: dict | None, state: str) -> None:
         if len(stages) > 1:
             stage_text += f"  (stages: {safe_text(', '.join(map(str, stages)))})"
         lines.append(("stage", stage_text))
+        world = status.get("world_size")
+        if isinstance(world, int) and not isinstance(world, bool) and world > 1:
+            ranks = status.get("ranks") if isinstance(status.get("ranks"), list) else []
+            devices = sorted({safe_text(r.get("gpu_name") or r.get("device"), NAME_LIMIT)
+                              for r in ranks if isinstance(r, dict) and (r.get("gpu_name") or r.get("device"))})
+            hosts = {safe_text(r.get("host"), NAME_LIMIT) for r in ranks if isinstance(r, dict) and r.get("host")}
+            text = f"{world} processes ({safe_text(status.get('parallel_mode') or '?', NAME_LIMIT)})"
+            if hosts:
+                text += f" on {len(hosts)} host{'s' if len(hosts) > 1 else ''}"
+            if devices:
+                text += f", {', '.join(devices)}"
+            lines.append(("world", text))
         started, updated = status.get("started"), status.get("updated")
         times = f"started {fmt_time(started)}   updated {fmt_age(updated)}"
         if isinstance(started, (int, float)) and isinstance(updated, (int, float)):

@@ -170,11 +170,11 @@ def ingest(n_events: int) -> dict:
 
 
 # -- the benchmark --------------------------------------------------------------------------------
-def run(quick: bool = False, live: bool = False) -> dict:
+def run(quick: bool = False, live: bool = False, threads: int | None = None) -> dict:
     if live:
         from dswb.tui.bench_live import run_live
 
-        return run_live(quick=quick)
+        return run_live(quick=quick, threads=threads)
     from dswb.tui.synthetic import write_fixtures
 
     sizes = [1_000, 10_000] if quick else [1_000, 100_000, 1_000_000]

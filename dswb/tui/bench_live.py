@@ -142,9 +142,12 @@ class PtyProcess:
         return code
 
 
-def _train_argv(preset: str, steps: int, runs_root: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "dswb", "run", preset, "--set", f"train.steps={steps}",
-            "--set", "checkpoint.every=0", "--runs-root", str(runs_root), "--run-dir", str(run_dir), "--quiet"]
+def _train_argv(preset: str, steps: int, runs_root: Path, run_dir: Path, threads: int | None = None) -> list[str]:
+    """The preset's pretraining stage alone (the demo's later stages would only lengthen the run)."""
+    argv = [sys.executable, "-m", "dswb", "run", preset, "--set", f"train.steps={steps}", "--set",
+            'run.stages=["pretrain"]', "--set", "checkpoint.every=0", "--runs-root", str(runs_root),
+            "--run-dir", str(run_dir), "--quiet"]
+    return argv + (["--set", f"run.threads={threads}"] if threads is not None else [])
 
 
 def _viewer_argv(viewer: str, run_dir: Path, runs_root: Path, extra: list[str]) -> list[str]:
@@ -155,11 +158,11 @@ def _viewer_argv(viewer: str, run_dir: Path, runs_root: Path, extra: list[str]) 
 
 
 def one_run(label: str, preset: str, steps: int, runs_root: Path, viewer: str | None = None,
-            viewer_args: list[str] | None = None) -> dict:
+            viewer_args: list[str] | None = None, threads: int | None = None) -> dict:
     """Train once, with `viewer` ("tui" or "watch") following it in a pty, or headless."""
     run_dir = runs_root / label
     start = time.time()
-    train = subprocess.Popen(_train_argv(preset, steps, runs_root, run_dir), stdout=subprocess.DEVNULL,
+    train = subprocess.Popen(_train_argv(preset, steps, runs_root, run_dir, threads), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     watcher: PtyProcess | None = None
     cpu_marks: list[tuple[float, float]] = []
@@ -271,30 +274,33 @@ def replay_cost(viewer: str, seconds: float, root: Path, step_s: float = REPLAY_
 
 
 def run_live(quick: bool = False, preset: str = "presets/demo.toml", steps: int | None = None,
-             viewer_args: list[str] | None = None) -> dict:
-    """Headless, then the dashboard attached, then `dswb watch`, on the same short training."""
+             viewer_args: list[str] | None = None, threads: int | None = None) -> dict:
+    """Headless, then the dashboard attached, then `dswb watch`, on the same short training
+    (`threads`: the training's torch threads, else the preset's; 0 = every core)."""
     steps = steps or (80 if quick else 250)
     with tempfile.TemporaryDirectory(prefix="dswb-bench-live-") as tmp:
         root = Path(tmp) / "runs"
         root.mkdir()
-        runs = [one_run("headless", preset, steps, root),
-                one_run("tui", preset, steps, root, "tui", viewer_args),
-                one_run("watch", preset, steps, root, "watch")]
+        runs = [one_run("headless", preset, steps, root, threads=threads),
+                one_run("tui", preset, steps, root, "tui", viewer_args, threads=threads),
+                one_run("watch", preset, steps, root, "watch", threads=threads)]
         if not quick:  # a second headless run at the end: the baseline is their mean (machine drift)
-            runs.append(one_run("headless-2", preset, steps, root))
+            runs.append(one_run("headless-2", preset, steps, root, threads=threads))
         replay = [replay_cost(viewer, 10 if quick else 30, root) for viewer in ("tui", "watch")]
     baselines = [r["median_tokens_per_s"] for r in runs if r["viewer"] == "headless" and r["median_tokens_per_s"]]
     base = statistics.mean(baselines) if baselines else None
     for row in runs:
         row["throughput_ratio"] = (row["median_tokens_per_s"] / base
                                    if base and row["median_tokens_per_s"] is not None else None)
-    return {"live": True, "quick": quick, "preset": preset, "steps": steps,
+    return {"live": True, "quick": quick, "preset": preset, "steps": steps, "threads": threads,
             "terminal": f"{TERMINAL[0]}x{TERMINAL[1]}", "runs": runs, "replay": replay, "goals": LIVE_GOALS,
             "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "python": sys.version.split()[0]}
 
 
 def format_live(result: dict) -> str:
-    lines = [f"dswb bench tui --live: {result['preset']}, {result['steps']} steps, "
+    threads = result.get("threads")
+    lines = [f"dswb bench tui --live: {result['preset']} (pretraining, {result['steps']} steps, torch threads: "
+             f"{'as the preset sets' if threads is None else threads or 'every core'}), "
              f"viewers in a {result['terminal']} pty ({result['cpus']} CPUs, load "
              f"{' '.join(f'{x:.2f}' for x in result['load_avg'])})", ""]
     lines.append(f"  {'':10s} {'wall':>8s} {'tokens/s':>10s} {'vs headless':>12s} {'steps/s':>8s} "

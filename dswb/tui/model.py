@@ -21,9 +21,10 @@ from typing import Any
 from dswb.rundir import RunPaths, effective_state
 from dswb.rundir.pipeline import PipelineRow, fold_eval, new_facts, pipeline_rows
 from dswb.tui.history import SeriesHistory
-from dswb.tui.sanitize import (ALERT_LIMIT, LOG_LIMIT, MAX_SERIES, MAX_STAGES, as_dict, clean_alert, clean_batching,
-                               clean_layers, clean_metrics, clean_samples, clean_status, clean_stages, line_text,
-                               name_text, number, safe_name, step_value, text_value, time_value)
+from dswb.tui.sanitize import (ALERT_LIMIT, LOG_LIMIT, MAX_SERIES, MAX_STAGES, STEP_LIMIT, as_dict, clean_alert,
+                               clean_batching, clean_layers, clean_metrics, clean_ranks, clean_samples, clean_status,
+                               clean_stages, line_text, name_text, number, safe_name, step_value, text_value,
+                               time_value)
 
 LOG_TAIL = 500
 ALERT_TAIL = 200
@@ -83,6 +84,9 @@ class RunModel:
         self.config: dict = {}
         self.resumed = False
         self.system_last: dict[str, Any] = {}
+        self.world_size = 1               # processes of a distributed run (`run_start`), else 1
+        self.parallel_mode: str | None = None
+        self.ranks: list[dict] = []       # each rank's host, device (GPU) and latest system sample
         self.system_series: dict[str, SeriesHistory] = {}
         self.batching: dict | None = None
         self.fp8_last: dict[str, dict] = {}
@@ -252,6 +256,9 @@ class RunModel:
         metrics = clean_metrics(event.get("metrics"))
         t = time_value(event.get("t"))
         self.system_last = metrics
+        ranks = clean_ranks(event.get("ranks"))
+        if ranks:
+            self.ranks = ranks
         if t is None:
             return
         start = self.first_t if self.first_t is not None else t
@@ -266,10 +273,23 @@ class RunModel:
                 history = self.system_series[name] = SeriesHistory(self.capacity)
             history.append(x, value)
 
+    def world_text(self) -> str:
+        """`2 x ddp` for a distributed run, else empty."""
+        if self.world_size <= 1:
+            return ""
+        return f"{self.world_size} x {self.parallel_mode or 'processes'}"
+
     def _on_run_start(self, event: dict) -> None:
         config = as_dict(event.get("config"))
         self.config = config
         self.resumed = event.get("resumed") is True
+        size = number(event.get("world_size"))
+        self.world_size = int(size) if size is not None and 1 <= size < STEP_LIMIT else 1
+        mode = event.get("parallel_mode")
+        self.parallel_mode = name_text(mode, 20) if mode.__class__ is str and mode else None
+        ranks = clean_ranks(event.get("ranks"))
+        if ranks:
+            self.ranks = ranks
         stages = clean_stages(as_dict(config.get("run")).get("stages"))
         if stages:
             self.stage_order = stages

@@ -27,6 +27,8 @@ MAX_STAGES = 64
 MAX_SAMPLES = 16
 MAX_GROUPS = 64  # FP8 layer groups
 MAX_BINS = 256  # batching histogram
+MAX_RANKS = 64  # ranks of a distributed run the system panel lists (a file naming more: the first ones)
+RANK_TEXT = ("host", "device", "gpu_name")
 STEP_LIMIT = 2 ** 53
 STATUS_INTS = ("step", "total_steps")
 STATUS_TIMES = ("started", "updated", "eta_s")
@@ -125,6 +127,25 @@ def safe_name(value: str) -> str:
     if len(value) <= NAME_LIMIT and value.isprintable():
         return value
     return name_text(value)
+
+
+def clean_ranks(value: Any) -> list[dict]:
+    """The `ranks` of a distributed run's `run_start` or `system` event: one dict per rank with an
+    int `rank`, short `host` / `device` / `gpu_name` texts and numeric system figures; entries that
+    are not objects are dropped, at most `MAX_RANKS` kept."""
+    if value.__class__ is not list:
+        return []
+    out = []
+    for entry in value[:MAX_RANKS]:
+        if entry.__class__ is not dict:
+            continue
+        rank = number(entry.get("rank"))
+        figures = {k: v for k, v in entry.items() if k not in RANK_TEXT and k != "rank"}
+        kept: dict[str, Any] = {"rank": int(rank) if rank is not None and 0 <= rank < STEP_LIMIT else len(out)}
+        kept.update({k: name_text(entry[k], 60) for k in RANK_TEXT if entry.get(k) is not None})
+        kept.update(clean_metrics(dict(list(figures.items())[:MAX_KEYS])))
+        out.append(kept)
+    return out
 
 
 def clean_stages(value: Any) -> list[str]:

@@ -255,7 +255,7 @@ class DashboardScreen(Screen):
         if table := self._widget("side-stats"):
             table.show(stage.summaries() if stage else {})
         if panel := self._widget("side-system"):
-            panel.show(model.system_last)
+            panel.show(model.system_last, model.ranks)
         if alerts := self._widget("side-alerts"):
             alerts.show(list(model.alerts))
         if log := self._widget("side-log"):
@@ -278,7 +278,7 @@ class DashboardScreen(Screen):
 
     def _show_system(self, model: RunModel, stage: StageModel | None) -> None:
         if panel := self._widget("system-panel"):
-            panel.show(model.system_last)
+            panel.show(model.system_last, model.ranks)
         if gpu := self._widget("plot-gpu"):
             gpu.display = "gpu_util_pct" in model.system_series
 
@@ -345,7 +345,7 @@ class DashboardScreen(Screen):
                 run_id=self.run_id, state=model.state, stage=stage.name if stage else (status.get("stage") or "-"),
                 stage_index=names.index(stage.name) + 1 if stage else 0,
                 stage_count=max(len(names), len(status.get("stages") or [])), step=step, total_steps=total,
-                loss=loss, error=status.get("error") or model.error)
+                loss=loss, error=status.get("error") or model.error, world=model.world_text())
             updated = fmt_age(status.get("updated") or model.last_t, self.app.clock())
             tokens = metrics.get("tokens_per_s")
         if header := self._widget("run-header"):

@@ -21,6 +21,7 @@ class HeaderInfo:
     total_steps: int
     loss: float | None
     error: str | None = None
+    world: str = ""          # `2 x ddp` for a distributed run
 
 
 class RunHeader(Static):
@@ -49,6 +50,8 @@ def render_header(info: HeaderInfo) -> Text:
     if info.stage_count > 1:
         stage += f" {info.stage_index}/{info.stage_count}"
     text.append(f"  {stage}")
+    if info.world:
+        text.append(f"  {cut_text(info.world, 40, one_line=True)}", style="bold")
     total = f"/{fmt_num(info.total_steps)}" if info.total_steps else ""
     text.append(f"  step {fmt_num(info.step)}{total}")
     text.append("  loss ", style="dim")
