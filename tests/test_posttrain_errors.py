@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from dswb.config import load_config
 from dswb.errors import UserError
-from tests.helpers import TINY, run_in_process, tiny_config
+from tests.helpers import run_in_process, tiny_config
 from tests.test_cli_errors import assert_one_line_error, dswb
 
 

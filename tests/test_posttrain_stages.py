@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from dswb.rundir import read_events, read_status
-from tests.helpers import TINY, run_in_process, tiny_config
+from tests.helpers import run_in_process, tiny_config
 from tests.test_resume_faults import StopAtStep
 
 pytestmark = pytest.mark.slow

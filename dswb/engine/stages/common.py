@@ -190,7 +190,7 @@ def finish_lm(ctx: StageContext, stage: str, model: torch.nn.Module, tokenizer: 
         scores = test_score()
         if scores:
             mon.eval(stage, steps, scores)
-            mon.log(f"held-out test: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items())
+            mon.log("held-out test: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items())
                     + f" ({time.perf_counter() - t0:.1f}s)", stage=stage, step=steps)
     final = save_final_model(ctx.paths.final(stage), model, tokenizer,
                        {"stage": stage, "step": steps, "run_id": ctx.paths.run_id, "prompt_format": prompt_format,

@@ -27,17 +27,17 @@ import time
 import torch
 
 from dswb.engine.context import StageContext
-from dswb.engine.loop import LoopParts, StepOutput, run_loop
+from dswb.engine.loop import StepOutput
 from dswb.engine.optim import build_optimizer
 from dswb.engine.parallel.rl import global_advantages, global_all, global_sum, micro_plan, split_minibatches
 from dswb.engine.parallel.wrap import grad_scale
 from dswb.engine.rl.advantages import group_advantages, zero_std_groups
 from dswb.engine.rl.losses import clipped_policy_loss, kl_per_token, loss_weights
 from dswb.engine.rl.rollout import HFRolloutSampler, sequence_logprobs
-from dswb.engine.stages.common import accuracy_target, eval_every, finish_lm, resume
-from dswb.engine.stages.rl_common import (chunks, emit_alerts, evaluator, experience_metrics, make_experience,
-                                          samples_event, setup, test_scorer)
-from dswb.engine.transforms import model_hooks, prepare_model
+from dswb.engine.stages.common import resume
+from dswb.engine.stages.rl_common import (chunks, experience_metrics, iteration_end, make_experience, run_rl_loop,
+                                          setup)
+from dswb.engine.transforms import prepare_model
 
 STAGE = "grpo"
 SKIP_ZERO_ADVANTAGE = True   # an exact saving (see the step); tests switch it off to compare
@@ -148,24 +148,14 @@ def run(ctx: StageContext) -> str:
             metrics[f"timing/{phase}_s"] = seconds
         completion_tokens = int(r.lengths.sum())
         metrics["completion_tokens_per_s"] = completion_tokens / max(timings["generation"], 1e-9)
-        emit_alerts(ctx, STAGE, index + 1, rl, metrics)
-        state["health"] = rl.health.state_dict()
-        if sec.samples_every and (index + 1) % sec.samples_every == 0:
-            samples_event(ctx, STAGE, index + 1, exp, adv.cpu())
+        iteration_end(ctx, STAGE, index + 1, rl, sec, metrics, state, exp, adv.cpu)
         finite = global_all(acc.finite) and all(math.isfinite(g) for g in grad_norms)
         loss_value = global_sum(acc.loss) / max(1, acc.updates)   # the ranks' parts of one global loss
         return StepOutput(loss=loss_value, finite=finite, metrics=metrics,
                           tokens=completion_tokens + sum(len(p) for p in r.prompt_ids))
 
-    hooks = model_hooks(policy, ctx, STAGE)   # FP8 statistics of the policy; no MFU: an iteration is mostly generation
-    parts = LoopParts(stage=STAGE, model=policy, optimizer=optimizer, step=step, data_state=lambda: {},
-                      evaluate=evaluator(ctx, STAGE, rl), optim=sec, start_step=start_step, state=state,
-                      eval_every=eval_every(ctx, sec), stop_when=accuracy_target(sec),
-                      metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks)
-    outcome = run_loop(ctx, parts)
-    if outcome != "finished":
-        return outcome
-    return finish_lm(ctx, STAGE, policy, rl.tokenizer, parts.end_step, rl.prompt_format, test_scorer(ctx, rl))
+    return run_rl_loop(ctx, STAGE, model=policy, policy=policy, optimizer=optimizer, step=step, section=sec, rl=rl,
+                       start_step=start_step, state=state)
 
 
 def _zero_weight_pass(policy, r, ids, temperature, ctx, pad_id) -> None:

@@ -27,18 +27,17 @@ import torch
 
 from dswb.engine.context import StageContext
 from dswb.engine.device import autocast
-from dswb.engine.loop import LoopParts, StepOutput, run_loop
+from dswb.engine.loop import StepOutput
 from dswb.engine.optim import build_optimizer
 from dswb.engine.parallel.rl import global_all, global_sum, global_whiten, micro_plan, split_minibatches
 from dswb.engine.parallel.wrap import grad_scale
 from dswb.engine.rl.advantages import explained_variance, gae
 from dswb.engine.rl.losses import clipped_policy_loss, clipped_value_loss, kl_per_token, per_token_rewards
 from dswb.engine.rl.rollout import HFRolloutSampler, left_pad, positions, sequence_logprobs
-from dswb.engine.stages.common import (accuracy_target, eval_every, finish_lm, fit_vocab, is_reward_model,
-                                       load_scalar_model, resolve_init, resume)
-from dswb.engine.stages.rl_common import (chunks, emit_alerts, evaluator, experience_metrics, iteration_generator,
-                                          make_experience, samples_event, setup, test_scorer)
-from dswb.engine.transforms import model_hooks, prepare_model
+from dswb.engine.stages.common import fit_vocab, is_reward_model, load_scalar_model, resolve_init, resume
+from dswb.engine.stages.rl_common import (chunks, experience_metrics, iteration_end, iteration_generator,
+                                          make_experience, run_rl_loop, setup)
+from dswb.engine.transforms import prepare_model
 
 STAGE = "ppo"
 
@@ -198,22 +197,11 @@ def run(ctx: StageContext) -> str:
             metrics[f"timing/{phase}_s"] = seconds
         completion_tokens = int(r.lengths.sum())
         metrics["completion_tokens_per_s"] = completion_tokens / max(timings["generation"], 1e-9)
-        emit_alerts(ctx, STAGE, index + 1, rl, metrics)
-        state["health"] = rl.health.state_dict()
-        if sec.samples_every and (index + 1) % sec.samples_every == 0:
-            seq_adv = (advantages * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-            samples_event(ctx, STAGE, index + 1, exp, seq_adv.cpu())
+        iteration_end(ctx, STAGE, index + 1, rl, sec, metrics, state, exp,
+                      lambda: ((advantages * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).cpu())
         loss = metrics["policy_loss"] + sec.vf_coef * metrics["value_loss"]
         return StepOutput(loss=loss, finite=global_all(finite) and all(math.isfinite(g) for g in grad_norms), metrics=metrics,
                           tokens=completion_tokens + sum(len(p) for p in r.prompt_ids))
 
-    hooks = model_hooks(policy, ctx, STAGE)   # FP8 statistics of the policy; no MFU: an iteration is mostly generation
-    parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, step=step, data_state=lambda: {},
-                      evaluate=evaluator(ctx, STAGE, rl), optim=sec, start_step=start_step, state=state,
-                      eval_every=eval_every(ctx, sec), stop_when=accuracy_target(sec),
-                      metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks)
-    outcome = run_loop(ctx, parts)
-    if outcome != "finished":
-        return outcome
-    return finish_lm(ctx, STAGE, policy, rl.tokenizer, parts.end_step, rl.prompt_format, test_scorer(ctx, rl),
-                     extra={"value_model": str(value_path)})
+    return run_rl_loop(ctx, STAGE, model=model, policy=policy, optimizer=optimizer, step=step, section=sec, rl=rl,
+                       start_step=start_step, state=state, extra={"value_model": str(value_path)})

@@ -239,3 +239,35 @@ def chunks(indices: list[int], n: int) -> list[list[int]]:
         out.append(indices[at:at + take])
         at += take
     return [c for c in out if c]
+
+
+def iteration_end(ctx: StageContext, stage: str, step: int, rl: RLSetup, section: Any, metrics: dict, state: dict,
+                  exp: Experience, sample_advantages) -> None:
+    """What every RL iteration ends with: alerts, the health state for the checkpoint and, every
+    `samples_every` iterations, a `samples` event (`sample_advantages()`: one advantage per row)."""
+    emit_alerts(ctx, stage, step, rl, metrics)
+    state["health"] = rl.health.state_dict()
+    if section.samples_every and step % section.samples_every == 0:
+        samples_event(ctx, stage, step, exp, sample_advantages())
+
+
+def run_rl_loop(ctx: StageContext, stage: str, *, model: torch.nn.Module, policy: torch.nn.Module,
+                optimizer: torch.optim.Optimizer, step, section: Any, rl: RLSetup, start_step: int, state: dict,
+                extra: dict | None = None) -> str:
+    """The training loop of an RL stage (`step` is one iteration) and, when it finishes, the policy's
+    final model with its held-out accuracy. `model` is what the optimizer trains (PPO: policy and
+    value); FP8 statistics are the policy's; no MFU: an iteration is mostly generation."""
+    from dswb.engine.loop import LoopParts, run_loop
+    from dswb.engine.stages.common import accuracy_target, eval_every, finish_lm
+    from dswb.engine.transforms import model_hooks
+
+    hooks = model_hooks(policy, ctx, stage)
+    parts = LoopParts(stage=stage, model=model, optimizer=optimizer, step=step, data_state=lambda: {},
+                      evaluate=evaluator(ctx, stage, rl), optim=section, start_step=start_step, state=state,
+                      eval_every=eval_every(ctx, section), stop_when=accuracy_target(section),
+                      metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks)
+    outcome = run_loop(ctx, parts)
+    if outcome != "finished":
+        return outcome
+    return finish_lm(ctx, stage, policy, rl.tokenizer, parts.end_step, rl.prompt_format, test_scorer(ctx, rl),
+                     extra=extra)
