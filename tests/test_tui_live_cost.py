@@ -171,3 +171,15 @@ def test_tui_command_takes_refresh_and_nice():
     assert "--refresh" in help_text and "--nice" in help_text
     result = CliRunner().invoke(cli, ["tui", "--refresh", "0", "--runs-root", "nowhere"])
     assert result.exit_code == 2 and "--refresh" in result.output
+
+
+def test_the_live_bench_trains_the_presets_pretraining_alone(tmp_path):
+    """The demo preset is a five-stage pipeline; the bench measures its pretraining stage only, with
+    the preset's threads unless told (`--threads 0`: every core)."""
+    argv = bench_live._train_argv("presets/demo.toml", 250, tmp_path, tmp_path / "r")
+    assert 'run.stages=["pretrain"]' in argv and "train.steps=250" in argv
+    assert not any(a.startswith("run.threads=") for a in argv)
+    assert "run.threads=0" in bench_live._train_argv("presets/demo.toml", 250, tmp_path, tmp_path / "r", threads=0)
+    from tests.test_cli_errors import assert_one_line_error, dswb
+
+    assert_one_line_error(dswb("bench", "rollout", "--threads", "1"), "--threads is for `dswb bench tui --live`")

@@ -37,6 +37,9 @@ def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}.")
           init: str | None = typer.Option(None, "--init", help="Start model directory (rl: a causal LM trained on the task)."),
           live: bool = typer.Option(False, "--live", help="tui: what watching a live training costs it "
                                                            "(throughput, viewer CPU, terminal bytes/s)."),
+          threads: int | None = typer.Option(None, "--threads", min=0,
+                                             help="tui --live: the training's torch threads (0: every core; "
+                                                  "default: as the preset sets)."),
           ) -> None:
     """Run a benchmark and print its table.
 
@@ -58,6 +61,10 @@ def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}.")
         if "live" not in inspect.signature(module.run).parameters:
             raise UserError(f"benchmark '{name}' takes no --live")
         extra["live"] = True
+    if threads is not None:
+        if "threads" not in inspect.signature(module.run).parameters or not live:
+            raise UserError(f"--threads is for `dswb bench tui --live`, not '{name}'")
+        extra["threads"] = threads
     result = module.run(quick=quick, **extra)
     typer.echo(module.format_table(result))
     if json_path is not None:
