@@ -26,7 +26,6 @@ SETTINGS = {"prompts_per_step": 16, "group_size": 8, "lr": 5e-5, "warmup_steps":
 
 DSWB_VARIANTS = {
     "dswb": [],                                            # TRL's settings exactly
-    "dswb+dzv": ["grpo.drop_zero_variance=true"],          # also leave zero-variance groups out of the update
 }
 
 
