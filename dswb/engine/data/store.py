@@ -1,4 +1,4 @@
-"""The tokenized sample store: samples on disk in shards, read through memory-mapped views.
+"""The tokenized sample store: samples on disk in shards, read without holding them in memory.
 
 A store is a directory (a cache entry `<cache_dir>/tok-<key>/`, see cache.py) holding:
 - per shard `sNNNNN`: `sNNNNN.tokens.npy` (the shard's samples concatenated; uint16 when every id
@@ -9,9 +9,10 @@ A store is a directory (a cache entry `<cache_dir>/tok-<key>/`, see cache.py) ho
   ascending order (int32, or int64 past 2^31 samples);
 - `meta.json` (shard table, splits, stats, format version) and extra files (a trained tokenizer).
 
-`SampleView` is the sequence the trainer sees: `len(view)`, `view[i]` (a read-only numpy slice of
-the memory map), `view.lengths` (a numpy array, 4 bytes a sample) and `view.masks`. Nothing holds
-one Python object per sample, so memory stays flat as the corpus grows; shards are opened lazily
+`SampleView` is the sequence the trainer sees: `len(view)`, `view[i]` (a read-only numpy array read
+from the shard file with `pread`, see `FileSlices`), `view.lengths` (a numpy array, 4 bytes a
+sample) and `view.masks`; offsets and split indices are memory-mapped. Nothing holds one Python
+object per sample, so memory stays flat as the corpus grows; shards are opened lazily
 (at most `OPEN_SHARDS` at a time). `StoreWriter` appends samples shard by shard into a temporary
 directory that `commit()` renames into place, so a crash never leaves a half store that looks
 valid; `write_shard` writes one shard (used by preparation workers). `write_samples` and
@@ -145,10 +146,9 @@ class Store:
     def _load(self, k: int) -> tuple:
         name = self.shards[k]
         try:
-            tokens = np.load(self.path / f"{name}.tokens.npy", mmap_mode="r", allow_pickle=False)
+            tokens = FileSlices(self.path / f"{name}.tokens.npy")
             offsets = np.load(self.path / f"{name}.offsets.npy", mmap_mode="r", allow_pickle=False)
-            masks = (np.load(self.path / f"{name}.masks.npy", mmap_mode="r", allow_pickle=False)
-                     if self.has_masks else None)
+            masks = FileSlices(self.path / f"{name}.masks.npy") if self.has_masks else None
         except (OSError, ValueError) as exc:
             raise StoreError(f"{self.path}: shard {name}: {exc}") from None
         if offsets.ndim != 1 or len(offsets) == 0 or int(offsets[-1]) != len(tokens):
@@ -158,7 +158,8 @@ class Store:
         return tokens, offsets, masks
 
     def shard(self, k: int) -> tuple:
-        """(tokens, offsets, masks or None) of shard k, memory-mapped (an LRU of open shards)."""
+        """(tokens, offsets, masks or None) of shard k: tokens and masks as `FileSlices`, offsets
+        memory-mapped (an LRU of open shards)."""
         with self._lock:
             if k in self._open:
                 self._open.move_to_end(k)
@@ -218,6 +219,59 @@ class Store:
 
     def all(self) -> "SampleView":
         return SampleView(self, None)
+
+
+class FileSlices:
+    """A 1-D `.npy` array read slice by slice with `os.pread`, never mapped into the process.
+
+    A batch's samples are spread over the whole store. Mapped, each one read brings in the file's
+    whole page-cache folio (ext4 caches files just written in folios up to 2 MB), so resident memory
+    grew with the corpus: +1.1 GB after 40 steps on a 2 GB corpus. Read with `pread`, the same
+    page cache serves the bytes and the process holds only the samples it asked for.
+    """
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+            self.offset = fh.tell()
+        if len(shape) != 1 or dtype.hasobject:
+            raise ValueError(f"{path.name}: not a 1-D array of numbers")
+        self.path, self.dtype, self.length = path, dtype, int(shape[0])
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            lo, hi, step = index.indices(self.length)
+            if step != 1:
+                raise IndexError("FileSlices reads contiguous slices only")
+            return self.read(lo, max(lo, hi))
+        i = int(index) + (self.length if int(index) < 0 else 0)
+        if not 0 <= i < self.length:
+            raise IndexError(index)
+        return self.read(i, i + 1)[0]
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        size = self.dtype.itemsize
+        want, at, chunks = (hi - lo) * size, self.offset + lo * size, []
+        while want > 0:
+            chunk = os.pread(self._fd, want, at)
+            if not chunk:
+                raise StoreError(f"{self.path}: file ends before element {hi}")
+            chunks.append(chunk)
+            want -= len(chunk)
+            at += len(chunk)
+        return np.frombuffer(b"".join(chunks) if len(chunks) != 1 else chunks[0], dtype=self.dtype)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
 
 
 class SampleView(Sequence):
