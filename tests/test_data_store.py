@@ -31,10 +31,37 @@ def test_views_read_every_sample_back_across_shards(tmp_path):
     with pytest.raises(IndexError):
         train[120]
     with pytest.raises(ValueError):
-        train[0][0] = 1  # read-only memory map
+        train[0][0] = 1  # read-only
     assert train.masks is None
     big = write_samples(tmp_path / "big", {"train": samples_and_masks(seed=1)[0]})
     assert big.split("train")[0].dtype == np.int32  # ids past 65535
+
+
+def _mapped_kib(name: str) -> int:
+    """Resident KiB of this process's memory maps of files whose name contains `name`."""
+    kib, current = 0, ""
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            parts = line.split()
+            if parts and "-" in parts[0] and not parts[0].endswith(":"):
+                current = parts[5] if len(parts) > 5 else ""
+            elif parts and parts[0] == "Rss:" and name in current:
+                kib += int(parts[1])
+    return kib
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_reading_samples_maps_no_token_file_into_the_process(tmp_path):
+    """Samples are read with pread: a mapped read would bring whole page-cache folios (up to 2 MB)
+    into the process for each sample of a batch, so RSS would grow with the corpus."""
+    samples, masks = samples_and_masks(n=400)
+    store = write_samples(tmp_path / "s", {"train": list(zip(samples, masks))}, masks=True, shard_tokens=2000)
+    train = store.split("train")
+    batch = train.take(list(range(0, 400, 3)))
+    mask_batch = train.masks.take(list(range(0, 400, 3)))
+    assert [b.tolist() for b in batch] == samples[0:400:3] and [m.tolist() for m in mask_batch] == masks[0:400:3]
+    assert _mapped_kib(".tokens.npy") == 0 and _mapped_kib(".masks.npy") == 0
+    assert _mapped_kib(".offsets.npy") > 0   # offsets stay memory-mapped
 
 
 def test_masks_stream_like_lists_in_padded_and_packed_batches(tmp_path):
