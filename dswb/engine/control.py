@@ -12,7 +12,24 @@ from pathlib import Path
 from dswb.rundir.control import ControlReader
 
 
-class RunControl:
+class SignalHandlers:
+    """Installs `self._on_signal` for SIGINT and SIGTERM, and puts the previous handlers back."""
+
+    _previous: dict
+
+    def install_signal_handlers(self) -> None:
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore_signal_handlers(self) -> None:
+        for sig, handler in getattr(self, "_previous", {}).items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        raise NotImplementedError
+
+
+class RunControl(SignalHandlers):
     def __init__(self, run_root: Path) -> None:
         self._reader = ControlReader(run_root)
         self.stop_requested = False
@@ -20,16 +37,6 @@ class RunControl:
         self.paused = False
         self.checkpoint_requested = False
         self.acted: list[str] = []
-        self._previous = {}
-
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._on_signal)
-
-    def restore_signal_handlers(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
     def _on_signal(self, signum, frame) -> None:
         if self.stop_requested and signum == signal.SIGINT:

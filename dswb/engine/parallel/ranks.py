@@ -17,6 +17,7 @@ import signal
 import time
 from typing import Any
 
+from dswb.engine.control import SignalHandlers
 from dswb.engine.monitor import Monitor
 from dswb.engine.parallel.distributed import World, reduce_metrics
 from dswb.rundir.events import AppendFile
@@ -91,7 +92,7 @@ class RankMonitor(Monitor):
         return []
 
 
-class DistributedControl:
+class DistributedControl(SignalHandlers):
     """`RunControl`'s interface for a world (see the module docstring). `local` is this rank's own
     `RunControl` (rank 0 reads the control file through it), for the moments a rank acts alone
     (rank 0 preparing the data while the others wait)."""
@@ -107,16 +108,6 @@ class DistributedControl:
         self.checkpoint_requested = False
         self.acted: list[str] = []
         self._first_signal = 0.0
-        self._previous: dict = {}
-
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._on_signal)
-
-    def restore_signal_handlers(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
     def _on_signal(self, signum, frame) -> None:
         now = time.monotonic()
