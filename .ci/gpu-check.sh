@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks for a lent CUDA machine (not part of CI, which has no GPU). Run from the repo root:
-#   OUT=/tmp/gpu-out bash .ci/gpu-check.sh [all|base|fp8]      (default: all)
+#   OUT=/tmp/gpu-out bash .ci/gpu-check.sh [all|base|fp8|rl]   (default: all)
 # base: sections 1-6 (training on CUDA, events, final model, bench loop).
+# rl:   sections 11-12 (PPO and GRPO iteration by phase on CUDA, the rollout sampler vs generate).
 # fp8:  sections 7-10 (FP8 numerics on CUDA, FP8 + compile training and resume, MFU, bench fp8 --quick);
 #       estimated 6-9 min on an H100/H200 (not yet measured: most of it is torch.compile).
 # Every section has its own timeout, so one hang cannot eat the machine's time. With a 10-minute
@@ -23,8 +24,8 @@ if [[ $WHAT == all || $WHAT == base ]]; then
 echo "== 1. smoke preset on CUDA (bf16 autocast)"
 timeout 120 $py -m dswb run presets/smoke.toml --runs-root "$OUT/runs" --run-dir "$OUT/runs/smoke" --plain --set run.device=cuda | tail -4
 
-echo "== 2. demo preset on CUDA"
-timeout 180 $py -m dswb run presets/demo.toml --runs-root "$OUT/runs" --run-dir "$OUT/runs/demo" --plain | grep -E "eval|finished|failed|error"
+echo "== 2. demo preset on CUDA: pretraining and SFT (the RL stages run in section 11)"
+timeout 180 $py -m dswb run presets/demo.toml --stage pretrain --stage sft --runs-root "$OUT/runs" --run-dir "$OUT/runs/demo" --plain | grep -E "eval|finished|failed|error"
 
 echo "== 3. a real corpus path: BPE tokenizer, small and base models, bf16, 8192-token batches"
 $py - <<'PY'
@@ -189,4 +190,12 @@ echo "== 10. bench fp8 (layer: FP8 vs BF16, eager and compiled; ~1B Llama: token
 if [[ ${FP8_BENCH:-quick} == full ]]; then bench_args=(); else bench_args=(--quick); fi
 timeout 420 $py -m dswb bench fp8 "${bench_args[@]}" --json "$OUT/bench-fp8-gpu.json"
 rm -rf "$OUT/runs"
+fi
+
+if [[ $WHAT == all || $WHAT == rl ]]; then
+echo "== 11. bench rl on CUDA (PPO and GRPO: generation, scoring, reference log-probs, update)"
+timeout 240 $py -m dswb bench rl --quick --json "$OUT/bench-rl-gpu.json"
+
+echo "== 12. bench rollout on CUDA (sampler vs model.generate, batch 1/16/64)"
+timeout 180 $py -m dswb bench rollout --quick --json "$OUT/bench-rollout-gpu.json"
 fi
