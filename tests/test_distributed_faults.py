@@ -91,9 +91,12 @@ def test_a_killed_rank_fails_the_run_and_its_checkpoint_resumes(tmp_path):
     from dswb.rundir.status import pid_alive
 
     run = tmp_path / "runs" / "killed"
-    supervisor = detached(run, "checkpoint.every=3")
-    wait_for(lambda: (status(run).get("step") or 0) >= 5 and (run / "checkpoints" / "pretrain" / "step-3").is_dir(),
-             "step 5 and a checkpoint")
+    # long enough that the run is still going when the test has seen a checkpoint (status.json is written
+    # at most twice a second: a short run could end, or rotate a named checkpoint away, between two looks)
+    supervisor = detached(run, "checkpoint.every=3", "train.steps=150")
+    checkpoints = run / "checkpoints" / "pretrain"
+    wait_for(lambda: (status(run).get("step") or 0) >= 5 and checkpoints.is_dir()
+             and any(p.name.startswith("step-") for p in checkpoints.iterdir()), "step 5 and a checkpoint")
     rank1 = status(run)["ranks"][1]["pid"]
     os.kill(rank1, signal.SIGKILL)
     wait_for(lambda: status(run).get("state") == "failed", "the failed state", timeout=60)
