@@ -89,6 +89,20 @@ def _torch_save(obj, path: Path) -> None:
         torch.save(obj, f)
 
 
+def seal_checkpoint(tmp: Path, final: Path) -> None:
+    """Make a fully written temporary checkpoint directory the checkpoint `final`: the manifest last,
+    everything synced, then one atomic rename (replacing a checkpoint of the same step, e.g. a stop
+    right after a periodic save)."""
+    write_manifest(tmp)
+    for name in listed_files(tmp):
+        _fsync_file(tmp / name)
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
 def save_checkpoint(stage_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     trainer_state: dict, keep_last: int,
                     extra: Callable[[Path], None] | None = None) -> Checkpoint:
@@ -114,14 +128,7 @@ def save_checkpoint(stage_dir: Path, step: int, model: torch.nn.Module, optimize
         (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=1))
         if extra is not None:
             extra(tmp)
-        write_manifest(tmp)
-        for name in listed_files(tmp):
-            _fsync_file(tmp / name)
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. stop right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(stage_dir)
+        seal_checkpoint(tmp, final)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, Exception) and is_disk_full(exc, stage_dir):

@@ -54,9 +54,7 @@ def save_distributed(stage_dir: Path, step: int, model: torch.nn.Module, optimiz
     """`save_checkpoint` for a distributed run (every rank calls it)."""
     import torch.distributed.checkpoint as dcp
 
-    from dswb.engine.checkpoint import (STATE_FILE, Checkpoint, _fsync_dir, _fsync_file, _torch_save, prune,
-                                        rng_state)
-    from dswb.rundir.manifest import listed_files, write_manifest
+    from dswb.engine.checkpoint import STATE_FILE, Checkpoint, _torch_save, prune, rng_state, seal_checkpoint
     from dswb.rundir.space import DiskFull, is_disk_full
 
     world = active()
@@ -76,14 +74,7 @@ def save_distributed(stage_dir: Path, step: int, model: torch.nn.Module, optimiz
                                                           "parallel_mode": world.mode}, indent=1))
                 if extra is not None:
                     extra(tmp)
-                write_manifest(tmp)
-                for name in listed_files(tmp):
-                    _fsync_file(tmp / name)
-                _fsync_dir(tmp)
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-                _fsync_dir(stage_dir)
+                seal_checkpoint(tmp, final)
             except Exception as exc:  # noqa: BLE001 - told to every rank below, raised here
                 failure = exc
         told = world.broadcast(None if failure is None else (is_disk_full(failure, stage_dir), str(failure)))
