@@ -33,10 +33,9 @@ from dswb.engine.parallel.rl import global_advantages, global_all, global_sum, m
 from dswb.engine.parallel.wrap import grad_scale
 from dswb.engine.rl.advantages import group_advantages, zero_std_groups
 from dswb.engine.rl.losses import clipped_policy_loss, kl_per_token, loss_weights
-from dswb.engine.rl.rollout import HFRolloutSampler, sequence_logprobs
-from dswb.engine.stages.common import resume
-from dswb.engine.stages.rl_common import (chunks, experience_metrics, iteration_end, make_experience, run_rl_loop,
-                                          setup)
+from dswb.engine.rl.rollout import sequence_logprobs
+from dswb.engine.stages.rl_common import (chunks, experience_metrics, iteration_end, make_experience, resume_rl,
+                                          rollout_sampler, run_rl_loop, setup)
 from dswb.engine.transforms import prepare_model
 
 STAGE = "grpo"
@@ -48,12 +47,8 @@ def run(ctx: StageContext) -> str:
     rl = setup(ctx, STAGE, sec, need_ref=sec.beta > 0)
     policy = rl.policy = prepare_model(rl.policy, cfg, ctx.device, placement=rl.placement)
     optimizer = build_optimizer(policy, sec, ctx.device)
-    start_step, state = resume(ctx, STAGE, policy, optimizer)
-    state.pop("data", None)
-    if "health" in state:
-        rl.health.load_state_dict(state["health"])
-    sampler = HFRolloutSampler(policy, rl.tokenizer.pad_token_id, ctx.device, ctx.amp_dtype,
-                               batch_size=sec.rollout_batch or None)
+    start_step, state = resume_rl(ctx, STAGE, policy, optimizer, rl)
+    sampler = rollout_sampler(ctx, rl, policy, sec)
     pad_id = rl.tokenizer.pad_token_id
     G = sec.group_size
     mon.emit("stage_start", STAGE, start_step, total_steps=sec.steps,

@@ -33,10 +33,10 @@ from dswb.engine.parallel.rl import global_all, global_sum, global_whiten, micro
 from dswb.engine.parallel.wrap import grad_scale
 from dswb.engine.rl.advantages import explained_variance, gae
 from dswb.engine.rl.losses import clipped_policy_loss, clipped_value_loss, kl_per_token, per_token_rewards
-from dswb.engine.rl.rollout import HFRolloutSampler, left_pad, positions, sequence_logprobs
-from dswb.engine.stages.common import fit_vocab, is_reward_model, load_scalar_model, resolve_init, resume
+from dswb.engine.rl.rollout import left_pad, positions, sequence_logprobs
+from dswb.engine.stages.common import fit_vocab, is_reward_model, load_scalar_model, resolve_init
 from dswb.engine.stages.rl_common import (chunks, experience_metrics, iteration_end, iteration_generator,
-                                          make_experience, run_rl_loop, setup)
+                                          make_experience, resume_rl, rollout_sampler, run_rl_loop, setup)
 from dswb.engine.transforms import prepare_model
 
 STAGE = "ppo"
@@ -98,12 +98,8 @@ def run(ctx: StageContext) -> str:
     value = prepare_model(value, cfg, ctx.device, role="value", placement=rl.placement)
     model = PolicyAndValue(policy, value)
     optimizer = build_optimizer(model, sec, ctx.device)
-    start_step, state = resume(ctx, STAGE, model, optimizer)
-    state.pop("data", None)
-    if "health" in state:
-        rl.health.load_state_dict(state["health"])
-    sampler = HFRolloutSampler(policy, rl.tokenizer.pad_token_id, ctx.device, ctx.amp_dtype,
-                               batch_size=sec.rollout_batch or None)
+    start_step, state = resume_rl(ctx, STAGE, model, optimizer, rl)
+    sampler = rollout_sampler(ctx, rl, policy, sec)
     pad_id = rl.tokenizer.pad_token_id
     mon.log(f"value model from {value_path}", stage=STAGE)
     mon.emit("stage_start", STAGE, start_step, total_steps=sec.steps,

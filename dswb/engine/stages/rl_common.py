@@ -271,3 +271,21 @@ def run_rl_loop(ctx: StageContext, stage: str, *, model: torch.nn.Module, policy
         return outcome
     return finish_lm(ctx, stage, policy, rl.tokenizer, parts.end_step, rl.prompt_format, test_scorer(ctx, rl),
                      extra=extra)
+
+
+def resume_rl(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              rl: RLSetup) -> tuple[int, dict]:
+    """(start step, trainer state) of an RL stage from its latest checkpoint, with the health
+    monitor's state restored; an RL stage has no data position (prompts are a function of the step)."""
+    from dswb.engine.stages.common import resume
+
+    start_step, state = resume(ctx, stage, model, optimizer)
+    state.pop("data", None)
+    if "health" in state:
+        rl.health.load_state_dict(state["health"])
+    return start_step, state
+
+
+def rollout_sampler(ctx: StageContext, rl: RLSetup, policy: torch.nn.Module, section: Any) -> HFRolloutSampler:
+    return HFRolloutSampler(policy, rl.tokenizer.pad_token_id, ctx.device, ctx.amp_dtype,
+                            batch_size=section.rollout_batch or None)
