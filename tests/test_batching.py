@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dswb.engine.batching import (
+from dswb.engine.data.batches.batching import (
     batch_stats, length_histogram, plan_bucketed, plan_fixed, plan_packed, plan_summary, row_fill,
     seq_len_at,
 )
@@ -140,13 +140,13 @@ def test_length_histogram():
 
 def test_planning_module_does_not_import_torch():
     import subprocess
-    code = "import sys, dswb.engine.batching; print('torch' in sys.modules)"
+    code = "import sys, dswb.engine.data.batches.batching; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_seed_batcher_reimplementation_keeps_its_defects():
-    from dswb.engine.bench.batching import seed_batches
+    from dswb.bench.batching import seed_batches
 
     # Over budget when padded (2 x 90 > 100), and an empty batch when the first sample is too long.
     assert seed_batches([10, 90, 5], max_tokens=100) == [[10, 90], [5]]
@@ -154,7 +154,7 @@ def test_seed_batcher_reimplementation_keeps_its_defects():
 
 
 def test_bench_quick_meets_the_goals():
-    from dswb.engine.bench.batching import format_table, run
+    from dswb.bench.batching import format_table, run
 
     result = run(quick=True)
     for scenario in result["scenarios"]:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from dswb.engine.data.chunking import chunk_spans, chunk_tokens
-from dswb.engine.data.cleaning import clean_batch, make_cleaner
+from dswb.engine.data.corpus.chunking import chunk_spans, chunk_tokens
+from dswb.engine.data.corpus.cleaning import clean_batch, make_cleaner
 
 
 # -- cleaning --------------------------------------------------------------------------------

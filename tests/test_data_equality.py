@@ -105,8 +105,8 @@ def batch_digest(batches) -> str:
 def observe(data, config) -> dict:
     """What the golden file records of one prepared dataset."""
     from dswb.config.schema import BatchingConfig
-    from dswb.engine.evaluate import validation_batches
-    from dswb.engine.loader import BatchStream
+    from dswb.engine.eval.loss import validation_batches
+    from dswb.engine.data.batches.loader import BatchStream
 
     train, val = as_lists(data.train), as_lists(data.val)
     out = {"train": digest(train), "val": digest(val), "n_train": len(train), "n_val": len(val),
@@ -123,7 +123,7 @@ def observe(data, config) -> dict:
 
 def record(root: Path) -> dict:
     from dswb.config import load_config
-    from dswb.engine.data.pipeline import prepare_data
+    from dswb.engine.data.corpus.pipeline import prepare_data
 
     paths = write_corpora(root / "corpora")
     result = {}
@@ -148,7 +148,7 @@ def corpora(tmp_path_factory):
 def test_same_samples_split_and_batches_as_the_in_memory_pipeline(golden, corpora, tmp_path, name, workers):
     """Files are prepared in 10 KB shards (many shards, several blocks each) by 1 or 2 workers."""
     from dswb.config import load_config
-    from dswb.engine.data.pipeline import prepare_data
+    from dswb.engine.data.corpus.pipeline import prepare_data
 
     overrides = cases(corpora)[name] + [f"data.workers={workers}", "data.shard_mb=0.01"]
     config = load_config(None, overrides)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dswb.engine.data.readers import expand_paths, iter_blocks, parse_block, read_documents
+from dswb.engine.data.corpus.readers import expand_paths, iter_blocks, parse_block, read_documents
 from dswb.errors import UserError
 
 pa = pytest.importorskip("pyarrow", reason="the parquet extra (pyarrow) is part of the test extra")

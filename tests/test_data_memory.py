@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from dswb.engine.bench import data as bench
+from dswb.bench import data as bench
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".split(
 
 @pytest.fixture(scope="module")
 def prepare():
-    from dswb.engine.data.pipeline import prepare_data
+    from dswb.engine.data.corpus.pipeline import prepare_data
     return prepare_data
 
 
@@ -118,7 +118,7 @@ def test_long_documents_are_chunked_with_eos_only_at_the_end(prepare, tmp_path):
 
 
 def test_given_tokenizer_dir_is_used(prepare, tmp_path):
-    from dswb.engine.data.tokenizer import train_bpe_tokenizer
+    from dswb.engine.data.records.tokenizer import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["some other corpus entirely"] * 20, 280)
     tok.save_pretrained(tmp_path / "tok")

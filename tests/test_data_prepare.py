@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from dswb.config import load_config
-from dswb.engine.data import prepare as prepare_mod
-from dswb.engine.data.dedup import HashSet64, NearDup, lsh_params
-from dswb.engine.data.prepare import PreparationStopped, val_documents
+from dswb.engine.data.corpus import prepare as prepare_mod
+from dswb.engine.data.corpus.dedup import HashSet64, NearDup, lsh_params
+from dswb.engine.data.corpus.prepare import PreparationStopped, val_documents
 from dswb.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def prepare_data():
-    from dswb.engine.data.pipeline import prepare_data
+    from dswb.engine.data.corpus.pipeline import prepare_data
     return prepare_data
 
 
@@ -84,7 +84,7 @@ def test_minhash_lsh_parts():
 
 
 def test_val_documents_match_the_list_based_split():
-    from dswb.engine.data.pipeline import split_documents
+    from dswb.engine.data.corpus.pipeline import split_documents
 
     for n, frac, seed in [(2, 0.05, 0), (13, 0.2, 1), (1000, 0.01, 7), (57, 0.5, 3)]:
         assert val_documents(n, frac, seed).tolist() == split_documents(n, frac, seed)[1]
@@ -200,7 +200,7 @@ def test_worker_modules_stay_light():
     import subprocess
     import sys
 
-    code = ("import sys, dswb.engine.data.work, dswb.engine.data.prepare, dswb.engine.data.store; "
+    code = ("import sys, dswb.engine.data.corpus.work, dswb.engine.data.corpus.prepare, dswb.engine.data.corpus.store; "
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"

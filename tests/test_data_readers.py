@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dswb.engine.data.readers import read_documents
+from dswb.engine.data.corpus.readers import read_documents
 from dswb.errors import UserError
 
 

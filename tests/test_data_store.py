@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dswb.config.schema import BatchingConfig
-from dswb.engine.data.store import SampleView, load_or_write, open_store, write_samples
-from dswb.engine.loader import BatchStream
+from dswb.engine.data.corpus.store import SampleView, load_or_write, open_store, write_samples
+from dswb.engine.data.batches.loader import BatchStream
 
 
 def samples_and_masks(n=150, seed=0):

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from dswb.engine.data import cache
+from dswb.engine.data.corpus import cache
 from dswb.errors import UserError
 
 CORPUS = [f"The quick brown fox {i} jumps over the lazy dog; naïve café #{i % 7}." for i in range(300)]
@@ -16,7 +16,7 @@ CORPUS = [f"The quick brown fox {i} jumps over the lazy dog; naïve café #{i % 
 
 @pytest.fixture(scope="module")
 def tok_mod():
-    from dswb.engine.data import tokenizer
+    from dswb.engine.data.records import tokenizer
     return tokenizer
 
 
@@ -147,9 +147,9 @@ def test_file_identity_tracks_content_changes(tmp_path):
 
 
 def test_bench_paths_agree_on_a_small_corpus(tok_mod, bpe):
-    from dswb.engine.bench import data as bench
-    from dswb.engine.data.cleaning import make_cleaner
-    from dswb.engine.data.pipeline import chunk_plan
+    from dswb.bench import data as bench
+    from dswb.engine.data.corpus.cleaning import make_cleaner
+    from dswb.engine.data.corpus.pipeline import chunk_plan
 
     docs = bench.synthetic_corpus(30_000, seed=2, median_words=60)
     serialized = tok_mod.tokenizer_json(bpe)

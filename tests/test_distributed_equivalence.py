@@ -177,7 +177,7 @@ def test_fsdp_checkpoint_resumes_on_one_process(runs, tmp_path):
 
 def _worker(root: Path) -> None:
     """Under torchrun: the 2-process runs, one after another, in the same process group."""
-    from dswb.engine.parallel.distributed import active, shutdown
+    from dswb.engine.distributed.world import active, shutdown
 
     for name, extra in RUNS.items():
         overrides = [*COMMON, *(rl_overrides(root) if name == "grpo" else []), *extra]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dswb.config import load_config
-from dswb.engine.parallel.distributed import rank_share, reduce_metrics, reshard_consumed
+from dswb.engine.distributed.world import rank_share, reduce_metrics, reshard_consumed
 from dswb.errors import UserError
 
 
@@ -53,7 +53,7 @@ def test_reshard_consumed(consumed, old, new, expected):
 
 
 def _stream(world_size=1, rank=0, batches_per_step=1):
-    from dswb.engine.loader import BatchStream
+    from dswb.engine.data.batches.loader import BatchStream
 
     cfg = load_config(None, ["batching.max_tokens=64", "model.max_seq_len=16"]).batching
     lengths = np.random.default_rng(0).integers(3, 16, 90)
@@ -71,7 +71,7 @@ def _positions(stream, n):
 
 
 def test_a_two_rank_data_position_resumes_on_one_rank_and_back():
-    from dswb.engine.parallel.sharding import load_stream_state
+    from dswb.engine.distributed.sharding import load_stream_state
 
     one = _stream()
     everything = _positions(one, 40)        # one rank's batches, across an epoch boundary
@@ -92,8 +92,8 @@ def test_a_two_rank_data_position_resumes_on_one_rank_and_back():
 
 
 def test_ranked_pairs_share_one_stream_and_its_position():
-    from dswb.engine.pairs import PairStream
-    from dswb.engine.parallel.sharding import RankedPairs
+    from dswb.engine.data.batches.pairs import PairStream
+    from dswb.engine.distributed.sharding import RankedPairs
 
     plain = PairStream(20, 3, seed=1)
     expected = [next(plain) for _ in range(8)]
@@ -104,7 +104,7 @@ def test_ranked_pairs_share_one_stream_and_its_position():
 
 
 def test_skipped_rows_draw_what_one_process_draws():
-    from dswb.engine.parallel.sharding import skip_rows
+    from dswb.engine.distributed.sharding import skip_rows
     from dswb.engine.rl.rollout import draw_uniforms
 
     whole = draw_uniforms(24, 6, torch.Generator().manual_seed(9), "cpu")
@@ -146,7 +146,7 @@ def test_distributed_config_errors(overrides, needle):
 
 
 def test_layers_mode_cannot_run_under_torchrun(monkeypatch):
-    from dswb.engine.parallel.distributed import ensure_world
+    from dswb.engine.distributed.world import ensure_world
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -191,8 +191,8 @@ def test_the_launcher_records_a_run_whose_processes_vanished(tmp_path):
 def test_a_world_of_one_process(tmp_path):
     import torch.distributed as dist
 
-    from dswb.engine.parallel.distributed import active, end_world, ensure_world
-    from dswb.engine.parallel.rl import micro_plan, split_minibatches
+    from dswb.engine.distributed.world import active, end_world, ensure_world
+    from dswb.engine.rl.global_batch import micro_plan, split_minibatches
     from dswb.engine.stages.rl_common import chunks
 
     assert ensure_world(load_config(None)) is None and active() is None

@@ -13,7 +13,7 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_fault_soak_with_three_trials_ends_bitwise_equal():
-    from dswb.engine.bench.faults import format_table, run
+    from dswb.bench.faults import format_table, run
 
     result = run(trials=3)
     table = format_table(result)

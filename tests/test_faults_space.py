@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import dswb.engine.checkpoint as checkpoint
+import dswb.engine.checkpoint.local as checkpoint
 import dswb.rundir.events as events_mod
 import dswb.rundir.status as status_mod
-from dswb.engine.final import save_final
-from dswb.engine.monitor import Monitor
-from dswb.engine.system import SystemSampler
+from dswb.engine.checkpoint.final import save_final
+from dswb.engine.telemetry.monitor import Monitor
+from dswb.engine.telemetry.system import SystemSampler
 from dswb.rundir import create_run_dir, read_events, read_status, write_status
 from dswb.rundir.events import AppendFile
 from dswb.rundir.manifest import write_manifest

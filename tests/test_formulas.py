@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dswb.engine.losses import count_targets, token_loss_sum
-from dswb.engine.schedule import lr_at
+from dswb.engine.train.losses import count_targets, token_loss_sum
+from dswb.engine.train.schedule import lr_at
 
 
 def test_warmup_then_cosine_to_floor():

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from dswb.config import load_config
 from dswb.engine.fp8 import apply_fp8, export_model, fp8_disabled, fp8_info, fp8_layers
 from dswb.engine.fp8.convert import layer_group
-from dswb.engine.model import llama_config
-from dswb.engine.transforms import COMPILED_ATTR, compile_model, prepare_model
+from dswb.engine.model.build import llama_config
+from dswb.engine.train.prepare import COMPILED_ATTR, compile_model, prepare_model
 from dswb.errors import UserError
 
 CPU = torch.device("cpu")

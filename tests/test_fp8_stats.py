@@ -68,7 +68,7 @@ class FakeMonitor:
 def tiny_fp8_model(*overrides: str):
     from transformers import LlamaForCausalLM
 
-    from dswb.engine.model import llama_config
+    from dswb.engine.model.build import llama_config
 
     torch.manual_seed(0)
     cfg = load_config(None, ["fp8.enabled=true", *overrides])

@@ -11,7 +11,7 @@ pytest.importorskip("torchao.float8", reason="torchao is an optional extra: pip 
 
 from dswb.config import load_config  # noqa: E402
 from dswb.engine.fp8 import apply_fp8, export_model, fp8_info  # noqa: E402
-from dswb.engine.model import llama_config  # noqa: E402
+from dswb.engine.model.build import llama_config  # noqa: E402
 
 
 @pytest.mark.parametrize("gran", ["tensor", "row"])

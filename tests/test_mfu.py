@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dswb.engine.mfu import (Peak, decoder_flops_per_token, describe, device_peak, lookup_peak, mfu,
+from dswb.engine.telemetry.mfu import (Peak, decoder_flops_per_token, describe, device_peak, lookup_peak, mfu,
                              model_flops_per_token, throughput_metrics)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dswb.engine.collate import IGNORE_INDEX, collate_packed, collate_padded
+from dswb.engine.data.batches.collate import IGNORE_INDEX, collate_packed, collate_padded
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

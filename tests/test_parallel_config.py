@@ -56,7 +56,7 @@ def test_bad_parallel_settings_are_one_line_errors(overrides, needle):
 
 
 def test_memory_model_follows_precision_fp8_batching_and_checkpointing():
-    from dswb.engine.parallel.memory import memory_model_from_config
+    from dswb.engine.placement.memory import memory_model_from_config
 
     config = load_config(None, ["batching.max_tokens=4096", "model.max_seq_len=1024"])
     assert memory_model_from_config(config, "cpu").compute == "fp32"

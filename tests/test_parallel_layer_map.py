@@ -15,11 +15,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dswb.engine.parallel.layer_map import TensorMover, layer_map_of, map_layers, model_units, shape_of, unmap_layers
-from dswb.engine.parallel.memory import MemoryModel
-from dswb.engine.parallel.planner import DeviceSpec, plan_layers
-from dswb.engine.parallel.roles import Placement, enable_activation_checkpointing
-from dswb.engine.transforms import prepare_model
+from dswb.engine.placement.layer_map import TensorMover, layer_map_of, map_layers, model_units, shape_of, unmap_layers
+from dswb.engine.placement.memory import MemoryModel
+from dswb.engine.placement.planner import DeviceSpec, plan_layers
+from dswb.engine.placement.roles import Placement, enable_activation_checkpointing
+from dswb.engine.train.prepare import prepare_model
 from dswb.errors import UserError
 from helpers import tiny_config
 
@@ -235,7 +235,7 @@ def test_real_devices_cuda_and_cpu_train_and_generate_like_one_device():
 
 def test_without_layers_mode_a_role_goes_whole_to_its_own_device():
     from dswb.config import load_config
-    from dswb.engine.parallel.roles import Placement
+    from dswb.engine.placement.roles import Placement
 
     config = load_config(None, ['parallel.reference_devices=["cpu"]'])
     placement = Placement(config, torch.device("cpu"))

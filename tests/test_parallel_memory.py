@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dswb.engine.parallel.memory import (MemoryModel, block_activation_bytes_per_token, copy_bytes_per_param,
+from dswb.engine.placement.memory import (MemoryModel, block_activation_bytes_per_token, copy_bytes_per_param,
                                          unit_bytes)
-from dswb.engine.parallel.shapes import shape_from_hf_config, units
+from dswb.engine.placement.shapes import shape_from_hf_config, units
 
 SHAPES = [dict(hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2),
           dict(hidden_size=128, intermediate_size=256, num_attention_heads=8, num_key_value_heads=8)]

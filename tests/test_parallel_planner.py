@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dswb.engine.parallel.memory import MemoryModel, device_peak_bytes, unit_bytes
-from dswb.engine.parallel.planner import DeviceSpec, min_devices, plan_layers, seed_even_split
-from dswb.engine.parallel.report import does_not_fit, fit_lines, plan_dict, plan_rows, plan_text
-from dswb.engine.parallel.shapes import BLOCK, ModelShape, units
+from dswb.engine.placement.memory import MemoryModel, device_peak_bytes, unit_bytes
+from dswb.engine.placement.planner import DeviceSpec, min_devices, plan_layers, seed_even_split
+from dswb.engine.placement.report import does_not_fit, fit_lines, plan_dict, plan_rows, plan_text
+from dswb.engine.placement.shapes import BLOCK, ModelShape, units
 from dswb.errors import UserError
 
 GB = 10**9

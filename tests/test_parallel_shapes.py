@@ -9,7 +9,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig, MistralConfig,
                           Qwen2Config, Qwen3Config)
 
-from dswb.engine.parallel.shapes import (SIZES, TASK_VOCAB, shape_from_config, shape_from_hf_config,
+from dswb.engine.placement.shapes import (SIZES, TASK_VOCAB, shape_from_config, shape_from_hf_config,
                                          shape_from_model_dir, shape_from_size, total_params, units)
 from dswb.errors import UserError
 from helpers import tiny_config
@@ -57,8 +57,8 @@ def test_a_scalar_head_counts_as_the_value_and_reward_models_have_it(config_cls)
 
 
 def test_builtin_sizes_mirror_the_model_builder_and_the_task_vocabulary():
-    from dswb.engine.data.tokenizer import build_char_tokenizer
-    from dswb.engine.model import SIZES as BUILDER_SIZES, llama_config
+    from dswb.engine.data.records.tokenizer import build_char_tokenizer
+    from dswb.engine.model.build import SIZES as BUILDER_SIZES, llama_config
 
     assert SIZES == BUILDER_SIZES
     assert TASK_VOCAB == len(build_char_tokenizer())

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from dswb.engine.data.chat import (DEFAULT_CHAT_TEMPLATE, END_TOKEN, encode_chat, encode_plain,
+from dswb.engine.data.records.chat import (DEFAULT_CHAT_TEMPLATE, END_TOKEN, encode_chat, encode_plain,
                                    install_chat_template, prompt_ids, stop_ids)
-from dswb.engine.data.posttrain import (read_preferences, read_prompts, read_sft, split_records, task_preferences,
+from dswb.engine.data.records.posttrain import (read_preferences, read_prompts, read_sft, split_records, task_preferences,
                                         task_prompts, task_sft)
-from dswb.engine.data.task import AdditionTask
-from dswb.engine.data.tokenizer import build_char_tokenizer, load_tokenizer
+from dswb.engine.data.records.task import AdditionTask
+from dswb.engine.data.records.tokenizer import build_char_tokenizer, load_tokenizer
 from dswb.errors import UserError
 
 USER = {"role": "user", "content": "12+3="}

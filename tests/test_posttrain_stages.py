@@ -128,9 +128,9 @@ def test_grpo_skipping_zero_advantage_rows_gives_the_same_update(tmp_path, pretr
 def test_chat_records_train_with_the_default_template_and_evaluate_as_chats(tmp_path, pretrained):
     from transformers import AutoTokenizer
 
-    from dswb.engine.data.chat import DEFAULT_CHAT_TEMPLATE
-    from dswb.engine.data.task import AdditionTask
-    from dswb.engine.model_eval import evaluate_model
+    from dswb.engine.data.records.chat import DEFAULT_CHAT_TEMPLATE
+    from dswb.engine.data.records.task import AdditionTask
+    from dswb.engine.eval.saved_model import evaluate_model
 
     splits = AdditionTask(2, 0).split(200, 0, 0)
     data = tmp_path / "chat.jsonl"

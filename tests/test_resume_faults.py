@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dswb.engine.checkpoint import latest_checkpoint, list_checkpoints
+from dswb.engine.checkpoint.local import latest_checkpoint, list_checkpoints
 from dswb.rundir import read_events, read_status, send_command
 from tests.helpers import TINY, run_in_process, tiny_config
 
@@ -93,7 +93,7 @@ def test_checkpoint_now_through_the_control_file(tmp_path):
 
 
 def test_non_finite_losses_are_skipped_then_fail_the_run(tmp_path, monkeypatch):
-    import dswb.engine.train_step as train_step
+    import dswb.engine.train.step as train_step
 
     real = train_step.token_loss_sum
     calls = {"n": 0}

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from dswb.engine.preference import dpo_loss, reward_model_loss, sequence_logprobs
+from dswb.engine.preference.losses import dpo_loss, reward_model_loss, sequence_logprobs
 from dswb.engine.rl.advantages import (explained_variance, gae, group_advantages, masked_mean, masked_whiten,
                                        zero_std_groups)
 from dswb.engine.rl.losses import (approx_kl, clipped_policy_loss, clipped_value_loss, entropy_from_logits,

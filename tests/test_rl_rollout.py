@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from dswb.engine.model import llama_config
+from dswb.engine.model.build import llama_config
 from dswb.engine.rl.rollout import HFRolloutSampler, left_pad, sequence_logprobs
 from dswb.engine.rl.sampling import top_p_mask
 
@@ -191,7 +191,7 @@ def test_top_p_never_samples_outside_the_nucleus_in_a_rollout():
 
 
 def test_bench_counts_generate_tokens_up_to_the_first_eos():
-    from dswb.engine.bench.rollout import generated_tokens
+    from dswb.bench.rollout import generated_tokens
 
     out = torch.tensor([[1, 5, 3, 2, 0, 0], [1, 5, 2, 0, 0, 0], [1, 5, 3, 4, 5, 6]])
     assert generated_tokens(out, 2, EOS) == 2 + 1 + 4
@@ -199,7 +199,7 @@ def test_bench_counts_generate_tokens_up_to_the_first_eos():
 
 
 def test_bench_measures_both_samplers_on_the_same_rows(model):
-    from dswb.engine.bench import rollout as bench
+    from dswb.bench import rollout as bench
 
     prompts = [[BOS, 4, 5], [BOS, 6, 7]]
     row = bench.measure(model, prompts, 2, 5, EOS, repeats=1, pad_id=PAD)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dswb.engine import system
-from dswb.engine.system import Nvml, SystemSampler, cuda_peak_mb, visible_gpu
+from dswb.engine.telemetry import system
+from dswb.engine.telemetry.system import Nvml, SystemSampler, cuda_peak_mb, visible_gpu
 
 pytestmark = pytest.mark.timeout(30)  # a watch or sampler that never ends fails fast
 

@@ -6,7 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from dswb.engine.data.task import AdditionTask, score
+from dswb.engine.data.records.task import AdditionTask, score
 from dswb.errors import UserError
 
 
@@ -99,7 +99,7 @@ def tiny():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from dswb.engine.data.tokenizer import build_char_tokenizer
+    from dswb.engine.data.records.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer()
     torch.manual_seed(0)
@@ -126,7 +126,7 @@ def manual_greedy(model, tok, prompt, steps):
 
 
 def test_batched_left_padded_generation_matches_manual_greedy(tiny):
-    from dswb.engine.task_eval import greedy_completions, task_accuracy
+    from dswb.engine.eval.task import greedy_completions, task_accuracy
 
     model, tok = tiny
     model.train()

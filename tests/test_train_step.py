@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dswb.engine.collate import collate_padded
-from dswb.engine.train_step import train_step
+from dswb.engine.data.batches.collate import collate_padded
+from dswb.engine.train.step import train_step
 
 
 def _model() -> LlamaForCausalLM:
@@ -42,7 +42,7 @@ def test_accumulated_micro_batches_equal_one_batch():
 def test_mean_of_micro_batch_means_would_differ():
     """The naive average (mean loss per micro-batch, then averaged) weights the short
     micro-batch's tokens 19/12 times more: the test above would catch that mistake."""
-    from dswb.engine.losses import token_loss_sum
+    from dswb.engine.train.losses import token_loss_sum
 
     g = torch.Generator().manual_seed(1)
     short = collate_padded([torch.randint(3, 40, (n,), generator=g).tolist() for n in (3, 4, 5)], 0)

@@ -23,7 +23,7 @@ try:
     app()
 except SystemExit as exc:
     assert not exc.code, exc.code
-import dswb.tui.bench, dswb.tui.synthetic  # the rest of the package
+import dswb.bench.tui, dswb.tui.synthetic  # the rest of the package
 print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 """
 

@@ -16,16 +16,16 @@ from dswb.cli.common import JsonOut
 from dswb.errors import UserError
 
 BENCHES = {
-    "batching": "dswb.engine.bench.batching",
-    "loop": "dswb.engine.bench.loop",
-    "data": "dswb.engine.bench.data",
-    "rollout": "dswb.engine.bench.rollout",
-    "parallel": "dswb.engine.bench.parallel",
-    "faults": "dswb.engine.bench.faults",
-    "fp8": "dswb.engine.bench.fp8",
-    "rl": "dswb.engine.bench.rl",
-    "grpo-vs-trl": "dswb.engine.bench.grpo_vs_trl",
-    "tui": "dswb.tui.bench",
+    "batching": "dswb.bench.batching",
+    "loop": "dswb.bench.loop",
+    "data": "dswb.bench.data",
+    "rollout": "dswb.bench.rollout",
+    "parallel": "dswb.bench.parallel",
+    "faults": "dswb.bench.faults",
+    "fp8": "dswb.bench.fp8",
+    "rl": "dswb.bench.rl",
+    "grpo-vs-trl": "dswb.bench.grpo_vs_trl",
+    "tui": "dswb.bench.tui",
 }
 
 

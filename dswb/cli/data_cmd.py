@@ -120,10 +120,10 @@ def prepare(
     paths = create_run_dir(target)
     paths.config.write_text(config_to_toml(config))
 
-    from dswb.engine.data.events import publish_report
-    from dswb.engine.data.pipeline import prepare_data
-    from dswb.engine.data.report import format_report
-    from dswb.engine.monitor import Monitor
+    from dswb.engine.data.corpus.events import publish_report
+    from dswb.engine.data.corpus.pipeline import prepare_data
+    from dswb.engine.data.corpus.report import format_report
+    from dswb.engine.telemetry.monitor import Monitor
 
     monitor = Monitor(paths, new_status(STAGE, 0))
     monitor.emit("run_start", None, 0, run_id=paths.run_id, config=config_to_dict(config), argv=sys.argv,

@@ -50,7 +50,7 @@ def eval_model(
     Examples: `dswb eval latest:grpo`, `dswb eval runs/<id>/final/sft --n 200`, `dswb eval latest:rm`.
     """
     model_dir = resolve_model(target, runs_root)
-    from dswb.engine.model_eval import evaluate_model  # heavy: torch + transformers
+    from dswb.engine.eval.saved_model import evaluate_model  # heavy: torch + transformers
 
     result = evaluate_model(model_dir, n=n, device=device, kind=task, digits=digits)
     t = result["task"]

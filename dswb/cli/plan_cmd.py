@@ -45,10 +45,10 @@ def plan(
     Examples: `dswb plan demo --devices 2 --memory 1GB`,
     `dswb plan my70b.toml --devices 8 --memory 80GB --set parallel.activation_checkpointing=true`
     """
-    from dswb.engine.parallel.memory import STATE_DTYPES, memory_model_from_config
-    from dswb.engine.parallel.planner import check_device_count, plan_layers
-    from dswb.engine.parallel.report import HEADERS, NUMERIC, fit_lines, model_line, plan_dict, plan_rows
-    from dswb.engine.parallel.shapes import shape_from_config
+    from dswb.engine.placement.memory import STATE_DTYPES, memory_model_from_config
+    from dswb.engine.placement.planner import check_device_count, plan_layers
+    from dswb.engine.placement.report import HEADERS, NUMERIC, fit_lines, model_line, plan_dict, plan_rows
+    from dswb.engine.placement.shapes import shape_from_config
 
     if optimizer_state not in STATE_DTYPES:
         raise UserError(f"--optimizer-state: {optimizer_state!r} is not one of {', '.join(STATE_DTYPES)}")
@@ -58,7 +58,7 @@ def plan(
     shape = shape_from_config(config)
     names, sizes = _devices(config, devices, memory)
     check_device_count(len(names), shape, "--devices" if devices is not None else "parallel.devices")
-    from dswb.engine.parallel.devices import device_specs
+    from dswb.engine.placement.devices import device_specs
 
     specs = device_specs(names, sizes, where="--memory" if memory is not None else "parallel.max_memory")
     device_type = "cuda" if any(n.startswith("cuda") for n in names) else "cpu"
@@ -93,7 +93,7 @@ def _devices(config, count: int | None, memory: str | None) -> tuple[list[str], 
             return names, max_memory * count if len(max_memory) == 1 else max_memory
         raise UserError(f"--devices {count}: give the memory of each device with --memory (e.g. --memory 80GB) "
                         f"or parallel.max_memory")
-    from dswb.engine.parallel.devices import resolve_devices, sizes_for
+    from dswb.engine.placement.devices import resolve_devices, sizes_for
 
     names = resolve_devices(list(config.parallel.devices))
     if memory is not None:

@@ -183,7 +183,7 @@ def _supervise(launch, dswb_args: list[str], paths) -> None:
 def _run_rank(preset, overrides, runs_root, run_dir, resume, plain, quiet, stages) -> None:
     """One rank of a torchrun launch: join the world, agree on the run directory (rank 0 decides),
     train, and end the process as the notes say (`shutdown`)."""
-    from dswb.engine.parallel.distributed import ensure_world, shutdown
+    from dswb.engine.distributed.world import ensure_world, shutdown
     from dswb.rundir.layout import resolve_run
 
     paths = None
@@ -218,7 +218,7 @@ def _run_rank(preset, overrides, runs_root, run_dir, resume, plain, quiet, stage
 
 def _train_rank(world, config, paths, resume, plain, quiet) -> None:
     from dswb.cli.progress import PlainReporter, TTYReporter
-    from dswb.engine.parallel.distributed import shutdown
+    from dswb.engine.distributed.world import shutdown
     from dswb.engine.runner import run_training
 
     reporter = None

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from dswb.config.schema import Config
-from dswb.engine.control import RunControl
-from dswb.engine.monitor import Monitor
+from dswb.engine.telemetry.control import RunControl
+from dswb.engine.telemetry.monitor import Monitor
 from dswb.rundir.layout import RunPaths
 
 

@@ -11,7 +11,7 @@ one line naming the path and the free space, written wherever it still can be.
 
 Under torchrun (or a distributed `[parallel] mode`) every rank runs this same function: rank 0
 writes the run directory (with the world size and every rank's device in `run_start` and
-`status.json`), the other ranks log to `train.rank-<r>.log` (`dswb.engine.parallel.ranks`); only
+`status.json`), the other ranks log to `train.rank-<r>.log` (`dswb.engine.distributed.ranks`); only
 rank 0 moves corrupt checkpoints aside. A rank that dies or hangs makes a collective fail on the
 others: the run ends `failed` with one line naming the rank where it can (a rank leaves its own
 error in the launcher's store before it exits).
@@ -31,13 +31,13 @@ import torch
 from dswb.config.load import config_to_dict, config_to_toml
 from dswb.config.schema import Config
 from dswb.engine.context import StageContext
-from dswb.engine.control import RunControl
-from dswb.engine.device import autocast_dtype, select_device, set_determinism
-from dswb.engine.checkpoint import quarantine, select_checkpoint
-from dswb.engine.final import is_complete, remove_partial, verify_final
-from dswb.engine.monitor import Monitor, Reporter
-from dswb.engine.parallel.distributed import World, end_world, ensure_world, is_collective_failure
-from dswb.engine.system import SystemSampler
+from dswb.engine.telemetry.control import RunControl
+from dswb.engine.model.device import autocast_dtype, select_device, set_determinism
+from dswb.engine.checkpoint.local import quarantine, select_checkpoint
+from dswb.engine.checkpoint.final import is_complete, remove_partial, verify_final
+from dswb.engine.telemetry.monitor import Monitor, Reporter
+from dswb.engine.distributed.world import World, end_world, ensure_world, is_collective_failure
+from dswb.engine.telemetry.system import SystemSampler
 from dswb.errors import EXIT_USER_ERROR, TrainingFailed, UserError
 from dswb.rundir.layout import RunPaths
 from dswb.rundir.space import disk_full_error, is_disk_full
@@ -59,7 +59,7 @@ def _open_run(config: Config, paths: RunPaths, resume: bool, reporter: Reporter 
               argv: list[str] | None, world: World | None = None) -> Monitor:
     ranks = None
     if world is not None:
-        from dswb.engine.parallel.ranks import RankMonitor, RankSync
+        from dswb.engine.distributed.ranks import RankMonitor, RankSync
 
         ranks = RankSync(world)
         if not world.is_main:
@@ -148,7 +148,7 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
         return 1
     control = RunControl(paths.root)
     if world is not None:
-        from dswb.engine.parallel.ranks import DistributedControl
+        from dswb.engine.distributed.ranks import DistributedControl
 
         control = DistributedControl(control, world)
     control.install_signal_handlers()

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from dswb.config.posttrain import parse_reward_source
-from dswb.engine.data.task import score as exact_match_score
+from dswb.engine.data.records.task import score as exact_match_score
 from dswb.errors import UserError
 
 
@@ -66,7 +66,7 @@ class RewardModelSource(RewardSource):
 
     def __init__(self, path: Path, place: Callable[[torch.nn.Module], torch.nn.Module], amp_dtype=None,
                  name: str = "rm", batch_size: int = 256) -> None:
-        from dswb.engine.data.tokenizer import load_tokenizer
+        from dswb.engine.data.records.tokenizer import load_tokenizer
         from dswb.engine.stages.common import is_reward_model, load_scalar_model, stage_info
 
         if not is_reward_model(path):
@@ -79,7 +79,7 @@ class RewardModelSource(RewardSource):
         self.prompt_format = stage_info(path).get("prompt_format", "plain")
 
     def encode(self, prompt: Any, completion: str, ended: bool) -> list[int]:
-        from dswb.engine.data.chat import encode_chat, encode_plain
+        from dswb.engine.data.records.chat import encode_chat, encode_plain
 
         if isinstance(prompt, str):
             return encode_plain(self.tokenizer, prompt, completion, add_eos=ended)[0]
@@ -87,9 +87,9 @@ class RewardModelSource(RewardSource):
 
     @torch.no_grad()
     def __call__(self, inputs: RewardInputs) -> list[float]:
-        from dswb.engine.collate import collate_padded
-        from dswb.engine.device import autocast
-        from dswb.engine.pairs import scalar_scores
+        from dswb.engine.data.batches.collate import collate_padded
+        from dswb.engine.model.device import autocast
+        from dswb.engine.data.batches.pairs import scalar_scores
 
         rows = [self.encode(p, c, e) for p, c, e in zip(inputs.prompts, inputs.completions, inputs.ended)]
         out: list[float] = []

@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from dswb.engine.device import autocast
+from dswb.engine.model.device import autocast
 from dswb.engine.rl.sampling import sample_next, scaled_log_softmax
 
 

@@ -19,12 +19,12 @@ from typing import Any, Callable
 import torch
 
 from dswb.config.schema import LM_STAGES, STAGES
-from dswb.engine.checkpoint import latest_checkpoint, load_checkpoint, remove_partial
+from dswb.engine.checkpoint.local import latest_checkpoint, load_checkpoint, remove_partial
 from dswb.engine.context import StageContext
-from dswb.engine.data.task import AdditionTask, TaskSplits
-from dswb.engine.data.tokenizer import load_tokenizer
-from dswb.engine.final import MARKER, is_complete
-from dswb.engine.parallel.dist_checkpoint import save_final_model
+from dswb.engine.data.records.task import AdditionTask, TaskSplits
+from dswb.engine.data.records.tokenizer import load_tokenizer
+from dswb.engine.checkpoint.final import MARKER, is_complete
+from dswb.engine.checkpoint.dcp import save_final_model
 from dswb.errors import UserError
 from dswb.stats import StatsBook
 

@@ -4,7 +4,7 @@ The policy starts from `dpo.init` (default: the run's latest language model); th
 `dpo.ref` (default: the same starting model), frozen. With `precompute_ref` the reference's
 sequence log-probs of every pair are computed once before training and the reference is freed.
 Loss: sigmoid (with optional label smoothing) or IPO on length-averaged log-probs
-(`dswb.engine.preference.dpo_loss`). Metrics as TRL names them: `rewards/chosen`,
+(`dswb.engine.preference.losses.dpo_loss`). Metrics as TRL names them: `rewards/chosen`,
 `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`. In a distributed run
 every rank holds the reference log-probs of every pair and trains on its share of the micro-batches
 (as the reward model does).
@@ -17,18 +17,18 @@ import math
 import torch
 
 from dswb.engine.context import StageContext
-from dswb.engine.data.tokenizer import load_tokenizer
-from dswb.engine.device import autocast
-from dswb.engine.loop import LoopParts, StepOutput, run_loop
-from dswb.engine.optim import build_optimizer
-from dswb.engine.pairs import EncodedPair, PairStream, collate_pairs
-from dswb.engine.parallel.sharding import shard_pairs
-from dswb.engine.preference import dpo_loss, sequence_logprobs
+from dswb.engine.data.records.tokenizer import load_tokenizer
+from dswb.engine.model.device import autocast
+from dswb.engine.train.loop import LoopParts, StepOutput, run_loop
+from dswb.engine.train.optim import build_optimizer
+from dswb.engine.data.batches.pairs import EncodedPair, PairStream, collate_pairs
+from dswb.engine.distributed.sharding import shard_pairs
+from dswb.engine.preference.losses import dpo_loss, sequence_logprobs
 from dswb.engine.stages.common import (TaskData, accuracy_target, eval_every, finish_lm, fit_vocab, load_causal_lm,
                                        resolve_init, resume)
 from dswb.engine.stages.rm import load_pairs, mean_pair_length
-from dswb.engine.task_eval import task_accuracy
-from dswb.engine.transforms import model_hooks, prepare_model
+from dswb.engine.eval.task import task_accuracy
+from dswb.engine.train.prepare import model_hooks, prepare_model
 
 STAGE = "dpo"
 REF_BATCH = 256

@@ -14,7 +14,7 @@ One iteration = one `run_loop` step:
 Kept from the paper: group normalisation, clipped ratio, k3 KL. Differences, as in TRL: beta 0 by
 default (no reference model), token-level "dapo" aggregation by default, truncated completions
 optionally masked. Under DDP each rank generates its share of the prompts; advantages and loss
-normalisers are computed over every rank's rows (`dswb.engine.parallel.rl`), so the update is the
+normalisers are computed over every rank's rows (`dswb.engine.rl.global_batch`), so the update is the
 one-process update on the same global batch (with `minibatches = 1`; with more, each global
 minibatch is the union of the ranks' k-th parts).
 """
@@ -27,16 +27,16 @@ import time
 import torch
 
 from dswb.engine.context import StageContext
-from dswb.engine.loop import StepOutput
-from dswb.engine.optim import build_optimizer
-from dswb.engine.parallel.rl import global_advantages, global_all, global_sum, micro_plan, split_minibatches
-from dswb.engine.parallel.wrap import grad_scale
+from dswb.engine.train.loop import StepOutput
+from dswb.engine.train.optim import build_optimizer
+from dswb.engine.rl.global_batch import global_advantages, global_all, global_sum, micro_plan, split_minibatches
+from dswb.engine.distributed.wrap import grad_scale
 from dswb.engine.rl.advantages import group_advantages, zero_std_groups
 from dswb.engine.rl.losses import clipped_policy_loss, kl_per_token, loss_weights
 from dswb.engine.rl.rollout import sequence_logprobs
 from dswb.engine.stages.rl_common import (chunks, experience_metrics, iteration_end, make_experience, resume_rl,
                                           rollout_sampler, run_rl_loop, setup)
-from dswb.engine.transforms import prepare_model
+from dswb.engine.train.prepare import prepare_model
 
 STAGE = "grpo"
 SKIP_ZERO_ADVANTAGE = True   # an exact saving (see the step); tests switch it off to compare
@@ -155,7 +155,7 @@ def run(ctx: StageContext) -> str:
 
 def _zero_weight_pass(policy, r, ids, temperature, ctx, pad_id) -> None:
     """A forward and backward of one row with weight 0: the gradient is unchanged, but DDP's
-    all-reduce of this backward pass meets the other ranks' (`dswb.engine.parallel.rl`)."""
+    all-reduce of this backward pass meets the other ranks' (`dswb.engine.rl.global_batch`)."""
     logp, _ = sequence_logprobs(policy, [r.prompt_ids[0]], ids[:1, :1], torch.ones_like(ids[:1, :1]), temperature,
                                 ctx.amp_dtype, pad_id)
     (logp.sum() * 0.0).backward()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from dswb.engine.collate import Batch, collate_padded
-from dswb.engine.evaluate import perplexity
-from dswb.engine.train_step import forward_loss_sum
+from dswb.engine.data.batches.collate import Batch, collate_padded
+from dswb.engine.eval.loss import perplexity
+from dswb.engine.train.step import forward_loss_sum
 
 
 def masked_validation_batches(samples: list[list[int]], masks: list[list[int]], pad_id: int, max_tokens: int,

@@ -14,7 +14,7 @@ The value model is a scalar head on a backbone (`value_init`: this run's reward 
 one, else the policy's backbone with a new head); it trains with the policy, one optimizer.
 The final model is the policy alone. Under DDP (policy and value each data parallel) each rank
 generates its share of the prompts; the whitening and the token means are over every rank's tokens
-(`dswb.engine.parallel.rl`), so with `minibatches = 1` the update is the one-process update.
+(`dswb.engine.rl.global_batch`), so with `minibatches = 1` the update is the one-process update.
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ from pathlib import Path
 import torch
 
 from dswb.engine.context import StageContext
-from dswb.engine.device import autocast
-from dswb.engine.loop import StepOutput
-from dswb.engine.optim import build_optimizer
-from dswb.engine.parallel.rl import global_all, global_sum, global_whiten, micro_plan, split_minibatches
-from dswb.engine.parallel.wrap import grad_scale
+from dswb.engine.model.device import autocast
+from dswb.engine.train.loop import StepOutput
+from dswb.engine.train.optim import build_optimizer
+from dswb.engine.rl.global_batch import global_all, global_sum, global_whiten, micro_plan, split_minibatches
+from dswb.engine.distributed.wrap import grad_scale
 from dswb.engine.rl.advantages import explained_variance, gae
 from dswb.engine.rl.losses import clipped_policy_loss, clipped_value_loss, kl_per_token, per_token_rewards
 from dswb.engine.rl.rollout import left_pad, positions, sequence_logprobs
 from dswb.engine.stages.common import fit_vocab, is_reward_model, load_scalar_model, resolve_init
 from dswb.engine.stages.rl_common import (chunks, experience_metrics, iteration_end, iteration_generator,
                                           make_experience, resume_rl, rollout_sampler, run_rl_loop, setup)
-from dswb.engine.transforms import prepare_model
+from dswb.engine.train.prepare import prepare_model
 
 STAGE = "ppo"
 
@@ -70,7 +70,7 @@ def sequence_values(value_model: torch.nn.Module, prompt_ids: list[list[int]], c
 
 def _zero_weight_pass(policy, value, r, ids, temperature, ctx, pad_id) -> None:
     """A forward and backward of one row through both models with weight 0: gradients unchanged, but
-    their DDP all-reduces meet the other ranks' (`dswb.engine.parallel.rl`)."""
+    their DDP all-reduces meet the other ranks' (`dswb.engine.rl.global_batch`)."""
     one, ones = ids[:1, :1], torch.ones_like(ids[:1, :1])
     logp, _ = sequence_logprobs(policy, [r.prompt_ids[0]], one, ones, temperature, ctx.amp_dtype, pad_id)
     values = sequence_values(value, [r.prompt_ids[0]], one, ones, ctx.amp_dtype, pad_id)

@@ -11,23 +11,23 @@ import time
 
 import torch
 
-from dswb.engine.checkpoint import latest_checkpoint, load_checkpoint, remove_partial
+from dswb.engine.checkpoint.local import latest_checkpoint, load_checkpoint, remove_partial
 from dswb.engine.context import StageContext
-from dswb.engine.data.events import progress_events, publish_report
-from dswb.engine.data.pipeline import prepare_data
-from dswb.engine.data.prepare import PreparationStopped
-from dswb.engine.evaluate import validation_batches, validation_loss
+from dswb.engine.data.corpus.events import progress_events, publish_report
+from dswb.engine.data.corpus.pipeline import prepare_data
+from dswb.engine.data.corpus.prepare import PreparationStopped
+from dswb.engine.eval.loss import validation_batches, validation_loss
 from dswb.engine.stages.common import task_info
-from dswb.engine.loader import BatchStream, Prefetcher, length_histogram
-from dswb.engine.loop import LoopParts, lm_step, run_loop
-from dswb.engine.model import build_model
-from dswb.engine.optim import build_optimizer
-from dswb.engine.parallel.dist_checkpoint import save_final_model
-from dswb.engine.parallel.distributed import active
-from dswb.engine.parallel.pipeline import pipeline_of, pipeline_validation_loss
-from dswb.engine.parallel.sharding import load_stream_state, stream_shard
-from dswb.engine.task_eval import task_accuracy
-from dswb.engine.transforms import model_hooks, prepare_model
+from dswb.engine.data.batches.loader import BatchStream, Prefetcher, length_histogram
+from dswb.engine.train.loop import LoopParts, lm_step, run_loop
+from dswb.engine.model.build import build_model
+from dswb.engine.train.optim import build_optimizer
+from dswb.engine.checkpoint.dcp import save_final_model
+from dswb.engine.distributed.world import active
+from dswb.engine.distributed.pipeline import pipeline_of, pipeline_validation_loss
+from dswb.engine.distributed.sharding import load_stream_state, stream_shard
+from dswb.engine.eval.task import task_accuracy
+from dswb.engine.train.prepare import model_hooks, prepare_model
 from dswb.stats import StatsBook
 
 STAGE = "pretrain"

@@ -5,7 +5,7 @@ An iteration's prompts and random numbers are pure functions of (seed, iteration
 from a seeded permutation per epoch of the prompt set, and sampling uses a generator seeded with
 (seed, iteration). A resumed run therefore needs no sampler state to continue bitwise.
 Under DDP each rank generates its contiguous block of the iteration's prompts, with the random
-numbers those rows draw in one process (`dswb.engine.parallel.sharding`).
+numbers those rows draw in one process (`dswb.engine.distributed.sharding`).
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import numpy as np
 import torch
 
 from dswb.engine.context import StageContext
-from dswb.engine.data.chat import prompt_ids as encode_prompt, stop_ids
-from dswb.engine.data.posttrain import PromptRecord, read_prompts, split_records, task_prompts
-from dswb.engine.data.tokenizer import load_tokenizer
-from dswb.engine.parallel.distributed import active
-from dswb.engine.parallel.roles import Placement
-from dswb.engine.parallel.sharding import prompt_block, skip_rows
+from dswb.engine.data.records.chat import prompt_ids as encode_prompt, stop_ids
+from dswb.engine.data.records.posttrain import PromptRecord, read_prompts, split_records, task_prompts
+from dswb.engine.data.records.tokenizer import load_tokenizer
+from dswb.engine.distributed.world import active
+from dswb.engine.placement.roles import Placement
+from dswb.engine.distributed.sharding import prompt_block, skip_rows
 from dswb.engine.rl.health import RLHealth
 from dswb.engine.rl.rewards import CombinedReward, RewardInputs, RewardScores, build_rewards, nan_mean
 from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
 from dswb.engine.stages.common import StageStart, TaskData, fit_vocab, load_causal_lm, resolve_init
-from dswb.engine.task_eval import task_accuracy
+from dswb.engine.eval.task import task_accuracy
 from dswb.errors import UserError
 
 SAMPLES_PER_EVENT = 8
@@ -257,9 +257,9 @@ def run_rl_loop(ctx: StageContext, stage: str, *, model: torch.nn.Module, policy
     """The training loop of an RL stage (`step` is one iteration) and, when it finishes, the policy's
     final model with its held-out accuracy. `model` is what the optimizer trains (PPO: policy and
     value); FP8 statistics are the policy's; no MFU: an iteration is mostly generation."""
-    from dswb.engine.loop import LoopParts, run_loop
+    from dswb.engine.train.loop import LoopParts, run_loop
     from dswb.engine.stages.common import accuracy_target, eval_every, finish_lm
-    from dswb.engine.transforms import model_hooks
+    from dswb.engine.train.prepare import model_hooks
 
     hooks = model_hooks(policy, ctx, stage)
     parts = LoopParts(stage=stage, model=model, optimizer=optimizer, step=step, data_state=lambda: {},

@@ -17,19 +17,19 @@ import math
 import torch
 
 from dswb.engine.context import StageContext
-from dswb.engine.data.chat import install_chat_template
-from dswb.engine.data.posttrain import read_preferences, split_records, task_preferences
-from dswb.engine.data.tokenizer import load_tokenizer
-from dswb.engine.device import autocast
-from dswb.engine.loop import LoopParts, StepOutput, run_loop
-from dswb.engine.optim import build_optimizer
-from dswb.engine.pairs import EncodedPair, PairStream, collate_pairs, encode_pair, margins, scalar_scores
-from dswb.engine.preference import reward_model_loss
+from dswb.engine.data.records.chat import install_chat_template
+from dswb.engine.data.records.posttrain import read_preferences, split_records, task_preferences
+from dswb.engine.data.records.tokenizer import load_tokenizer
+from dswb.engine.model.device import autocast
+from dswb.engine.train.loop import LoopParts, StepOutput, run_loop
+from dswb.engine.train.optim import build_optimizer
+from dswb.engine.data.batches.pairs import EncodedPair, PairStream, collate_pairs, encode_pair, margins, scalar_scores
+from dswb.engine.preference.losses import reward_model_loss
 from dswb.engine.stages.common import (TaskData, eval_every, fit_vocab, load_scalar_model, resolve_init, resume,
                                        task_info)
-from dswb.engine.parallel.dist_checkpoint import save_final_model
-from dswb.engine.parallel.sharding import shard_pairs
-from dswb.engine.transforms import model_hooks, prepare_model
+from dswb.engine.checkpoint.dcp import save_final_model
+from dswb.engine.distributed.sharding import shard_pairs
+from dswb.engine.train.prepare import model_hooks, prepare_model
 
 STAGE = "rm"
 MAX_EVAL_PAIRS = 2000

@@ -14,20 +14,20 @@ import time
 import torch
 
 from dswb.engine.context import StageContext
-from dswb.engine.data.chat import encode_chat, encode_plain, install_chat_template
-from dswb.engine.data.posttrain import SFTRecord, read_sft, split_records, task_sft
-from dswb.engine.data.tokenizer import build_char_tokenizer, load_tokenizer
-from dswb.engine.loader import BatchStream, Prefetcher, length_histogram
-from dswb.engine.loop import LoopParts, lm_step, run_loop
-from dswb.engine.model import build_model
-from dswb.engine.optim import build_optimizer
-from dswb.engine.parallel.pipeline import pipeline_of, pipeline_validation_loss
-from dswb.engine.parallel.sharding import load_stream_state, stream_shard
+from dswb.engine.data.records.chat import encode_chat, encode_plain, install_chat_template
+from dswb.engine.data.records.posttrain import SFTRecord, read_sft, split_records, task_sft
+from dswb.engine.data.records.tokenizer import build_char_tokenizer, load_tokenizer
+from dswb.engine.data.batches.loader import BatchStream, Prefetcher, length_histogram
+from dswb.engine.train.loop import LoopParts, lm_step, run_loop
+from dswb.engine.model.build import build_model
+from dswb.engine.train.optim import build_optimizer
+from dswb.engine.distributed.pipeline import pipeline_of, pipeline_validation_loss
+from dswb.engine.distributed.sharding import load_stream_state, stream_shard
 from dswb.engine.stages.common import (TaskData, accuracy_target, eval_every, finish_lm, fit_vocab, load_causal_lm,
                                        resolve_init, resume)
 from dswb.engine.stages.lm_eval import masked_validation_batches, masked_validation_loss
-from dswb.engine.task_eval import task_accuracy
-from dswb.engine.transforms import model_hooks, prepare_model
+from dswb.engine.eval.task import task_accuracy
+from dswb.engine.train.prepare import model_hooks, prepare_model
 from dswb.errors import UserError
 
 STAGE = "sft"

@@ -1,0 +1,1 @@
+"""A text corpus turned into tokenized samples on disk: read, clean, dedup, tokenize, chunk, store (see `dswb.engine.data`)."""

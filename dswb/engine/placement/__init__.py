@@ -1,0 +1,12 @@
+"""Placing one model's layers, and several models, on the devices of one process.
+
+- `shapes`: a model's modules and their exact parameter counts from a config alone (no weights).
+- `memory`: bytes per module by kind (weights, gradients, optimizer state, compute copies,
+  activations) and FLOPs per token, as pure formulas.
+- `planner`: places the modules on devices in order, never splitting a decoder block.
+- `report`: the plan as rows and plain text.
+- `devices`, `layer_map`, `roles`: execution (torch): modules moved to their devices, hidden states
+  moved at the boundaries, and several models (policy, reference, value, reward) placed together.
+
+`shapes`, `memory`, `planner` and `report` are pure Python: `dswb plan` imports no torch.
+"""

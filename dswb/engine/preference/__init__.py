@@ -1,0 +1,1 @@
+"""Preference objectives as pure functions: the reward model's Bradley-Terry loss and DPO's losses."""
