@@ -133,7 +133,7 @@ timeout 150 $py -m dswb run presets/smoke.toml --runs-root "$OUT/runs" --run-dir
 timeout 120 $py - <<'PY'
 import os, pathlib
 from safetensors.torch import load_file
-from dswb.engine.checkpoint.local import latest_checkpoint
+from dswb.engine.checkpoint.layout import latest_checkpoint
 from dswb.rundir import read_status, send_command
 from tests.helpers import run_in_process, tiny_config
 class StopAt:   # asks the run to stop at step 6 through its control file, as `dswb runs stop` does

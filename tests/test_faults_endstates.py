@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import dswb.engine.train.loop as loop
 from dswb.cli.app import app
-from dswb.engine.checkpoint.local import list_checkpoints
+from dswb.engine.checkpoint.layout import list_checkpoints
 from dswb.rundir import effective_state, read_events, read_status, write_status
 from dswb.rundir.status import process_start_time
 from tests.helpers import TINY, run_in_process, tiny_config

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from dswb.cli.app import app
-from dswb.engine.checkpoint.local import CorruptCheckpoint, latest_checkpoint, list_checkpoints, load_checkpoint
+from dswb.engine.checkpoint.io import load_checkpoint
+from dswb.engine.checkpoint.layout import CorruptCheckpoint, latest_checkpoint, list_checkpoints
 from dswb.rundir import read_events, read_status
 from dswb.rundir.manifest import MANIFEST, verify_dir, verify_run, write_manifest
 from tests.helpers import run_in_process, tiny_config

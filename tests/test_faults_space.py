@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import dswb.engine.checkpoint.local as checkpoint
+import dswb.engine.checkpoint.layout as checkpoint
+from dswb.engine.checkpoint.io import save_checkpoint
 import dswb.rundir.events as events_mod
 import dswb.rundir.status as status_mod
 from dswb.engine.checkpoint.final import save_final
@@ -133,10 +134,10 @@ def test_checkpoint_write_on_a_full_disk_leaves_nothing_partial(tmp_path, monkey
     model(torch.randn(2, 64)).sum().backward()
     optimizer.step()
     stage_dir = tmp_path / "checkpoints" / "pretrain"
-    checkpoint.save_checkpoint(stage_dir, 4, model, optimizer, {"data": {}}, keep_last=2)
+    save_checkpoint(stage_dir, 4, model, optimizer, {"data": {}}, keep_last=2)
     monkeypatch.setattr(checkpoint, "open", lambda path, mode="r": FillingFile(path, mode, room=2000), raising=False)
     with pytest.raises(DiskFull, match="checkpoints/pretrain/step-8 "):
-        checkpoint.save_checkpoint(stage_dir, 8, model, optimizer, {"data": {}}, keep_last=2)
+        save_checkpoint(stage_dir, 8, model, optimizer, {"data": {}}, keep_last=2)
     assert sorted(p.name for p in stage_dir.iterdir()) == ["step-4"]
     assert checkpoint.verify_checkpoint(checkpoint.latest_checkpoint(stage_dir)).status == "ok"
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dswb.engine.checkpoint.local import latest_checkpoint
+from dswb.engine.checkpoint.layout import latest_checkpoint
 from dswb.rundir import read_events, read_status, send_command
 from tests.helpers import run_in_process, tiny_config
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dswb.engine.checkpoint.local import latest_checkpoint, list_checkpoints
+from dswb.engine.checkpoint.layout import latest_checkpoint, list_checkpoints
 from dswb.rundir import read_events, read_status
 from tests.helpers import TINY
 
@@ -116,11 +116,11 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_engine_never_imports_textual():
-    # every module of the engine: stages, RL, FP8, parallel, data, benches
+    # every module of the engine: stages, RL, FP8, placement, distributed, data
     mods = _modules_after("import importlib, pkgutil, dswb.engine\n"
                           "for m in pkgutil.walk_packages(dswb.engine.__path__, 'dswb.engine.'):\n"
                           "    importlib.import_module(m.name)")
-    assert {"torch", "dswb.engine.stages.grpo", "dswb.engine.fp8.linear", "dswb.bench.rollout"} <= mods
+    assert {"torch", "dswb.engine.stages.grpo", "dswb.engine.fp8.linear", "dswb.engine.rl.update"} <= mods
     assert not {m for m in mods if m == "textual" or m.startswith("textual.")}
 
 

@@ -14,7 +14,8 @@ time while the cache entry's temporary directory exists), at a random step, insi
 model write, and at a random moment after the run started; SIGTERM, SIGINT (Ctrl-C) and
 `dswb runs stop` at a random step (these must end `stopped` with exit 130 before the resume).
 
-Test hook: the killed process runs `python -m dswb.bench.faults --child ...`, which with
+Test hook: the killed process runs `python -m dswb.bench.faults --child ...` (then `python -m dswb ...`
+in the same process), which with
 `DSWB_FAULT_SLOWDOWN_S=<seconds>` in its environment sleeps that long after each file of a
 checkpoint or final model is fsynced, after each array of a data-cache entry is saved, and
 before each temporary directory is renamed into place, so a kill lands inside those writes
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import random
+import runpy
 import shutil
 import signal
 import subprocess
@@ -48,7 +50,7 @@ def install_slowdowns(seconds: float) -> None:
     """The test hook described in the module docstring."""
     import numpy as np
 
-    import dswb.engine.checkpoint.local as checkpoint
+    import dswb.engine.checkpoint.layout as checkpoint
     import dswb.engine.checkpoint.final as final
 
     def after(fn):
@@ -84,10 +86,9 @@ def child_main(args: list[str]) -> None:
     seconds = float(os.environ.get(SLOWDOWN_ENV) or 0)
     if seconds > 0:
         install_slowdowns(seconds)
-    from dswb.cli.app import main
-
+    # `python -m dswb ARGS` in this process, after the hooks: the benchmark never imports the CLI.
     sys.argv = ["dswb", *args]
-    main()
+    runpy.run_module("dswb", run_name="__main__", alter_sys=True)
 
 
 # --- the soak ---------------------------------------------------------------------------------

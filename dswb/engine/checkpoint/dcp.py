@@ -1,6 +1,6 @@
 """Checkpoints and final models of a distributed run, with `torch.distributed.checkpoint` (DCP).
 
-The checkpoint contract of `dswb.engine.checkpoint.local` is kept: `checkpoints/<stage>/step-<N>/` appears
+The checkpoint contract of `dswb.engine.checkpoint.layout` is kept: `checkpoints/<stage>/step-<N>/` appears
 under its final name only when complete, its `dswb_manifest.json` (written last) lists every file,
 and loading verifies it. Layout: `dcp/` (DCP's `.metadata` and one `__<rank>_0.distcp` file per
 rank: the model and optimizer state with their parameter names, sharded as they were trained),
@@ -30,8 +30,12 @@ from typing import Callable
 
 import torch
 
+from dswb.engine.checkpoint.layout import (STATE_FILE, Checkpoint, CorruptCheckpoint, prune, rng_state,
+                                           seal_checkpoint, set_rng_state, torch_save, verify_checkpoint)
 from dswb.engine.distributed.world import World, active
+from dswb.engine.distributed.wrap import unwrap_class
 from dswb.errors import UserError
+from dswb.rundir.space import DiskFull, is_disk_full
 
 DCP_DIR = "dcp"
 
@@ -54,9 +58,6 @@ def save_distributed(stage_dir: Path, step: int, model: torch.nn.Module, optimiz
     """`save_checkpoint` for a distributed run (every rank calls it)."""
     import torch.distributed.checkpoint as dcp
 
-    from dswb.engine.checkpoint.local import STATE_FILE, Checkpoint, _torch_save, prune, rng_state, seal_checkpoint
-    from dswb.rundir.space import DiskFull, is_disk_full
-
     world = active()
     final = stage_dir / f"step-{step}"
     tmp = stage_dir / world.broadcast(f".tmp-step-{step}-{os.getpid()}-{time.monotonic_ns()}")
@@ -69,7 +70,7 @@ def save_distributed(stage_dir: Path, step: int, model: torch.nn.Module, optimiz
         failure = None
         if world.is_main:
             try:
-                _torch_save(rng_state(), tmp / "rng.pt")
+                torch_save(rng_state(), tmp / "rng.pt")
                 (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step, "world_size": world.size,
                                                           "parallel_mode": world.mode}, indent=1))
                 if extra is not None:
@@ -96,7 +97,6 @@ def save_distributed(stage_dir: Path, step: int, model: torch.nn.Module, optimiz
 
 def _verified(ckpt, world: World | None):
     """Rank 0 checks the manifest once, every rank learns the result."""
-    from dswb.engine.checkpoint.local import verify_checkpoint
 
     if world is None:
         return verify_checkpoint(ckpt)
@@ -108,7 +108,6 @@ def load_distributed(ckpt, model: torch.nn.Module, optimizer: torch.optim.Optimi
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict, set_model_state_dict
 
-    from dswb.engine.checkpoint.local import STATE_FILE, CorruptCheckpoint, set_rng_state
 
     world = active()
     result = _verified(ckpt, world)
@@ -174,8 +173,6 @@ def full_state_on_main(model: torch.nn.Module, world: World) -> dict | None:
 
 def plain_copy(model: torch.nn.Module, state: dict) -> torch.nn.Module:
     """A plain transformers model of `model`'s class and config holding `state` (on the CPU)."""
-    from dswb.engine.distributed.wrap import unwrap_class
-
     cls = unwrap_class(model)
     with torch.device("meta"):
         plain = cls(model.config)
@@ -188,33 +185,3 @@ def plain_copy(model: torch.nn.Module, state: dict) -> torch.nn.Module:
     if getattr(model, "generation_config", None) is not None:
         plain.generation_config = model.generation_config
     return plain
-
-
-def save_final_model(path: Path, model: torch.nn.Module, tokenizer, info: dict) -> Path:
-    """`final/<stage>/` as a plain Hugging Face directory, from any run (every rank calls it)."""
-    from dswb.engine.checkpoint.final import save_final
-    from dswb.engine.distributed.wrap import is_ddp
-
-    world = active()
-    if world is None:
-        return save_final(path, model, tokenizer, info)
-    failure = None
-    if is_ddp(model):
-        if world.is_main:
-            try:
-                save_final(path, model, tokenizer, info)
-            except Exception as exc:  # noqa: BLE001 - told to every rank below
-                failure = exc
-    else:
-        state = full_state_on_main(model, world)
-        if world.is_main:
-            try:
-                save_final(path, plain_copy(model, state), tokenizer, info)
-            except Exception as exc:  # noqa: BLE001
-                failure = exc
-    told = world.broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
-    if failure is not None:
-        raise failure
-    if told is not None:
-        raise RuntimeError(f"rank 0 could not write the final model {path}: {told}")
-    return path

@@ -1,6 +1,7 @@
 """`final/<stage>/`: the stage's result as a Hugging Face model + tokenizer directory.
 
-Written to a temporary directory and renamed, so a half-written final model never appears.
+`save_final_model` writes it from any run (gathered on rank 0 when the model is sharded), through
+`save_final`: written to a temporary directory and renamed, so a half-written final model never appears.
 `dswb_manifest.json` (sizes and checksums of every file, `dswb.rundir.manifest`) is written last,
 before the rename; `dswb runs verify` and a resume check it. A full disk removes the temporary
 directory and raises `DiskFull`. `AutoModelForCausalLM.from_pretrained` and
@@ -16,11 +17,15 @@ from pathlib import Path
 
 import torch
 
+from dswb.engine.checkpoint.dcp import full_state_on_main, plain_copy
+from dswb.engine.distributed.world import active
+from dswb.engine.distributed.wrap import is_ddp
 from dswb.engine.fp8.convert import export_model
+from dswb.engine.model.load import STAGE_INFO
 from dswb.rundir.manifest import listed_files, verify_dir, write_manifest
 from dswb.rundir.space import DiskFull, is_disk_full
 
-MARKER = "dswb_stage.json"
+MARKER = STAGE_INFO
 
 
 def _fsync(path: Path) -> None:
@@ -72,3 +77,30 @@ def remove_partial(path: Path) -> int:
 def verify_final(path: Path):
     """The final model's `Verification` against its manifest (`dswb.rundir.manifest`)."""
     return verify_dir(path)
+
+
+def save_final_model(path: Path, model: torch.nn.Module, tokenizer, info: dict) -> Path:
+    """`final/<stage>/` as a plain Hugging Face directory, from any run (every rank calls it)."""
+    world = active()
+    if world is None:
+        return save_final(path, model, tokenizer, info)
+    failure = None
+    if is_ddp(model):
+        if world.is_main:
+            try:
+                save_final(path, model, tokenizer, info)
+            except Exception as exc:  # noqa: BLE001 - told to every rank below
+                failure = exc
+    else:
+        state = full_state_on_main(model, world)
+        if world.is_main:
+            try:
+                save_final(path, plain_copy(model, state), tokenizer, info)
+            except Exception as exc:  # noqa: BLE001
+                failure = exc
+    told = world.broadcast(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if told is not None:
+        raise RuntimeError(f"rank 0 could not write the final model {path}: {told}")
+    return path

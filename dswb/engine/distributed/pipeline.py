@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from dswb.engine.model.device import autocast
-from dswb.engine.train.losses import token_loss_sum
 from dswb.engine.distributed.world import World
 from dswb.errors import UserError
 
@@ -73,6 +72,7 @@ class Pipeline:
     owned: list[str]                 # unit names of this stage
     boundaries: list[str]            # Plan.split_points()
     normaliser: float = 1.0
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None   # (logits, labels) -> loss sum
     schedules: dict[int, Any] = field(default_factory=dict)
 
     @property
@@ -84,7 +84,7 @@ class Pipeline:
         return self.module.last
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return token_loss_sum(logits, labels) / self.normaliser
+        return self.loss_fn(logits, labels) / self.normaliser
 
     def schedule(self, n: int):
         if n not in self.schedules:
@@ -94,13 +94,15 @@ class Pipeline:
             self.schedules[n] = cls(self.stage, n_microbatches=n, loss_fn=self._loss, scale_grads=False)
         return self.schedules[n]
 
-    def run(self, batch, normaliser: float, backward: bool) -> float:
-        """Push one batch through the stages; returns the summed micro-batch losses (last stage;
-        0 elsewhere). With `backward`, gradients accumulate into this stage's parameters."""
+    def run(self, batch, normaliser: float, backward: bool,
+            loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+        """Push one batch through the stages; returns the summed micro-batch losses `loss_fn(logits,
+        labels)` (last stage; 0 elsewhere) divided by `normaliser`. With `backward`, gradients
+        accumulate into this stage's parameters."""
         rows = batch.input_ids.shape[0]
         n = max(1, min(self.microbatches, rows))
         schedule = self.schedule(n)
-        self.normaliser = normaliser
+        self.normaliser, self.loss_fn = normaliser, loss_fn
         losses: list = []
         extra = -rows % n
         labels = _pad_rows(batch.labels, extra, IGNORE)
@@ -207,47 +209,3 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, world: Wor
     if max_norm > 0 and grads and math.isfinite(total):
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, torch.tensor(total))
     return total
-
-
-def pipeline_train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list,
-                        clip_grad: float):
-    """One optimizer step over `micro_batches` through the pipeline: token-weighted over all of them,
-    as `train_step` is (the step's loss is the last stage's, shared with every rank)."""
-    from dswb.engine.train.step import StepResult
-
-    pipe = pipeline_of(model)
-    n_target = sum(b.n_target for b in micro_batches)
-    total = 0.0
-    for batch in micro_batches:
-        total += pipe.run(batch, max(1, n_target), backward=True)
-    loss = pipe.world.sum([total])[0]     # only the last stage has it
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = clip_grad_norm(params, clip_grad, pipe.world)
-    finite = math.isfinite(loss) and math.isfinite(grad_norm)
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=loss, grad_norm=grad_norm, finite=finite, n_target=n_target,
-                      n_real=sum(b.n_real for b in micro_batches), n_padded=sum(b.n_padded for b in micro_batches),
-                      n_samples=sum(b.n_samples for b in micro_batches))
-
-
-@torch.no_grad()
-def pipeline_validation_loss(model: torch.nn.Module, batches: list, device: torch.device) -> dict:
-    """`val_loss` and `val_ppl` of fixed batches, forward through the stages."""
-    from dswb.engine.eval.loss import perplexity
-
-    if not batches:
-        return {}
-    pipe = pipeline_of(model)
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    try:
-        for batch in batches:
-            total += pipe.run(batch.to(device), 1.0, backward=False)
-            tokens += batch.n_target
-    finally:
-        model.train(was_training)
-    loss = pipe.world.sum([total])[0] / max(1, tokens)
-    return {"val_loss": loss, "val_ppl": perplexity(loss)}

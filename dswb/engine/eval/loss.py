@@ -1,7 +1,9 @@
-"""Held-out evaluation: token-weighted validation loss and perplexity.
+"""Held-out loss: fixed validation batches and their token-weighted loss and perplexity.
 
-Validation samples may be a list of lists or a memory-mapped `SampleView` of the sample store;
-only the samples of the `eval.max_batches` batches chosen are read.
+Pretraining's validation batches come from the bucketed batch plan (samples may be a list of lists
+or the store's `SampleView`: only the samples of the `eval.max_batches` batches chosen are read);
+SFT's carry loss masks and are cut shortest-first under the padded-token budget. Either kind is
+scored by `validation_loss`, or through the stages of a pipeline by `pipeline_validation_loss`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import torch
 
 from dswb.config.schema import Config
 from dswb.engine.data.batches.batching import plan_bucketed
-from dswb.engine.data.batches.collate import collate_padded
+from dswb.engine.data.batches.collate import Batch, collate_padded
 from dswb.engine.data.batches.loader import sample_lengths
+from dswb.engine.distributed.pipeline import pipeline_of
+from dswb.engine.train.losses import token_loss_sum
 from dswb.engine.train.step import forward_loss_sum
 
 
-def validation_batches(samples, cfg: Config, pad_id: int) -> list:
+def validation_batches(samples, cfg: Config, pad_id: int) -> list[Batch]:
     """A fixed, deterministic set of padded validation batches (at most `eval.max_batches`):
     the bucketed plan of (seed 0, epoch 0), its batches taken in order of their first sample."""
     if not len(samples):
@@ -30,6 +34,26 @@ def validation_batches(samples, cfg: Config, pad_id: int) -> list:
             for k in chosen]
 
 
+def masked_validation_batches(samples: list[list[int]], masks: list[list[int]], pad_id: int, max_tokens: int,
+                              max_batches: int, max_len: int) -> list[Batch]:
+    """Up to `max_batches` padded batches of the shortest-first samples, each within `max_tokens`."""
+    order = sorted(range(len(samples)), key=lambda i: (len(samples[i]), i))
+    batches, current, longest = [], [], 0
+    for i in order:
+        n = min(len(samples[i]), max_len)
+        if current and max(longest, n) * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest = [], 0
+            if len(batches) == max_batches:
+                break
+        current.append(i)
+        longest = max(longest, n)
+    if current and len(batches) < max_batches:
+        batches.append(current)
+    return [collate_padded([samples[i] for i in b], pad_id, max_len, loss_masks=[masks[i] for i in b])
+            for b in batches]
+
+
 def _as_list(x) -> list:
     return x.tolist() if hasattr(x, "tolist") else list(x)
 
@@ -39,16 +63,45 @@ def perplexity(loss: float) -> float:
 
 
 @torch.no_grad()
-def validation_loss(model: torch.nn.Module, batches: list, device: torch.device, amp_dtype) -> dict:
+def validation_loss(model: torch.nn.Module, batches: list[Batch], device: torch.device, amp_dtype) -> dict:
+    """`val_loss` (mean over every target token of `batches`) and `val_ppl`."""
     if not batches:
         return {}
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
-    for batch in batches:
-        batch = batch.to(device)
-        total += float(forward_loss_sum(model, batch, amp_dtype, device))
-        tokens += batch.n_target
-    model.train(was_training)
+    try:
+        for batch in batches:
+            batch = batch.to(device)
+            total += float(forward_loss_sum(model, batch, amp_dtype, device))
+            tokens += batch.n_target
+    finally:
+        model.train(was_training)
     loss = total / max(1, tokens)
     return {"val_loss": loss, "val_ppl": perplexity(loss)}
+
+
+@torch.no_grad()
+def pipeline_validation_loss(model: torch.nn.Module, batches: list[Batch], device: torch.device) -> dict:
+    """`validation_loss` forward through the stages of a pipeline."""
+    if not batches:
+        return {}
+    pipe = pipeline_of(model)
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        for batch in batches:
+            total += pipe.run(batch.to(device), 1.0, backward=False, loss_fn=token_loss_sum)
+            tokens += batch.n_target
+    finally:
+        model.train(was_training)
+    loss = pipe.world.sum([total])[0] / max(1, tokens)
+    return {"val_loss": loss, "val_ppl": perplexity(loss)}
+
+
+def held_out_loss(model: torch.nn.Module, batches: list[Batch], device: torch.device, amp_dtype) -> dict:
+    """The validation loss of `batches` in any layout (one process, data parallel or a pipeline)."""
+    if pipeline_of(model) is not None:
+        return pipeline_validation_loss(model, batches, device)
+    return validation_loss(model, batches, device, amp_dtype)

@@ -16,7 +16,7 @@ import torch
 from dswb.engine.data.records.posttrain import task_preferences
 from dswb.engine.data.records.task import AdditionTask
 from dswb.engine.model.device import select_device
-from dswb.engine.stages.common import is_reward_model, load_causal_lm, load_scalar_model, stage_info
+from dswb.engine.model.load import is_reward_model, load_causal_lm, load_scalar_model, stage_info
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.eval.task import task_accuracy
 from dswb.errors import UserError
@@ -47,14 +47,14 @@ def evaluate_model(model_dir: Path, n: int | None = None, device: str = "auto", 
     torch.manual_seed(0)
     if is_reward_model(model_dir):
         from dswb.engine.data.batches.pairs import encode_pair
-        from dswb.engine.stages.common import fit_vocab
-        from dswb.engine.stages.rm import pair_accuracy
+        from dswb.engine.model.load import fit_vocab
+        from dswb.engine.eval.pairs import pair_accuracy
 
         model = load_scalar_model(model_dir, str(model_dir)).to(dev).eval()
         fit_vocab(model, tokenizer)
         pairs = [encode_pair(tokenizer, r) for r in task_preferences(task, test, 0.5, int(t["seed"]) + 2)]
-        ctx = _EvalContext(dev)
-        result.update(kind="reward_model", **pair_accuracy(model, pairs, tokenizer.pad_token_id, ctx))  # type: ignore[arg-type]
+        amp_dtype = torch.bfloat16 if dev.type == "cuda" else None
+        result.update(kind="reward_model", **pair_accuracy(model, pairs, tokenizer.pad_token_id, dev, amp_dtype))
     else:
         model = load_causal_lm(model_dir, str(model_dir)).to(dev).eval()
         prompts, answers = [e.prompt for e in test], [e.answer for e in test]
@@ -62,11 +62,3 @@ def evaluate_model(model_dir: Path, n: int | None = None, device: str = "auto", 
                                                                   prompt_format=info.get("prompt_format", "plain")))
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
-
-
-class _EvalContext:
-    """The two fields of a StageContext that pair scoring reads."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.amp_dtype = torch.bfloat16 if device.type == "cuda" else None

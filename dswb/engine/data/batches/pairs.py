@@ -105,3 +105,8 @@ def scalar_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
         return values
     last = attention_mask.long().sum(dim=1) - 1
     return values[torch.arange(values.shape[0], device=values.device), last.clamp(min=0)]
+
+
+def mean_pair_length(pairs: list[EncodedPair]) -> float:
+    """Mean tokens of one side of a pair (the context of the FLOPs count)."""
+    return sum(len(p.chosen) + len(p.rejected) for p in pairs) / max(1, 2 * len(pairs))
