@@ -24,6 +24,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,9 +34,10 @@ from dswb.config.schema import Config
 from dswb.engine.context import StageContext
 from dswb.engine.telemetry.control import RunControl
 from dswb.engine.model.device import autocast_dtype, select_device, set_determinism
-from dswb.engine.checkpoint.local import quarantine, select_checkpoint
+from dswb.engine.checkpoint.layout import quarantine, select_checkpoint
 from dswb.engine.checkpoint.final import is_complete, remove_partial, verify_final
 from dswb.engine.telemetry.monitor import Monitor, Reporter
+from dswb.engine.distributed.ranks import DistributedControl, RankMonitor, RankSync
 from dswb.engine.distributed.world import World, end_world, ensure_world, is_collective_failure
 from dswb.engine.telemetry.system import SystemSampler
 from dswb.errors import EXIT_USER_ERROR, TrainingFailed, UserError
@@ -59,8 +61,6 @@ def _open_run(config: Config, paths: RunPaths, resume: bool, reporter: Reporter 
               argv: list[str] | None, world: World | None = None) -> Monitor:
     ranks = None
     if world is not None:
-        from dswb.engine.distributed.ranks import RankMonitor, RankSync
-
         ranks = RankSync(world)
         if not world.is_main:
             return RankMonitor(paths, {}, world, ranks, ema=config.monitor.ema)
@@ -148,8 +148,6 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
         return 1
     control = RunControl(paths.root)
     if world is not None:
-        from dswb.engine.distributed.ranks import DistributedControl
-
         control = DistributedControl(control, world)
     control.install_signal_handlers()
     sampler = None
@@ -164,55 +162,21 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
         monitor.log(f"device {device}, precision {autocast_dtype(device, config.run.precision) or 'fp32'}", event=False)
         if world is not None:
             monitor.log(world.describe())
-        previous_final = None
-        finals: dict[str, Path] = {}
-        state = "finished"   # what a resume with every stage already done ends as
-        main = world is None or world.is_main
-        for stage in config.run.stages:
-            final_dir = paths.final(stage)
-            if main and remove_partial(final_dir):
-                monitor.log("removed an incomplete final model left by an interrupted write", stage=stage)
-            done = resume and is_complete(final_dir) and (not main or _final_verifies(monitor, stage, final_dir))
-            if world is not None:
-                done = world.broadcast(done)
-            if done:
-                monitor.log("already finished, skipping", stage=stage)
-                previous_final = finals[stage] = final_dir
-                continue
-            if resume and main:
-                _choose_checkpoint(monitor, stage, paths.checkpoints(stage))
-            if world is not None:   # rank 0 has moved corrupt checkpoints aside: every rank now sees the same
-                world.barrier()
-            monitor.write_status(force=True, state="running", stage=stage)
-            ctx = StageContext(config=config, paths=paths, monitor=monitor, control=control, device=device,
-                               amp_dtype=autocast_dtype(device, config.run.precision), cache_root=cache_root,
-                               resume=resume, system=sampler, previous_final=previous_final, finals=dict(finals))
-            state = importlib.import_module(STAGE_MODULES[stage]).run(ctx)
-            if state != "finished":
-                monitor.emit("stage_end", stage, monitor.status.get("step", 0), state=state)
-                break
-            previous_final = finals[stage] = final_dir
+        base = StageContext(config=config, paths=paths, monitor=monitor, control=control, device=device,
+                            amp_dtype=autocast_dtype(device, config.run.precision), cache_root=cache_root,
+                            resume=resume, system=sampler)
+        state = _run_stages(base, world)
         code = EXIT_CODES[state]
-    except UserError as exc:
-        state, error, code = "failed", _one_line(exc), EXIT_USER_ERROR
-    except TrainingFailed as exc:
-        state, error, code = "failed", _one_line(exc), 1
     except KeyboardInterrupt:
         state, error, code = "stopped", "interrupted (second Ctrl-C): no checkpoint taken", 130
-    except Exception as exc:  # a bug or an environment fault: keep the traceback in train.log
-        state, code = "failed", 1
-        if world is not None and is_collective_failure(exc):
-            error = world.explain_failure(exc)
-        elif is_disk_full(exc, [paths.root, cache_root]):
-            error = str(disk_full_error(exc, [paths.root, cache_root]))
-        elif isinstance(exc, torch.cuda.OutOfMemoryError):
-            error = _oom_message(exc)
-        else:
-            error = _one_line(exc)
-        try:
-            monitor.log(traceback.format_exc(), level="error", event=False)
-        except OSError:
-            pass
+    except Exception as exc:  # noqa: BLE001 - every failure ends the run with one line
+        state, code = "failed", EXIT_USER_ERROR if isinstance(exc, UserError) else 1
+        error = _failure_line(exc, world, [paths.root, cache_root])
+        if not isinstance(exc, (UserError, TrainingFailed)):   # a bug or an environment fault: keep the traceback
+            try:
+                monitor.log(traceback.format_exc(), level="error", event=False)
+            except OSError:
+                pass
     finally:
         control.restore_signal_handlers()
         if sampler is not None:
@@ -229,3 +193,48 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
         if world is not None and world.created_here:
             end_world()
     return code
+
+
+def _run_stages(base: StageContext, world: World | None) -> str:
+    """Each stage of the run in turn (a finished one is skipped on a resume); the run's state."""
+    monitor, paths, resume = base.monitor, base.paths, base.resume
+    previous_final = None
+    finals: dict[str, Path] = {}
+    state = "finished"   # what a resume with every stage already done ends as
+    main = world is None or world.is_main
+    for stage in base.config.run.stages:
+        final_dir = paths.final(stage)
+        if main and remove_partial(final_dir):
+            monitor.log("removed an incomplete final model left by an interrupted write", stage=stage)
+        done = resume and is_complete(final_dir) and (not main or _final_verifies(monitor, stage, final_dir))
+        if world is not None:
+            done = world.broadcast(done)
+        if done:
+            monitor.log("already finished, skipping", stage=stage)
+            previous_final = finals[stage] = final_dir
+            continue
+        if resume and main:
+            _choose_checkpoint(monitor, stage, paths.checkpoints(stage))
+        if world is not None:   # rank 0 has moved corrupt checkpoints aside: every rank now sees the same
+            world.barrier()
+        monitor.write_status(force=True, state="running", stage=stage)
+        ctx = replace(base, previous_final=previous_final, finals=dict(finals))
+        state = importlib.import_module(STAGE_MODULES[stage]).run(ctx)
+        if state != "finished":
+            monitor.emit("stage_end", stage, monitor.status.get("step", 0), state=state)
+            break
+        previous_final = finals[stage] = final_dir
+    return state
+
+
+def _failure_line(exc: BaseException, world: World | None, roots: list[Path]) -> str:
+    """The one line a failed run ends with."""
+    if isinstance(exc, (UserError, TrainingFailed)):
+        return _one_line(exc)
+    if world is not None and is_collective_failure(exc):
+        return world.explain_failure(exc)
+    if is_disk_full(exc, roots):
+        return str(disk_full_error(exc, roots))
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return _oom_message(exc)
+    return _one_line(exc)

@@ -3,7 +3,8 @@
 Per-token tensors are `[B, T]` with a `mask` of completion tokens. Log-probs are of the tokens
 that were sampled, under the current policy (`logp`, with gradient), the policy that sampled
 them (`old_logp`) and the frozen reference (`ref_logp`). The ratio always compares the SAME
-tokens under the old and the current policy (the seed's PPO compared different responses).
+tokens under the old and the current policy (the PPO of the blog's sketch compared different
+responses).
 
 Loss aggregation is written as per-token weights (`loss_weights`) so that a minibatch split into
 micro-batches for gradient accumulation gives exactly the loss of the whole minibatch.
@@ -88,9 +89,14 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
+def approx_kl_per_token(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
+    """0.5 * (logp - old_logp)^2 per token: the terms of TRL's approxkl."""
+    return 0.5 * (logp - old_logp) ** 2
+
+
 def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """0.5 * mean((logp - old_logp)^2) over the masked tokens (TRL's approxkl)."""
-    return 0.5 * masked_mean((logp - old_logp) ** 2, mask)
+    return masked_mean(approx_kl_per_token(logp, old_logp), mask)
 
 
 def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:

@@ -1,30 +1,40 @@
-"""What the post-training stages share: where a stage starts, loading models, resuming, finishing.
+"""What every stage shares: where it starts, how it announces itself, resumes and finishes.
 
 - `resolve_init`: the model a stage starts from (its `init`, else the latest language model of
   this run, else `model.path`), as a directory.
-- `load_policy` / `load_reward_model`: a causal LM or a scalar-head model with its tokenizer.
+- `describe_model` / `begin_stage`: the `stage_start` event (model and data) and the running status.
 - `resume`: the newest verified checkpoint of the stage, restored into model and optimizer.
-- `finish`: held-out test score, the final model directory, the `stage_end` event.
-- `TaskData`: the built-in task's splits and its evaluation helpers.
+- `run_lm_loop`: the loop of a language-modelling stage (pretraining, SFT) over its batch stream.
+- `finish_lm`: held-out test score, the final model directory, the `stage_end` event.
+- `TaskData`: the built-in task's splits and its evaluation helpers; `load_pairs`: the preference pairs
+  of the reward model and DPO.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from dswb.config.schema import LM_STAGES, STAGES
-from dswb.engine.checkpoint.local import latest_checkpoint, load_checkpoint, remove_partial
+from dswb.engine.checkpoint.io import load_checkpoint
+from dswb.engine.checkpoint.layout import latest_checkpoint, remove_partial
 from dswb.engine.context import StageContext
+from dswb.engine.data.batches.batching import length_histogram
+from dswb.engine.data.batches.loader import Prefetcher
+from dswb.engine.data.batches.pairs import EncodedPair, encode_pair
+from dswb.engine.data.records.chat import install_chat_template
+from dswb.engine.data.records.posttrain import read_preferences, split_records, task_preferences
 from dswb.engine.data.records.task import AdditionTask, TaskSplits
-from dswb.engine.data.records.tokenizer import load_tokenizer
-from dswb.engine.checkpoint.final import MARKER, is_complete
-from dswb.engine.checkpoint.dcp import save_final_model
+from dswb.engine.distributed.sharding import load_stream_state
+from dswb.engine.checkpoint.final import is_complete, save_final_model
+from dswb.engine.model.load import stage_info
+from dswb.engine.train.loop import LoopParts, lm_step, run_loop
+from dswb.engine.train.prepare import model_hooks
 from dswb.errors import UserError
 from dswb.stats import StatsBook
 
@@ -34,13 +44,6 @@ class StageStart:
     path: Path
     prompt_format: str      # "plain" or "chat" (how the model reads prompts)
     info: dict              # the starting model's dswb_stage.json (empty for a foreign model)
-
-
-def stage_info(path: Path) -> dict:
-    try:
-        return json.loads((path / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def _model_dir(path: Path, where: str) -> Path:
@@ -80,57 +83,6 @@ def resolve_init(ctx: StageContext, stage: str, spec: str, where: str, *, requir
     return StageStart(path=path, prompt_format=info.get("prompt_format", "plain"), info=info)
 
 
-def load_tokenizer_from(path: Path, where: str) -> Any:
-    return load_tokenizer(path, where)
-
-
-def load_causal_lm(path: Path, where: str) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
-                                                    attn_implementation="sdpa")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{where}: cannot load a causal LM from {path}: {' '.join(str(exc).split())[:300]}") from None
-
-
-def load_scalar_model(path: Path, where: str) -> torch.nn.Module:
-    """A model with a scalar head (`AutoModelForSequenceClassification`, num_labels=1): a trained
-    reward model, or a causal LM's backbone with a new head (initialised from the seed)."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    # From a causal LM, transformers reports the unused lm_head and the new score head as a
-    # multi-line table on stderr: expected here, so it is silenced.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, local_files_only=True, dtype=torch.float32, attn_implementation="sdpa")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{where}: cannot load a model with a scalar head from {path}: "
-                        f"{' '.join(str(exc).split())[:300]}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    return model
-
-
-def is_reward_model(path: Path) -> bool:
-    try:
-        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
-
-
-def fit_vocab(model: torch.nn.Module, tokenizer: Any) -> None:
-    """Grow the embeddings when the tokenizer has more tokens (e.g. chat tokens were added)."""
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-
-
 def resume(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
     """(start step, trainer state) from the newest checkpoint of `stage` when resuming, else (0, {})."""
     ckpt_dir = ctx.paths.checkpoints(stage)
@@ -144,6 +96,59 @@ def resume(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: tor
     ctx.monitor.stats = StatsBook.from_dict(state.pop("stats"))
     ctx.monitor.log(f"resumed from {ckpt.path.name}", stage=stage, step=start)
     return start, state
+
+
+def describe_model(model: torch.nn.Module, vocab: int, source: str, **extra: Any) -> dict:
+    """The `model` field of a `stage_start` event."""
+    config = model.config
+    return {"params": sum(p.numel() for p in model.parameters()), "layers": getattr(config, "num_hidden_layers", 0),
+            "hidden": getattr(config, "hidden_size", 0), "vocab": vocab, "source": source, **extra}
+
+
+def begin_stage(ctx: StageContext, stage: str, start_step: int, total_steps: int, model: dict, data: dict) -> None:
+    """The `stage_start` event (what trains, on what) and the status that says the stage runs."""
+    ctx.monitor.emit("stage_start", stage, start_step, total_steps=total_steps, model=model, data=data)
+    ctx.monitor.write_status(force=True, state="running", stage=stage, step=start_step, total_steps=total_steps)
+
+
+def resume_stream(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  stream: Any) -> tuple[int, dict]:
+    """`resume`, with the batch stream moved to the checkpoint's data position."""
+    start_step, state = resume(ctx, stage, model, optimizer)
+    if "data" in state:
+        note = load_stream_state(stream, state.pop("data"))
+        if note:
+            ctx.monitor.log(note, stage=stage)
+    return start_step, state
+
+
+def batching_event(ctx: StageContext, stage: str, step: int, lengths, stream: Any) -> None:
+    """The `batching` event: the length histogram of the training samples and the stream's counters."""
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    ctx.monitor.emit("batching", stage, step, hist=length_histogram(lengths),
+                     metrics={"samples": n, "mean_len": float(lengths.sum()) / max(1, n),
+                              "max_len": int(lengths.max()) if n else 0, **stream.counters,
+                              "max_tokens": ctx.config.batching.max_tokens})
+
+
+def run_lm_loop(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                stream: Any, section: Any, *, start_step: int, state: dict, evaluate: Callable[[int], dict],
+                probe: Callable[[], float] | None, context: float, eval_every: int | None = None,
+                stop_when: Callable[[dict], str | None] | None = None) -> tuple[str, int | None]:
+    """The loop of a language-modelling stage over `stream` (prefetched): (outcome, last step)."""
+    hooks = model_hooks(model, ctx, stage, probe=probe, context=context)
+    prefetch = Prefetcher(stream, depth=ctx.config.batching.prefetch, pin=ctx.device.type == "cuda")
+    step = lm_step(model, optimizer, iter(prefetch), ctx, section.grad_accum, section.clip_grad,
+                   data_wait=lambda: prefetch.wait_s)
+    parts = LoopParts(stage=stage, model=model, optimizer=optimizer, step=step, data_state=prefetch.state_dict,
+                      evaluate=evaluate, optim=section, start_step=start_step, state=state, eval_every=eval_every,
+                      stop_when=stop_when, metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks,
+                      flops_per_token=hooks.flops_per_token)
+    try:
+        return run_loop(ctx, parts), parts.end_step
+    finally:
+        prefetch.close()
 
 
 def eval_every(ctx: StageContext, section: Any) -> int:
@@ -197,6 +202,25 @@ def finish_lm(ctx: StageContext, stage: str, model: torch.nn.Module, tokenizer: 
                         "task": task_info(ctx.config), "last_eval": mon.status.get("last_eval", {}), **(extra or {})})
     mon.emit("stage_end", stage, steps, state="finished", final_path=str(final))
     return "finished"
+
+
+def load_pairs(ctx: StageContext, section, stage: str, tokenizer) -> tuple[list[EncodedPair], list[EncodedPair],
+                                                                         list[EncodedPair], bool]:
+    """(train, val, test, is_chat) encoded pairs: the built-in task's splits, or `data` files split by
+    `val_fraction` (no test split)."""
+    cfg = ctx.config
+    if cfg.data.source == "task" and not section.data:
+        td = TaskData.from_config(cfg)
+        make = lambda examples, salt: task_preferences(td.task, examples, section.near_fraction, cfg.run.seed + salt)  # noqa: E731
+        records = make(td.splits.train, 0), make(td.splits.val, 1), make(td.splits.test, 2)
+    else:
+        train, val = split_records(read_preferences(section.data, f"{stage}.data"), section.val_fraction, cfg.run.seed)
+        records = train, val, []
+    is_chat = bool(records[0]) and records[0][0].is_chat
+    if is_chat and install_chat_template(tokenizer, "auto"):
+        ctx.monitor.log(f"added chat tokens; vocabulary now {len(tokenizer)}", stage=stage)
+    train, val, test = ([encode_pair(tokenizer, r) for r in part] for part in records)
+    return train, val, test, is_chat
 
 
 def task_info(config: Any) -> dict | None:

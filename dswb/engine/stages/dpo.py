@@ -17,64 +17,55 @@ import math
 import torch
 
 from dswb.engine.context import StageContext
+from dswb.engine.data.batches.pairs import EncodedPair, PairStream, mean_pair_length
 from dswb.engine.data.records.tokenizer import load_tokenizer
-from dswb.engine.model.device import autocast
+from dswb.engine.distributed.sharding import shard_pairs
+from dswb.engine.eval.pairs import preference_accuracy
+from dswb.engine.eval.task import task_accuracy
+from dswb.engine.model.load import fit_vocab, load_causal_lm
+from dswb.engine.preference.losses import dpo_loss
+from dswb.engine.preference.scoring import pair_logprobs, reference_logprobs
+from dswb.engine.stages.common import (TaskData, accuracy_target, begin_stage, describe_model, eval_every, finish_lm,
+                                       load_pairs, resolve_init, resume)
 from dswb.engine.train.loop import LoopParts, StepOutput, run_loop
 from dswb.engine.train.optim import build_optimizer
-from dswb.engine.data.batches.pairs import EncodedPair, PairStream, collate_pairs
-from dswb.engine.distributed.sharding import shard_pairs
-from dswb.engine.preference.losses import dpo_loss, sequence_logprobs
-from dswb.engine.stages.common import (TaskData, accuracy_target, eval_every, finish_lm, fit_vocab, load_causal_lm,
-                                       resolve_init, resume)
-from dswb.engine.stages.rm import load_pairs, mean_pair_length
-from dswb.engine.eval.task import task_accuracy
 from dswb.engine.train.prepare import model_hooks, prepare_model
+from dswb.engine.train.step import guarded_update
 
 STAGE = "dpo"
-REF_BATCH = 256
-
-
-def pair_logprobs(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int, ctx: StageContext,
-                  average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) completion log-probs `[B]`: summed, or averaged per token (IPO)."""
-    batch = collate_pairs(pairs, pad_id).to(ctx.device)
-    with autocast(ctx.device, ctx.amp_dtype):
-        logits = model(**batch.model_inputs()).logits
-    total, count = sequence_logprobs(logits, batch.labels)
-    if average:
-        total = total / count.clamp(min=1)
-    return total[:len(pairs)], total[len(pairs):]
-
-
-@torch.no_grad()
-def reference_logprobs(ref: torch.nn.Module, pairs: list[EncodedPair], pad_id: int, ctx: StageContext,
-                       average: bool) -> torch.Tensor:
-    """`[N, 2]` reference log-probs (chosen, rejected) of every pair, in order."""
-    ref.eval()
-    out = []
-    for start in range(0, len(pairs), REF_BATCH):
-        c, r = pair_logprobs(ref, pairs[start:start + REF_BATCH], pad_id, ctx, average)
-        out.append(torch.stack([c, r], dim=1).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, 2)
-
-
-@torch.no_grad()
-def preference_accuracy(policy, ref_lp: torch.Tensor, pairs: list[EncodedPair], pad_id: int, ctx: StageContext,
-                        average: bool) -> float:
-    """Share of pairs whose implicit reward prefers the chosen side."""
-    if not pairs:
-        return float("nan")
-    was_training = policy.training
-    policy.eval()
-    wins = 0
-    try:
-        for start in range(0, len(pairs), REF_BATCH):
-            c, r = pair_logprobs(policy, pairs[start:start + REF_BATCH], pad_id, ctx, average)
-            ref = ref_lp[start:start + len(c)].to(c.device)
-            wins += int(((c - ref[:, 0]) > (r - ref[:, 1])).sum())
-    finally:
-        policy.train(was_training)
-    return wins / len(pairs)
+def dpo_backward(policy: torch.nn.Module, micro: list[torch.Tensor], pairs: list[EncodedPair],
+                 ref_lp: torch.Tensor, ref: torch.nn.Module | None, pad_id: int, device: torch.device, amp_dtype,
+                 section) -> tuple[float, dict, int]:
+    """Forward and backward of every micro-batch (`micro`: pair indices), pair-weighted over the step:
+    the gradient of the mean DPO loss. The reference log-probs are `ref_lp[indices]` (precomputed) or
+    `ref`'s. Returns (that loss, TRL's metrics, tokens processed)."""
+    average = section.loss == "ipo"
+    n_pairs = sum(len(m) for m in micro)
+    sums = {"rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0, "rewards/margins": 0.0,
+            "logps/chosen": 0.0, "logps/rejected": 0.0}
+    loss_total, tokens = 0.0, 0
+    for idx in micro:
+        batch = [pairs[i] for i in idx]
+        c, r = pair_logprobs(policy, batch, pad_id, device, amp_dtype, average)
+        if ref is None:
+            ref_batch = ref_lp[idx].to(c.device)
+        else:
+            with torch.no_grad():
+                rc, rr = pair_logprobs(ref, batch, pad_id, device, amp_dtype, average)
+            ref_batch = torch.stack([rc, rr], dim=1)
+        out = dpo_loss(c, r, ref_batch[:, 0], ref_batch[:, 1], section.beta, section.loss, section.label_smoothing)
+        loss_sum = out["losses"].sum()
+        (loss_sum / n_pairs).backward()
+        loss_total += float(loss_sum.detach())
+        chosen, rejected = out["chosen_rewards"], out["rejected_rewards"]
+        sums["rewards/chosen"] += float(chosen.sum())
+        sums["rewards/rejected"] += float(rejected.sum())
+        sums["rewards/accuracies"] += float((chosen > rejected).float().sum())
+        sums["rewards/margins"] += float((chosen - rejected).sum())
+        sums["logps/chosen"] += float(c.detach().sum())
+        sums["logps/rejected"] += float(r.detach().sum())
+        tokens += sum(len(p.chosen) + len(p.rejected) for p in batch)
+    return loss_total / n_pairs, {**{k: v / n_pairs for k, v in sums.items()}, "batch_size": n_pairs}, tokens
 
 
 def run(ctx: StageContext) -> str:
@@ -93,8 +84,8 @@ def run(ctx: StageContext) -> str:
     fit_vocab(ref, tokenizer)
     ref = ref.to(ctx.device).eval().requires_grad_(False)
     mon.log(f"reference log-probs of {len(train) + len(val)} pairs", stage=STAGE)
-    ref_train = reference_logprobs(ref, train, pad_id, ctx, average)
-    ref_val = reference_logprobs(ref, val, pad_id, ctx, average)
+    ref_train = reference_logprobs(ref, train, pad_id, ctx.device, ctx.amp_dtype, average)
+    ref_val = reference_logprobs(ref, val, pad_id, ctx.device, ctx.amp_dtype, average)
     if sec.precompute_ref:
         del ref
         ref = None
@@ -105,52 +96,22 @@ def run(ctx: StageContext) -> str:
     start_step, state = resume(ctx, STAGE, policy, optimizer)
     if "data" in state:
         stream.load_state_dict(state.pop("data"))
-    mon.emit("stage_start", STAGE, start_step, total_steps=sec.steps,
-             model={"params": sum(p.numel() for p in policy.parameters()), "source": str(start.path),
-                    "layers": getattr(policy.config, "num_hidden_layers", 0),
-                    "hidden": getattr(policy.config, "hidden_size", 0), "vocab": len(tokenizer)},
-             data={"train_pairs": len(train), "val_pairs": len(val), "reference": str(ref_start.path)})
-    mon.write_status(force=True, state="running", stage=STAGE, step=start_step, total_steps=sec.steps)
+    begin_stage(ctx, STAGE, start_step, sec.steps, model=describe_model(policy, len(tokenizer), str(start.path)),
+                data={"train_pairs": len(train), "val_pairs": len(val), "reference": str(ref_start.path)})
 
     def step(index: int) -> StepOutput:
         micro = [next(stream) for _ in range(sec.grad_accum)]
-        n_pairs = sum(len(m) for m in micro)
-        sums = {"rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0, "rewards/margins": 0.0,
-                "logps/chosen": 0.0, "logps/rejected": 0.0}
-        loss_total, tokens = 0.0, 0
-        for idx in micro:
-            pairs = [train[i] for i in idx]
-            c, r = pair_logprobs(policy, pairs, pad_id, ctx, average)
-            if ref is None:
-                ref_lp = ref_train[idx].to(c.device)
-            else:
-                with torch.no_grad():
-                    rc, rr = pair_logprobs(ref, pairs, pad_id, ctx, average)
-                ref_lp = torch.stack([rc, rr], dim=1)
-            out = dpo_loss(c, r, ref_lp[:, 0], ref_lp[:, 1], sec.beta, sec.loss, sec.label_smoothing)
-            loss_sum = out["losses"].sum()
-            (loss_sum / n_pairs).backward()
-            loss_total += float(loss_sum.detach())
-            sums["rewards/chosen"] += float(out["chosen_rewards"].sum())
-            sums["rewards/rejected"] += float(out["rejected_rewards"].sum())
-            sums["rewards/accuracies"] += float((out["chosen_rewards"] > out["rejected_rewards"]).float().sum())
-            sums["rewards/margins"] += float((out["chosen_rewards"] - out["rejected_rewards"]).sum())
-            sums["logps/chosen"] += float(c.detach().sum())
-            sums["logps/rejected"] += float(r.detach().sum())
-            tokens += sum(len(p.chosen) + len(p.rejected) for p in pairs)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), sec.clip_grad or float("inf")))
-        finite = math.isfinite(loss_total) and math.isfinite(grad_norm)
-        if finite:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return StepOutput(loss=loss_total / n_pairs, finite=finite, tokens=tokens,
-                          metrics={**{k: v / n_pairs for k, v in sums.items()}, "grad_norm": grad_norm,
-                                   "batch_size": n_pairs})
+        loss, metrics, tokens = dpo_backward(policy, micro, train, ref_train, ref, pad_id, ctx.device,
+                                             ctx.amp_dtype, sec)
+        grad_norm, _ = guarded_update(optimizer, policy.parameters(), sec.clip_grad, math.isfinite(loss))
+        return StepOutput(loss=loss, finite=math.isfinite(loss) and math.isfinite(grad_norm), tokens=tokens,
+                          metrics={**metrics, "grad_norm": grad_norm})
 
     td = TaskData.from_config(cfg) if cfg.data.source == "task" and not sec.data else None
 
     def evaluate(step: int) -> dict:
-        metrics = {"val_rewards/accuracies": preference_accuracy(policy, ref_val, val, pad_id, ctx, average)}
+        metrics = {"val_rewards/accuracies": preference_accuracy(policy, ref_val, val, pad_id, ctx.device,
+                                                                         ctx.amp_dtype, average)}
         if td is not None and cfg.eval.task_samples:
             prompts, answers = td.val(cfg.eval.task_samples)
             metrics["task_acc"] = task_accuracy(policy, tokenizer, prompts, answers, ctx.device,

@@ -21,29 +21,48 @@ minibatch is the union of the ranks' k-th parts).
 
 from __future__ import annotations
 
-import math
 import time
+from dataclasses import dataclass
 
 import torch
 
 from dswb.engine.context import StageContext
+from dswb.engine.rl.advantages import group_advantages, zero_std_groups
+from dswb.engine.rl.global_batch import global_advantages, global_sum
+from dswb.engine.rl.losses import approx_kl_per_token, clipped_policy_loss, kl_per_token, loss_weights
+from dswb.engine.rl.rollout import Rollouts, sequence_logprobs
+from dswb.engine.rl.update import MicroLoss, UpdateStats, run_updates
+from dswb.engine.stages.common import begin_stage, describe_model
+from dswb.engine.stages.rl_common import (experience_metrics, iteration_end, make_experience, resume_rl,
+                                          rollout_sampler, run_rl_loop, setup)
 from dswb.engine.train.loop import StepOutput
 from dswb.engine.train.optim import build_optimizer
-from dswb.engine.rl.global_batch import global_advantages, global_all, global_sum, micro_plan, split_minibatches
-from dswb.engine.distributed.wrap import grad_scale
-from dswb.engine.rl.advantages import group_advantages, zero_std_groups
-from dswb.engine.rl.losses import clipped_policy_loss, kl_per_token, loss_weights
-from dswb.engine.rl.rollout import sequence_logprobs
-from dswb.engine.stages.rl_common import (chunks, experience_metrics, iteration_end, make_experience, resume_rl,
-                                          rollout_sampler, run_rl_loop, setup)
 from dswb.engine.train.prepare import prepare_model
 
 STAGE = "grpo"
-SKIP_ZERO_ADVANTAGE = True   # an exact saving (see the step); tests switch it off to compare
+SKIP_ZERO_ADVANTAGE = True   # an exact saving (see `update_rows`); tests switch it off to compare
+
+
+@dataclass
+class PolicyBatch:
+    """An iteration's completions as the update trains them (tensors on the training device)."""
+
+    rollouts: Rollouts
+    ids: torch.Tensor                    # [B, T] completion tokens
+    mask: torch.Tensor                   # [B, T] tokens in the loss (truncated rows masked when asked)
+    advantages: torch.Tensor             # [B]
+    rows: list[int]                      # rows in the update: they count in every normaliser
+    active: set[int]                     # rows that carry signal: the only ones through forward and backward
+    old_logp: torch.Tensor | None = None   # [len(scored), T], rows in `scored` order
+    ref_logp: torch.Tensor | None = None
+
+    @property
+    def scored(self) -> list[int]:
+        return [i for i in self.rows if i in self.active]
 
 
 def run(ctx: StageContext) -> str:
-    cfg, sec, mon = ctx.config, ctx.config.grpo, ctx.monitor
+    cfg, sec = ctx.config, ctx.config.grpo
     rl = setup(ctx, STAGE, sec, need_ref=sec.beta > 0)
     policy = rl.policy = prepare_model(rl.policy, cfg, ctx.device, placement=rl.placement)
     optimizer = build_optimizer(policy, sec, ctx.device)
@@ -51,167 +70,136 @@ def run(ctx: StageContext) -> str:
     sampler = rollout_sampler(ctx, rl, policy, sec)
     pad_id = rl.tokenizer.pad_token_id
     G = sec.group_size
-    mon.emit("stage_start", STAGE, start_step, total_steps=sec.steps,
-             model={"params": sum(p.numel() for p in policy.parameters()), "source": str(rl.start.path),
-                    "layers": getattr(policy.config, "num_hidden_layers", 0),
-                    "hidden": getattr(policy.config, "hidden_size", 0), "vocab": len(rl.tokenizer)},
-             data={"prompts": len(rl.prompts), "val_prompts": len(rl.val_prompts), "rewards": rl.reward.names,
-                   "completions_per_step": sec.prompts_per_step * G})
-    mon.write_status(force=True, state="running", stage=STAGE, step=start_step, total_steps=sec.steps)
-    need_old = sec.num_iterations > 1 or sec.minibatches > 1
+    begin_stage(ctx, STAGE, start_step, sec.steps, model=describe_model(policy, len(rl.tokenizer), str(rl.start.path)),
+                data={"prompts": len(rl.prompts), "val_prompts": len(rl.val_prompts), "rewards": rl.reward.names,
+                      "completions_per_step": sec.prompts_per_step * G})
 
     def step(index: int) -> StepOutput:
         exp = make_experience(ctx, rl, sampler, sec, index, G)
-        r = exp.rollouts
-        timings = exp.timings
-        rewards = exp.scores.total
+        r, timings, rewards = exp.rollouts, exp.timings, exp.scores.total
         adv = global_advantages(rewards, lambda everything: group_advantages(everything, G, sec.advantage,
                                                                              sec.scale_rewards))
         zero = zero_std_groups(rewards, G)
-        keep_row = ~zero.repeat_interleave(G) if sec.drop_zero_variance else torch.ones(len(r), dtype=torch.bool)
-        mask = r.completion_mask.clone()
-        if sec.mask_truncated:
-            mask[~r.ended] = 0
-        rows = [i for i in range(len(r)) if keep_row[i] and mask[i].any()]
-        # Without a KL term a zero-advantage row adds nothing to the loss or its gradient, whatever its
-        # ratio: it is left out of every forward and backward (it still counts in the normalisers, so
-        # the update is exactly the one over all rows).
-        skip = SKIP_ZERO_ADVANTAGE and rl.ref is None
-        active = {i for i in rows if float(adv[i]) != 0.0} if skip else set(rows)
-        scored = [i for i in rows if i in active]
+        batch = update_rows(r, adv, zero, sec, skip_zero_advantage=SKIP_ZERO_ADVANTAGE and rl.ref is None,
+                            device=ctx.device)
 
         t0 = time.perf_counter()
-        ids, mask, adv = r.completion_ids.to(ctx.device), mask.to(ctx.device), adv.to(ctx.device)
-        old_logp = ref_logp = None
-        if scored and (need_old or rl.ref is not None):
-            with torch.no_grad():
-                if need_old:
-                    old_logp = _logprobs(policy, r, scored, ids, mask, sec.temperature, ctx, pad_id)
-                if rl.ref is not None:
-                    ref_logp = _logprobs(rl.ref, r, scored, ids, mask, sec.temperature, ctx, pad_id)
+        with torch.no_grad():
+            attach_logprobs(batch, policy, rl.ref, sec, ctx.amp_dtype, pad_id)
         timings["ref_logprobs"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        acc = _Accumulator()
-        position = {row: k for k, row in enumerate(scored)}   # row -> index into old/ref log-prob tensors
-        grad_norms = []
-        scale = grad_scale()   # DDP averages gradients over ranks; the weights below are global already
-        for _ in range(sec.num_iterations):
-            for minibatch in split_minibatches(rows, sec.minibatches):
-                total_tokens = int(global_sum(int(mask[minibatch].sum())))
-                total_seqs = int(global_sum(len(minibatch)))
-                work = [i for i in minibatch if i in active]
-                micros = micro_plan(chunks(work, sec.grad_accum) if work else [])
-                if not micros:   # no signal anywhere in this minibatch: the optimizer still steps, on zero gradients
-                    for p in policy.parameters():
-                        if p.requires_grad:
-                            p.grad = torch.zeros_like(p)
-                for micro in micros:
-                    if micro is None:   # another rank has more micro-batches: a pass that adds nothing
-                        _zero_weight_pass(policy, r, ids, sec.temperature, ctx, pad_id)
-                        continue
-                    width = int(mask[micro].sum(dim=1).max())
-                    logp, entropy = sequence_logprobs(policy, [r.prompt_ids[i] for i in micro], ids[micro, :width],
-                                                      mask[micro, :width], sec.temperature, ctx.amp_dtype, pad_id)
-                    m = mask[micro, :width]
-                    pos = [position[i] for i in micro]
-                    old = old_logp[pos, :width] if old_logp is not None else logp.detach()
-                    terms = clipped_policy_loss(logp, old, adv[micro], sec.epsilon, sec.epsilon_high)
-                    per_token = terms["loss"]
-                    kl = None
-                    if ref_logp is not None:
-                        kl = kl_per_token(logp, ref_logp[pos, :width], sec.kl_estimator)
-                        per_token = per_token + sec.beta * kl
-                    w = loss_weights(m, sec.loss_type, total_seqs, total_tokens, sec.max_new_tokens)
-                    loss = (w * per_token).sum()
-                    (loss * scale).backward()
-                    acc.add(loss, terms, entropy, kl, logp, old, m)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), sec.clip_grad or float("inf")))
-                grad_norms.append(grad_norm)
-                if math.isfinite(grad_norm) and global_all(acc.finite):
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                acc.updates += 1
+        stats = grpo_update(policy, optimizer, batch, sec, ctx.amp_dtype, pad_id)
         timings["update"] = time.perf_counter() - t0
 
-        metrics = experience_metrics(exp)
-        metrics.update(acc.metrics())
-        metrics["frac_reward_zero_std"] = float(zero.float().mean())
-        metrics["grad_norm"] = max(grad_norms) if grad_norms else 0.0
-        metrics["rows_trained"] = len(scored)
+        metrics = {**experience_metrics(exp), **update_metrics(stats), "grad_norm": stats.grad_norm,
+                   "frac_reward_zero_std": float(zero.float().mean()), "rows_trained": len(batch.scored)}
         for phase, seconds in timings.items():
             metrics[f"timing/{phase}_s"] = seconds
         completion_tokens = int(r.lengths.sum())
         metrics["completion_tokens_per_s"] = completion_tokens / max(timings["generation"], 1e-9)
-        iteration_end(ctx, STAGE, index + 1, rl, sec, metrics, state, exp, adv.cpu)
-        finite = global_all(acc.finite) and all(math.isfinite(g) for g in grad_norms)
-        loss_value = global_sum(acc.loss) / max(1, acc.updates)   # the ranks' parts of one global loss
-        return StepOutput(loss=loss_value, finite=finite, metrics=metrics,
+        iteration_end(ctx, STAGE, index + 1, rl, sec, metrics, state, exp, batch.advantages.cpu)
+        return StepOutput(loss=stats.step_mean("loss"), finite=stats.all_finite, metrics=metrics,
                           tokens=completion_tokens + sum(len(p) for p in r.prompt_ids))
 
     return run_rl_loop(ctx, STAGE, model=policy, policy=policy, optimizer=optimizer, step=step, section=sec, rl=rl,
                        start_step=start_step, state=state)
 
 
-def _zero_weight_pass(policy, r, ids, temperature, ctx, pad_id) -> None:
+def update_rows(r: Rollouts, advantages: torch.Tensor, zero_groups: torch.Tensor, sec, *, skip_zero_advantage: bool,
+                device: torch.device) -> PolicyBatch:
+    """The rows the update trains on: all but the dropped ones (zero-variance groups with
+    `drop_zero_variance`, truncated completions with `mask_truncated`, empty ones).
+
+    Without a KL term a zero-advantage row adds nothing to the loss or its gradient, whatever its
+    ratio: with `skip_zero_advantage` it is left out of every forward and backward (it still counts
+    in the normalisers, so the update is exactly the one over all rows).
+    """
+    G = sec.group_size
+    keep_row = ~zero_groups.repeat_interleave(G) if sec.drop_zero_variance else torch.ones(len(r), dtype=torch.bool)
+    mask = r.completion_mask.clone()
+    if sec.mask_truncated:
+        mask[~r.ended] = 0
+    rows = [i for i in range(len(r)) if keep_row[i] and mask[i].any()]
+    active = {i for i in rows if float(advantages[i]) != 0.0} if skip_zero_advantage else set(rows)
+    return PolicyBatch(rollouts=r, ids=r.completion_ids.to(device), mask=mask.to(device),
+                       advantages=advantages.to(device), rows=rows, active=active)
+
+
+def attach_logprobs(batch: PolicyBatch, policy: torch.nn.Module, ref: torch.nn.Module | None, sec, amp_dtype,
+                    pad_id: int) -> None:
+    """Old and reference log-probs of the scored rows, only when needed: old ones when the batch is
+    reused (else the ratio is exactly 1), reference ones when there is a KL term."""
+    need_old = sec.num_iterations > 1 or sec.minibatches > 1
+    scored = batch.scored
+    if scored and need_old:
+        batch.old_logp = _logprobs(policy, batch, scored, sec.temperature, amp_dtype, pad_id)
+    if scored and ref is not None:
+        batch.ref_logp = _logprobs(ref, batch, scored, sec.temperature, amp_dtype, pad_id)
+
+
+def grpo_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: PolicyBatch, sec, amp_dtype,
+                pad_id: int) -> UpdateStats:
+    """`num_iterations` passes over the batch's rows in `minibatches` optimizer steps, each over
+    `grad_accum` micro-batches: the clipped per-token loss (+ beta * KL), weighted by `loss_type`
+    over the whole global minibatch."""
+    r, ids, mask, adv = batch.rollouts, batch.ids, batch.mask, batch.advantages
+    position = {row: k for k, row in enumerate(batch.scored)}   # row -> index into old/ref log-prob tensors
+
+    def normalisers(minibatch: list[int]) -> tuple[int, int]:
+        total_tokens = int(global_sum(int(mask[minibatch].sum())))
+        return int(global_sum(len(minibatch))), total_tokens
+
+    def micro_loss(micro: list[int], totals: tuple[int, int]) -> MicroLoss:
+        width = int(mask[micro].sum(dim=1).max())
+        m = mask[micro, :width]
+        logp, entropy = sequence_logprobs(policy, [r.prompt_ids[i] for i in micro], ids[micro, :width], m,
+                                          sec.temperature, amp_dtype, pad_id)
+        pos = [position[i] for i in micro]
+        old = batch.old_logp[pos, :width] if batch.old_logp is not None else logp.detach()
+        terms = clipped_policy_loss(logp, old, adv[micro], sec.epsilon, sec.epsilon_high)
+        per_token = terms["loss"]
+        diagnostics = {"entropy": entropy.detach(), "clip_low": terms["clipped_low"],
+                       "clip_high": terms["clipped_high"], "ratio": terms["ratio"].detach(),
+                       "approx_kl": approx_kl_per_token(logp.detach(), old)}
+        if batch.ref_logp is not None:
+            kl = kl_per_token(logp, batch.ref_logp[pos, :width], sec.kl_estimator)
+            per_token = per_token + sec.beta * kl
+            diagnostics["kl"] = kl.detach()
+        w = loss_weights(m, sec.loss_type, *totals, sec.max_new_tokens)
+        loss = (w * per_token).sum()
+        return MicroLoss(loss, m, diagnostics, {"loss": float(loss.detach())}, ratio=terms["ratio"])
+
+    return run_updates(list(policy.parameters()), optimizer, [batch.rows] * sec.num_iterations,
+                       minibatches=sec.minibatches, grad_accum=sec.grad_accum, clip_grad=sec.clip_grad,
+                       normalisers=normalisers, micro_loss=micro_loss, has_signal=lambda i: i in batch.active,
+                       zero_pass=lambda: _zero_weight_pass(policy, r, ids, sec.temperature, amp_dtype, pad_id))
+
+
+def update_metrics(stats: UpdateStats) -> dict:
+    """TRL-named diagnostics of the policy update (token means over the iteration)."""
+    out = {"entropy": stats.token_mean("entropy"), "clip_ratio/low": stats.token_mean("clip_low"),
+           "clip_ratio/high": stats.token_mean("clip_high"),
+           "clip_ratio": (stats.sums.get("clip_low", 0.0) + stats.sums.get("clip_high", 0.0)) / max(stats.tokens, 1.0),
+           "ratio_mean": stats.token_mean("ratio"), "ratio_max": stats.ratio_max,
+           "approx_kl": stats.token_mean("approx_kl")}
+    if "kl" in stats.sums:
+        out["kl"] = stats.token_mean("kl")
+    return out
+
+
+def _zero_weight_pass(policy, r: Rollouts, ids: torch.Tensor, temperature: float, amp_dtype, pad_id: int) -> None:
     """A forward and backward of one row with weight 0: the gradient is unchanged, but DDP's
     all-reduce of this backward pass meets the other ranks' (`dswb.engine.rl.global_batch`)."""
     logp, _ = sequence_logprobs(policy, [r.prompt_ids[0]], ids[:1, :1], torch.ones_like(ids[:1, :1]), temperature,
-                                ctx.amp_dtype, pad_id)
+                                amp_dtype, pad_id)
     (logp.sum() * 0.0).backward()
 
 
-def _logprobs(model, r, rows, ids, mask, temperature, ctx, pad_id) -> torch.Tensor:
+def _logprobs(model: torch.nn.Module, batch: PolicyBatch, rows: list[int], temperature: float, amp_dtype,
+              pad_id: int) -> torch.Tensor:
     """`[len(rows), T]` log-probs of the given rows' completions under `model` (no grad)."""
     model_device = next(model.parameters()).device
-    logp, _ = sequence_logprobs(model, [r.prompt_ids[i] for i in rows], ids[rows].to(model_device),
-                                mask[rows].to(model_device), temperature, ctx.amp_dtype, pad_id)
-    return logp.to(ids.device)
-
-
-class _Accumulator:
-    """Token-weighted sums of the update's diagnostics over every micro-batch of an iteration."""
-
-    def __init__(self) -> None:
-        self.tokens = 0.0
-        self.sums = {"entropy": 0.0, "clip_low": 0.0, "clip_high": 0.0, "ratio": 0.0, "approx_kl": 0.0, "kl": 0.0}
-        self.ratio_max = 0.0
-        self.has_kl = False
-        self.loss = 0.0
-        self.updates = 0
-        self.finite = True
-
-    def add(self, loss, terms, entropy, kl, logp, old, mask) -> None:
-        m = mask.to(torch.float32)
-        n = float(m.sum())
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            self.finite = False
-        self.loss += value
-        self.tokens += n
-        self.sums["entropy"] += float((entropy.detach() * m).sum())
-        self.sums["clip_low"] += float((terms["clipped_low"] * m).sum())
-        self.sums["clip_high"] += float((terms["clipped_high"] * m).sum())
-        ratio = terms["ratio"].detach()
-        self.sums["ratio"] += float((ratio * m).sum())
-        self.sums["approx_kl"] += float((0.5 * (logp.detach() - old) ** 2 * m).sum())
-        if n:
-            self.ratio_max = max(self.ratio_max, float((ratio * m).max()))
-        if kl is not None:
-            self.has_kl = True
-            self.sums["kl"] += float((kl.detach() * m).sum())
-
-    def loss_value(self) -> float:
-        """Mean loss per optimizer step."""
-        return self.loss / max(1, self.updates)
-
-    def metrics(self) -> dict:
-        n = max(self.tokens, 1.0)
-        out = {"entropy": self.sums["entropy"] / n, "clip_ratio/low": self.sums["clip_low"] / n,
-               "clip_ratio/high": self.sums["clip_high"] / n,
-               "clip_ratio": (self.sums["clip_low"] + self.sums["clip_high"]) / n,
-               "ratio_mean": self.sums["ratio"] / n, "ratio_max": self.ratio_max,
-               "approx_kl": self.sums["approx_kl"] / n}
-        if self.has_kl:
-            out["kl"] = self.sums["kl"] / n
-        return out
+    logp, _ = sequence_logprobs(model, [batch.rollouts.prompt_ids[i] for i in rows], batch.ids[rows].to(model_device),
+                                batch.mask[rows].to(model_device), temperature, amp_dtype, pad_id)
+    return logp.to(batch.ids.device)

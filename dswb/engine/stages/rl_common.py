@@ -27,8 +27,11 @@ from dswb.engine.distributed.sharding import prompt_block, skip_rows
 from dswb.engine.rl.health import RLHealth
 from dswb.engine.rl.rewards import CombinedReward, RewardInputs, RewardScores, build_rewards, nan_mean
 from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
-from dswb.engine.stages.common import StageStart, TaskData, fit_vocab, load_causal_lm, resolve_init
+from dswb.engine.model.load import fit_vocab, load_causal_lm
+from dswb.engine.stages.common import StageStart, TaskData, accuracy_target, eval_every, finish_lm, resolve_init, resume
 from dswb.engine.eval.task import task_accuracy
+from dswb.engine.train.loop import LoopParts, run_loop
+from dswb.engine.train.prepare import model_hooks
 from dswb.errors import UserError
 
 SAMPLES_PER_EVENT = 8
@@ -229,18 +232,6 @@ def emit_alerts(ctx: StageContext, stage: str, step: int, rl: RLSetup, metrics: 
         ctx.monitor.alert(stage, step, alert.code, alert.message, alert.explain, alert.level)
 
 
-def chunks(indices: list[int], n: int) -> list[list[int]]:
-    """`indices` cut into `n` nearly equal consecutive parts (no empty part)."""
-    n = max(1, min(n, len(indices)))
-    size, extra = divmod(len(indices), n)
-    out, at = [], 0
-    for k in range(n):
-        take = size + (1 if k < extra else 0)
-        out.append(indices[at:at + take])
-        at += take
-    return [c for c in out if c]
-
-
 def iteration_end(ctx: StageContext, stage: str, step: int, rl: RLSetup, section: Any, metrics: dict, state: dict,
                   exp: Experience, sample_advantages) -> None:
     """What every RL iteration ends with: alerts, the health state for the checkpoint and, every
@@ -257,10 +248,6 @@ def run_rl_loop(ctx: StageContext, stage: str, *, model: torch.nn.Module, policy
     """The training loop of an RL stage (`step` is one iteration) and, when it finishes, the policy's
     final model with its held-out accuracy. `model` is what the optimizer trains (PPO: policy and
     value); FP8 statistics are the policy's; no MFU: an iteration is mostly generation."""
-    from dswb.engine.train.loop import LoopParts, run_loop
-    from dswb.engine.stages.common import accuracy_target, eval_every, finish_lm
-    from dswb.engine.train.prepare import model_hooks
-
     hooks = model_hooks(policy, ctx, stage)
     parts = LoopParts(stage=stage, model=model, optimizer=optimizer, step=step, data_state=lambda: {},
                       evaluate=evaluator(ctx, stage, rl), optim=section, start_step=start_step, state=state,
@@ -277,8 +264,6 @@ def resume_rl(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: 
               rl: RLSetup) -> tuple[int, dict]:
     """(start step, trainer state) of an RL stage from its latest checkpoint, with the health
     monitor's state restored; an RL stage has no data position (prompts are a function of the step)."""
-    from dswb.engine.stages.common import resume
-
     start_step, state = resume(ctx, stage, model, optimizer)
     state.pop("data", None)
     if "health" in state:

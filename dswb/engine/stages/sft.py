@@ -17,17 +17,17 @@ from dswb.engine.context import StageContext
 from dswb.engine.data.records.chat import encode_chat, encode_plain, install_chat_template
 from dswb.engine.data.records.posttrain import SFTRecord, read_sft, split_records, task_sft
 from dswb.engine.data.records.tokenizer import build_char_tokenizer, load_tokenizer
-from dswb.engine.data.batches.loader import BatchStream, Prefetcher, length_histogram
-from dswb.engine.train.loop import LoopParts, lm_step, run_loop
+from dswb.engine.data.batches.loader import BatchStream
 from dswb.engine.model.build import build_model
 from dswb.engine.train.optim import build_optimizer
-from dswb.engine.distributed.pipeline import pipeline_of, pipeline_validation_loss
-from dswb.engine.distributed.sharding import load_stream_state, stream_shard
-from dswb.engine.stages.common import (TaskData, accuracy_target, eval_every, finish_lm, fit_vocab, load_causal_lm,
-                                       resolve_init, resume)
-from dswb.engine.stages.lm_eval import masked_validation_batches, masked_validation_loss
+from dswb.engine.distributed.pipeline import pipeline_of
+from dswb.engine.distributed.sharding import stream_shard
+from dswb.engine.model.load import fit_vocab, load_causal_lm
+from dswb.engine.stages.common import (TaskData, accuracy_target, batching_event, begin_stage, describe_model,
+                                       eval_every, finish_lm, resolve_init, resume_stream, run_lm_loop)
+from dswb.engine.eval.loss import held_out_loss, masked_validation_batches, validation_loss
 from dswb.engine.eval.task import task_accuracy
-from dswb.engine.train.prepare import model_hooks, prepare_model
+from dswb.engine.train.prepare import prepare_model
 from dswb.errors import UserError
 
 STAGE = "sft"
@@ -88,23 +88,13 @@ def run(ctx: StageContext) -> str:
     optimizer = build_optimizer(model, sec, ctx.device)
     stream = BatchStream(samples, cfg.batching, pad_id=tokenizer.pad_token_id, max_len=max_len, seed=cfg.run.seed,
                          batches_per_step=sec.grad_accum, loss_masks=masks, **stream_shard())
-    start_step, state = resume(ctx, STAGE, model, optimizer)
-    if "data" in state:
-        note = load_stream_state(stream, state.pop("data"))
-        if note:
-            mon.log(note, stage=STAGE)
+    start_step, state = resume_stream(ctx, STAGE, model, optimizer, stream)
 
     lengths = [len(s) for s in samples]
-    n_params = sum(p.numel() for p in model.parameters())
-    mon.emit("stage_start", STAGE, start_step, total_steps=sec.steps,
-             model={"params": n_params, "layers": getattr(model.config, "num_hidden_layers", 0),
-                    "hidden": getattr(model.config, "hidden_size", 0), "vocab": len(tokenizer), "source": source},
-             data={"train_samples": len(samples), "val_samples": len(val_samples), "train_tokens": sum(lengths),
-                   "target_tokens": sum(map(sum, masks)), "prompt_format": prompt_format})
-    mon.emit("batching", STAGE, start_step, hist=length_histogram(lengths),
-             metrics={"samples": len(lengths), "mean_len": sum(lengths) / max(1, len(lengths)),
-                      "max_len": max(lengths, default=0), **stream.counters, "max_tokens": cfg.batching.max_tokens})
-    mon.write_status(force=True, state="running", stage=STAGE, step=start_step, total_steps=sec.steps)
+    begin_stage(ctx, STAGE, start_step, sec.steps, model=describe_model(model, len(tokenizer), source),
+                data={"train_samples": len(samples), "val_samples": len(val_samples), "train_tokens": sum(lengths),
+                      "target_tokens": sum(map(sum, masks)), "prompt_format": prompt_format})
+    batching_event(ctx, STAGE, start_step, lengths, stream)
 
     val = masked_validation_batches(val_samples, val_masks, tokenizer.pad_token_id, cfg.batching.max_tokens,
                                     cfg.eval.max_batches, max_len)
@@ -112,28 +102,18 @@ def run(ctx: StageContext) -> str:
     n_task = cfg.eval.task_samples if task is not None and not pipelined else 0
 
     def evaluate(step: int) -> dict:
-        if pipelined:
-            return pipeline_validation_loss(model, val, ctx.device)
-        metrics = masked_validation_loss(model, val, ctx.device, ctx.amp_dtype)
+        metrics = held_out_loss(model, val, ctx.device, ctx.amp_dtype)
         if n_task:
             prompts, answers = task.val(n_task)
             metrics["task_acc"] = task_accuracy(model, tokenizer, prompts, answers, ctx.device,
                                                 prompt_format=prompt_format)
         return metrics
 
-    probe = (lambda: masked_validation_loss(model, val[:1], ctx.device, ctx.amp_dtype)["val_loss"]) if val else None
+    probe = (lambda: validation_loss(model, val[:1], ctx.device, ctx.amp_dtype)["val_loss"]) if val else None
     context = max_len if cfg.batching.mode == "pack" else min(sum(lengths) / max(1, len(lengths)), max_len)
-    hooks = model_hooks(model, ctx, STAGE, probe=probe, context=context)
-    prefetch = Prefetcher(stream, depth=cfg.batching.prefetch, pin=ctx.device.type == "cuda")
-    step = lm_step(model, optimizer, iter(prefetch), ctx, sec.grad_accum, sec.clip_grad, data_wait=lambda: prefetch.wait_s)
-    parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, step=step, data_state=prefetch.state_dict,
-                      evaluate=evaluate, optim=sec, start_step=start_step, state=state,
-                      eval_every=eval_every(ctx, sec), stop_when=accuracy_target(sec), metric_sources=hooks.metric_sources,
-                      step_hooks=hooks.step_hooks, flops_per_token=hooks.flops_per_token)
-    try:
-        outcome = run_loop(ctx, parts)
-    finally:
-        prefetch.close()
+    outcome, end_step = run_lm_loop(ctx, STAGE, model, optimizer, stream, sec, start_step=start_step, state=state,
+                                    evaluate=evaluate, probe=probe, context=context, eval_every=eval_every(ctx, sec),
+                                    stop_when=accuracy_target(sec))
     if outcome != "finished":
         return outcome
 
@@ -141,5 +121,5 @@ def run(ctx: StageContext) -> str:
         prompts, answers = task.test()
         return {"test_acc": task_accuracy(model, tokenizer, prompts, answers, ctx.device, prompt_format=prompt_format)}
 
-    return finish_lm(ctx, STAGE, model, tokenizer, parts.end_step, prompt_format,
+    return finish_lm(ctx, STAGE, model, tokenizer, end_step, prompt_format,
                      test_score if task and not pipelined else None)

@@ -17,12 +17,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from dswb.engine.checkpoint.local import latest_checkpoint, save_checkpoint, warn_low_space
+from dswb.engine.checkpoint.io import save_checkpoint
+from dswb.engine.checkpoint.layout import latest_checkpoint, warn_low_space
 from dswb.engine.context import StageContext
 from dswb.engine.telemetry.mfu import describe as describe_mfu, device_peak, throughput_metrics
 from dswb.engine.train.optim import set_lr
 from dswb.engine.distributed.world import active as active_world
-from dswb.engine.distributed.pipeline import pipeline_of, pipeline_train_step
 from dswb.engine.train.schedule import lr_at
 from dswb.engine.train.step import train_step
 from dswb.errors import TrainingFailed
@@ -77,10 +77,7 @@ def lm_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: I
     def step(index: int) -> StepOutput:
         micro = [next(batches).to(ctx.device, non_blocking=True) for _ in range(grad_accum)]
         try:
-            if pipeline_of(model) is not None:
-                result = pipeline_train_step(model, optimizer, micro, clip_grad)
-            else:
-                result = train_step(model, optimizer, micro, ctx.device, ctx.amp_dtype, clip_grad)
+            result = train_step(model, optimizer, micro, ctx.device, ctx.amp_dtype, clip_grad)
         except torch.cuda.OutOfMemoryError as exc:  # the loop's one-line report names the shape
             shapes = ", ".join("x".join(map(str, b.input_ids.shape)) for b in micro)
             exc.batch_shape = f"{len(micro)} micro-batch{'es' if len(micro) > 1 else ''} of {shapes} tokens"
@@ -168,6 +165,36 @@ class _UpdateWatch:
             self._hook.remove()
 
 
+def _obey_control(ctx: StageContext, parts: LoopParts, step: int) -> str | None:
+    """The viewers' commands before step `step + 1`: log them, wait while paused, checkpoint on
+    request; "stop" when the run must stop now."""
+    for cmd in ctx.control.poll():
+        ctx.monitor.emit("control", parts.stage, step, cmd=cmd)
+    if ctx.control.paused:
+        _wait_while_paused(ctx, parts, step)
+    if ctx.control.stop_requested:
+        return "stop"
+    if ctx.control.checkpoint_requested:
+        ctx.control.checkpoint_requested = False
+        _checkpoint(ctx, parts, step, "request")
+    return None
+
+
+def _count_nonfinite(ctx: StageContext, parts: LoopParts, step: int, finite: bool, bad_in_row: int) -> int:
+    """Non-finite steps in a row after step `step`: each is an alert (its update was skipped), and
+    `max_bad_steps` of them in a row fail the run."""
+    if finite:
+        return 0
+    bad_in_row += 1
+    parts.state["skipped_steps"] += 1
+    ctx.monitor.alert(parts.stage, step, "nonfinite_loss",
+                      f"non-finite loss/grad at step {step} ({bad_in_row} in a row); update skipped", NONFINITE_EXPLAIN)
+    if bad_in_row >= parts.optim.max_bad_steps:
+        raise TrainingFailed(f"loss was non-finite for {bad_in_row} steps in a row (step {step}); "
+                             f"stopped, the last good checkpoint is kept")
+    return bad_in_row
+
+
 def run_loop(ctx: StageContext, parts: LoopParts) -> str:
     """Train from `parts.start_step` to `parts.optim.steps`; returns `finished` or `stopped`."""
     watch = _UpdateWatch(parts.optimizer)
@@ -187,16 +214,9 @@ def _train(ctx: StageContext, parts: LoopParts, watch: _UpdateWatch) -> str:
     if parts.flops_per_token:
         mon.log(describe_mfu(parts.flops_per_token, peak), stage=stage)
     while step < total:
-        for cmd in ctx.control.poll():
-            mon.emit("control", stage, step, cmd=cmd)
-        if ctx.control.paused:
-            _wait_while_paused(ctx, parts, step)
-        if ctx.control.stop_requested:
+        if _obey_control(ctx, parts, step) == "stop":
             _checkpoint(ctx, parts, step, "stop")
             return "stopped"
-        if ctx.control.checkpoint_requested:
-            ctx.control.checkpoint_requested = False
-            _checkpoint(ctx, parts, step, "request")
 
         t0 = time.perf_counter()
         lr = lr_at(step, opt.lr, total, opt.warmup_steps, opt.schedule, opt.min_lr_ratio)
@@ -211,17 +231,7 @@ def _train(ctx: StageContext, parts: LoopParts, watch: _UpdateWatch) -> str:
             raise _out_of_memory(ctx, parts, step, oom, watch.started, data_before)
         step += 1
 
-        if not out.finite:
-            bad_in_row += 1
-            parts.state["skipped_steps"] += 1
-            mon.alert(stage, step, "nonfinite_loss",
-                      f"non-finite loss/grad at step {step} ({bad_in_row} in a row); update skipped",
-                      NONFINITE_EXPLAIN)
-            if bad_in_row >= opt.max_bad_steps:
-                raise TrainingFailed(f"loss was non-finite for {bad_in_row} steps in a row (step {step}); "
-                                     f"stopped, the last good checkpoint is kept")
-        else:
-            bad_in_row = 0
+        bad_in_row = _count_nonfinite(ctx, parts, step, out.finite, bad_in_row)
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         dt = time.perf_counter() - t0

@@ -1,16 +1,19 @@
-"""The hook between building a model and training it.
+"""The one hook between loading a model and training it.
 
-Every stage calls `prepare_model` right after building (or loading) its model. Transforms that
-change how a model trains — FP8 linear layers, distributed wrapping (DDP/FSDP) — are added to
-`transforms` by the component that owns them; each receives the model, the config and the
-device, and returns the model to train. Placement comes first (`dswb.engine.placement.roles`):
-`[parallel] mode = "layers"` spreads the model over several devices instead of moving it to one.
-Then, from the config: `[fp8] enabled` turns a trained model's linear layers into FP8 layers
-(`dswb.engine.fp8`), and `train.compile` compiles the decoder layers, last. In a distributed run
-(`[parallel] mode = "ddp" | "fsdp" | "pipeline"` under torchrun, `dswb.engine.distributed.wrap`) a
-trained model is then made data parallel, sharded or cut to this rank's pipeline stage, in place;
-frozen models (reference, reward) stay whole on every rank. `model_hooks` gives a stage what a
-prepared model adds to its loop (FP8 statistics, events and alerts).
+Every stage calls `prepare_model` right after building (or loading) each of its models, with the
+model's role (policy, reference, value, reward) and whether it trains:
+1. placement (`dswb.engine.placement.roles`): on `device`, or spread over several devices with
+   `[parallel] mode = "layers"`;
+2. the model transforms, in order: each is a `ModelTransform` that changes the model before it
+   trains and says what it adds to the loop (`hooks`: metrics, per-step events and alerts, log
+   lines). `transforms_for` picks them from the config (today: FP8 linear layers for `[fp8]
+   enabled`; adapters, Mixture-of-Experts router statistics or extra prediction heads plug in
+   here as further transforms);
+3. in a distributed run (`[parallel] mode = "ddp" | "fsdp" | "pipeline"` under torchrun,
+   `dswb.engine.distributed.wrap`) a trained model is made data parallel, sharded or cut to this
+   rank's pipeline stage, in place; frozen models stay whole on every rank;
+4. `train.compile` compiles the decoder layers, last.
+`model_hooks` then gives the stage what the prepared model adds to its loop.
 """
 
 from __future__ import annotations
@@ -21,38 +24,87 @@ from typing import Callable, Sequence
 import torch
 
 from dswb.config.schema import Config
+from dswb.engine.distributed.pipeline import pipeline_of, stage_flops_per_token
+from dswb.engine.distributed.world import active
+from dswb.engine.distributed.wrap import describe_distribution, distribute
+from dswb.engine.fp8 import apply_fp8
+from dswb.engine.fp8.convert import fp8_info
+from dswb.engine.fp8.monitor import Fp8Monitor
 from dswb.engine.placement.roles import Placement
+from dswb.engine.telemetry.mfu import model_flops_per_token
 
-ModelTransform = Callable[[torch.nn.Module, Config, torch.device], torch.nn.Module]
+TRANSFORMS_ATTR = "_dswb_transforms"
+COMPILED_ATTR = "_dswb_compiled"
+
+
+@dataclass
+class ModelHooks:
+    """What a prepared model adds to a stage's `LoopParts`."""
+
+    metric_sources: list[Callable[[], dict]] = field(default_factory=list)
+    step_hooks: list[Callable[[int], None]] = field(default_factory=list)
+    flops_per_token: float = 0.0     # for `tflops` / `mfu`; 0 when the stage gave no context length
+
+
+class ModelTransform:
+    """One change to a model before it trains, and what it then adds to the training loop."""
+
+    name = "transform"
+
+    def apply(self, model: torch.nn.Module, config: Config, device: torch.device) -> torch.nn.Module:
+        return model
+
+    def hooks(self, model: torch.nn.Module, ctx, stage: str, probe: Callable[[], float] | None) -> ModelHooks:
+        """Log what was done to `model`; return the metric sources and step hooks it adds."""
+        return ModelHooks()
+
+
+class Fp8Training(ModelTransform):
+    """`[fp8] enabled`: the trained model's linear layers become FP8 layers (`dswb.engine.fp8`), with
+    their statistics, events and alerts in the loop."""
+
+    name = "fp8"
+
+    def apply(self, model: torch.nn.Module, config: Config, device: torch.device) -> torch.nn.Module:
+        return apply_fp8(model, config.fp8, device)
+
+    def hooks(self, model: torch.nn.Module, ctx, stage: str, probe: Callable[[], float] | None) -> ModelHooks:
+        hooks = ModelHooks()
+        info = fp8_info(model)
+        if info is None:
+            return hooks
+        for line in info.log_lines():
+            ctx.monitor.log(line, stage=stage)
+        if info.stats_supported:
+            fp8 = Fp8Monitor(model, ctx.config.fp8, ctx.monitor, stage, probe)
+            hooks.metric_sources.append(fp8.metrics)
+            hooks.step_hooks.append(fp8.after_step)
+        return hooks
+
+
+def transforms_for(config: Config, role: str, trainable: bool) -> list[ModelTransform]:
+    """The transforms the config asks for on a model of `role`, in the order they apply."""
+    return [Fp8Training()] if trainable and config.fp8.enabled else []
 
 
 def prepare_model(model: torch.nn.Module, config: Config, device: torch.device,
-                  transforms: Sequence[ModelTransform] = (), role: str = "policy", trainable: bool = True,
+                  transforms: Sequence[ModelTransform] | None = None, role: str = "policy", trainable: bool = True,
                   placement: Placement | None = None) -> torch.nn.Module:
-    """Place the model (on `device`, or over several devices with `[parallel] mode = "layers"`), then
-    apply `transforms`. A stage that builds several models passes one `Placement` to every call, with
-    each model's `role` (policy, reference, value, reward) and whether it is trained."""
+    """Place the model, apply its transforms (`transforms_for(config, role, trainable)` unless given),
+    distribute it and compile it (see the module docstring). A stage that builds several models passes
+    one `Placement` to every call, with each model's `role` and whether it is trained."""
     placement = placement or Placement(config, device)
     model = placement.place(model, role=role, trainable=trainable)
-    if trainable and config.fp8.enabled:
-        from dswb.engine.fp8 import apply_fp8
-
-        model = apply_fp8(model, config.fp8, device)
-    for transform in transforms:
-        model = transform(model, config, device)
-    from dswb.engine.distributed.world import active
-
+    applied = transforms_for(config, role, trainable) if transforms is None else list(transforms)
+    for transform in applied:
+        model = transform.apply(model, config, device)
+    object.__setattr__(model, TRANSFORMS_ATTR, applied)   # read by `model_hooks`; not a submodule
     world = active()
     if trainable and world is not None:
-        from dswb.engine.distributed.wrap import distribute
-
         model = distribute(model, config, device, world)
     if config.train.compile:
         compile_model(model)
     return model.train()
-
-
-COMPILED_ATTR = "_dswb_compiled"
 
 
 def compile_model(model: torch.nn.Module) -> None:
@@ -67,15 +119,6 @@ def compile_model(model: torch.nn.Module) -> None:
     setattr(model, COMPILED_ATTR, f"{len(blocks)} x {type(blocks[0]).__name__}")
 
 
-@dataclass
-class ModelHooks:
-    """What a prepared model adds to a stage's `LoopParts`."""
-
-    metric_sources: list[Callable[[], dict]] = field(default_factory=list)
-    step_hooks: list[Callable[[int], None]] = field(default_factory=list)
-    flops_per_token: float = 0.0     # for `tflops` / `mfu`; 0 when the stage gave no context length
-
-
 def model_hooks(model: torch.nn.Module, ctx, stage: str, probe: Callable[[], float] | None = None,
                 context: float | None = None) -> ModelHooks:
     """Log what `prepare_model` did to `model` and return what it adds to the stage's `LoopParts`:
@@ -88,32 +131,18 @@ def model_hooks(model: torch.nn.Module, ctx, stage: str, probe: Callable[[], flo
     (`fp8.shadow_every`); `context` the mean tokens a training sequence attends over, for the
     FLOPs per token of `mfu` (`dswb.engine.telemetry.mfu`)."""
     hooks = ModelHooks()
-    from dswb.engine.distributed.wrap import describe_distribution
-
     placed = describe_distribution(model)
     if placed:
         ctx.monitor.log(placed, stage=stage)
     if context:
-        from dswb.engine.telemetry.mfu import model_flops_per_token
-        from dswb.engine.distributed.pipeline import pipeline_of, stage_flops_per_token
-
         count = stage_flops_per_token if pipeline_of(model) is not None else model_flops_per_token
         hooks.flops_per_token, text = count(model, context)
         ctx.monitor.log(text, stage=stage, event=False)
     compiled = getattr(model, COMPILED_ATTR, None)
     if compiled:
         ctx.monitor.log(f"torch.compile: {compiled} (the first steps compile)", stage=stage)
-    from dswb.engine.fp8.convert import fp8_info
-
-    info = fp8_info(model)
-    if info is None:
-        return hooks
-    for line in info.log_lines():
-        ctx.monitor.log(line, stage=stage)
-    if info.stats_supported:
-        from dswb.engine.fp8.monitor import Fp8Monitor
-
-        fp8 = Fp8Monitor(model, ctx.config.fp8, ctx.monitor, stage, probe)
-        hooks.metric_sources.append(fp8.metrics)
-        hooks.step_hooks.append(fp8.after_step)
+    for transform in getattr(model, TRANSFORMS_ATTR, []):
+        added = transform.hooks(model, ctx, stage, probe)
+        hooks.metric_sources += added.metric_sources
+        hooks.step_hooks += added.step_hooks
     return hooks

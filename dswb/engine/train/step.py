@@ -8,21 +8,26 @@ In a distributed run (DDP, FSDP2) each rank sums its own micro-batches' token lo
 target tokens are all-reduced first, so every token of the global batch weighs the same: with the
 gradients averaged over R ranks, each rank's loss is scaled by R (`grad_scale`), and the step is the
 one-process step over the union of the ranks' micro-batches. DDP all-reduces once per step (the
-earlier micro-batches' backward passes run under `no_sync`). A pipeline has its own step
-(`dswb.engine.distributed.pipeline.pipeline_train_step`).
+earlier micro-batches' backward passes run under `no_sync`). A pipeline runs the same step through
+its schedule (`pipeline_backward`).
+
+`guarded_update` is the one way any stage applies its gradients: clip (or only measure) the
+gradient norm, step only when the loss and the norm are finite, zero the gradients.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 
+from dswb.engine.distributed.pipeline import clip_grad_norm as pipeline_grad_norm, pipeline_of
+from dswb.engine.distributed.wrap import grad_scale, gradient_sync
+from dswb.engine.distributed.world import active
 from dswb.engine.model.device import autocast
 from dswb.engine.train.losses import token_loss_sum
-from dswb.engine.distributed.world import active
-from dswb.engine.distributed.wrap import grad_scale, gradient_sync
 
 
 @dataclass
@@ -36,6 +41,31 @@ class StepResult:
     n_samples: int
 
 
+def gradient_norm(params: list[torch.nn.Parameter], clip_grad: float) -> float:
+    """The total gradient norm of `params`, clipped in place to `clip_grad` when it is > 0."""
+    grads = [p for p in params if p.grad is not None]
+    if clip_grad > 0:
+        return float(torch.nn.utils.clip_grad_norm_(grads, clip_grad))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in grads]))
+
+
+def guarded_update(optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], clip_grad: float,
+                   loss_finite: bool = True,
+                   norm: Callable[[list[torch.nn.Parameter], float], float] = gradient_norm) -> tuple[float, bool]:
+    """Apply the accumulated gradients: (gradient norm, whether the optimizer stepped).
+
+    The norm is measured (and clipped when `clip_grad` > 0) by `norm`; the optimizer steps only when
+    `loss_finite` and the norm is finite, and the gradients are dropped either way. In a distributed
+    run `loss_finite` must already be the ranks' agreement (the gradients, hence the norm, are shared).
+    """
+    grad_norm = norm(list(params), clip_grad)
+    applied = loss_finite and math.isfinite(grad_norm)
+    if applied:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, applied
+
+
 def forward_loss_sum(model: torch.nn.Module, batch, amp_dtype, device: torch.device) -> torch.Tensor:
     with autocast(device, amp_dtype):
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -43,8 +73,9 @@ def forward_loss_sum(model: torch.nn.Module, batch, amp_dtype, device: torch.dev
     return token_loss_sum(logits, batch.labels)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list,
-               device: torch.device, amp_dtype, clip_grad: float) -> StepResult:
+def lm_backward(model: torch.nn.Module, micro_batches: list, device: torch.device, amp_dtype) -> float:
+    """Forward and backward of every micro-batch, token-weighted over the step (and over the ranks):
+    the gradients of the mean token loss of the whole global batch. Returns that loss."""
     world = active()
     local_target = sum(b.n_target for b in micro_batches)
     n_target = int(world.sum([local_target])[0]) if world is not None else local_target
@@ -55,17 +86,33 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_b
             loss_sum = forward_loss_sum(model, batch, amp_dtype, device)
             (loss_sum * scale / max(1, n_target)).backward()
         total += loss_sum.detach()
-    loss = (float(total) if world is None else world.sum([float(total)])[0]) / max(1, n_target)
-    params = [p for p in model.parameters() if p.grad is not None]
-    if clip_grad > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip_grad))
+    return (float(total) if world is None else world.sum([float(total)])[0]) / max(1, n_target)
+
+
+def pipeline_backward(model: torch.nn.Module, micro_batches: list) -> float:
+    """`lm_backward` through the pipeline schedule (the step's loss is the last stage's, shared)."""
+    pipe = pipeline_of(model)
+    n_target = sum(b.n_target for b in micro_batches)
+    total = 0.0
+    for batch in micro_batches:
+        total += pipe.run(batch, max(1, n_target), backward=True, loss_fn=token_loss_sum)
+    return pipe.world.sum([total])[0]     # only the last stage has it
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches: list,
+               device: torch.device, amp_dtype, clip_grad: float) -> StepResult:
+    """One LM optimizer step over `micro_batches` (through the pipeline when the model is split)."""
+    pipe = pipeline_of(model)
+    if pipe is not None:
+        loss = pipeline_backward(model, micro_batches)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grad_norm, _ = guarded_update(optimizer, params, clip_grad, math.isfinite(loss),
+                                      norm=lambda ps, clip: pipeline_grad_norm(ps, clip, pipe.world))
     else:
-        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
-    finite = math.isfinite(loss) and math.isfinite(grad_norm)
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=loss, grad_norm=grad_norm, finite=finite, n_target=local_target,
+        loss = lm_backward(model, micro_batches, device, amp_dtype)
+        grad_norm, _ = guarded_update(optimizer, model.parameters(), clip_grad, math.isfinite(loss))
+    return StepResult(loss=loss, grad_norm=grad_norm, finite=math.isfinite(loss) and math.isfinite(grad_norm),
+                      n_target=sum(b.n_target for b in micro_batches),
                       n_real=sum(b.n_real for b in micro_batches),
                       n_padded=sum(b.n_padded for b in micro_batches),
                       n_samples=sum(b.n_samples for b in micro_batches))
