@@ -131,3 +131,22 @@ def test_cli_help_does_not_import_torch():
     result = subprocess.run([sys.executable, "-m", "dswb", "--help"], capture_output=True, text=True, env=ENV,
                             timeout=60)
     assert result.returncode == 0 and "run" in result.stdout
+
+
+def test_a_time_limit_ends_pretraining_early_and_the_final_model_records_that_step(tmp_path):
+    """`train.max_seconds` ends the stage before `train.steps`: the held-out score, the final model's
+    stage record and `stage_end` name the step it really ended at (not `train.steps`)."""
+    import json
+
+    from tests.helpers import run_in_process, tiny_config
+
+    run = tmp_path / "r"
+    assert run_in_process(tiny_config("train.steps=100000", "train.max_seconds=2", "checkpoint.every=0"), run) == 0
+    events = read_events(run / "events.jsonl")
+    last = max(e["step"] for e in events if e["kind"] == "metrics")
+    assert 0 < last < 100000
+    record = json.loads((run / "final" / "pretrain" / "dswb_stage.json").read_text())
+    assert record["step"] == last
+    end = next(e for e in events if e["kind"] == "stage_end")
+    test_eval = [e for e in events if e["kind"] == "eval" and "test_acc" in e["metrics"]]
+    assert end["step"] == last and [e["step"] for e in test_eval] == [last]
