@@ -44,7 +44,7 @@ def test_bucketed_reject_drops_and_counts_oversize():
 
 
 def test_single_sample_at_budget_is_its_own_batch_not_an_empty_one():
-    # The seed's batcher returned [] when the first sample alone filled the budget.
+    # The blog's batcher returned [] when the first sample alone filled the budget.
     plan = plan_bucketed([100, 100, 1], max_tokens=100, seed=3)
     assert sorted(map(sorted, plan.batches)) == [[0], [1], [2]]
 
@@ -145,12 +145,12 @@ def test_planning_module_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_seed_batcher_reimplementation_keeps_its_defects():
-    from dswb.bench.batching import seed_batches
+def test_blog_sketch_batcher_reimplementation_keeps_its_defects():
+    from dswb.bench.batching import blog_sketch_batches
 
     # Over budget when padded (2 x 90 > 100), and an empty batch when the first sample is too long.
-    assert seed_batches([10, 90, 5], max_tokens=100) == [[10, 90], [5]]
-    assert seed_batches([150, 20], max_tokens=100) == [[], [150], [20]]
+    assert blog_sketch_batches([10, 90, 5], max_tokens=100) == [[10, 90], [5]]
+    assert blog_sketch_batches([150, 20], max_tokens=100) == [[], [150], [20]]
 
 
 def test_bench_quick_meets_the_goals():
@@ -162,5 +162,5 @@ def test_bench_quick_meets_the_goals():
         assert rows["dswb bucketed"]["efficiency"] >= 0.95
         assert rows["dswb packed"]["efficiency"] >= 0.99
         assert rows["dswb bucketed"]["over_budget"] == rows["dswb packed"]["over_budget"] == 0
-        assert rows["seed sum-of-lengths"]["over_budget"] > 0
+        assert rows["blog sketch"]["over_budget"] > 0
     assert "dswb packed" in format_table(result)

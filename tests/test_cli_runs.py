@@ -18,9 +18,14 @@ import pytest
 from typer.testing import CliRunner
 
 from dswb.cli.app import app
-from dswb.cli.runs_cmd import LIST_LIMIT, downsample_minmax, fmt_duration, fmt_num, render_plot, Series
+from dswb.cli.common import fmt_num
+from dswb.cli.runs_cmd import LIST_LIMIT
+from dswb.cli.runs_plot import render_plot
+from dswb.cli.runs_scan import Series
 from dswb.cli.watch_cmd import format_event
 from dswb.rundir import EventWriter, RunPaths, create_run_dir, read_events, write_status
+from dswb.stats import minmax_downsample
+from dswb.util.fmt import fmt_duration
 
 pytestmark = pytest.mark.timeout(30)  # a watch or sampler that never ends fails fast
 runner = CliRunner()
@@ -96,7 +101,7 @@ def test_fmt_duration():
 
 def test_downsample_keeps_short_series():
     xs, ys = [1, 2, 3], [3.0, 1.0, 2.0]
-    assert downsample_minmax(xs, ys, 10) == (xs, ys)
+    assert minmax_downsample(xs, ys, 10) == (xs, ys)
 
 
 def test_downsample_keeps_extremes_in_order():
@@ -106,7 +111,7 @@ def test_downsample_keeps_extremes_in_order():
     ys = [rng.gauss(0, 1) for _ in xs]
     ys[54_321] = 50.0   # a spike that striding would miss
     ys[7] = -50.0
-    dx, dy = downsample_minmax(xs, ys, 100)
+    dx, dy = minmax_downsample(xs, ys, 202)  # as `runs plot` asks for a 100-column chart
     assert len(dx) <= 202 and len(dx) == len(dy)
     assert dx == sorted(dx) and len(set(dx)) == len(dx)
     assert max(dy) == 50.0 and min(dy) == -50.0
@@ -393,7 +398,8 @@ def test_watch_errors(root):
 
 
 def test_cli_modules_import_no_heavy_libraries():
-    code = ("import sys, dswb.cli.runs_cmd, dswb.cli.watch_cmd, dswb.cli.presets_cmd, dswb.presets;"
+    code = ("import sys, dswb.cli.runs_cmd, dswb.cli.runs_scan, dswb.cli.runs_plot, dswb.cli.runs_verify,"
+            " dswb.cli.runs_control, dswb.cli.watch_cmd, dswb.cli.presets_cmd, dswb.presets;"
             "print(sorted(m for m in ('torch', 'transformers', 'textual', 'plotext', 'psutil') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -59,9 +59,9 @@ def test_overlap_windows_and_long_enough_tail():
 
 
 def test_short_tail_is_backed_off_not_lost():
-    # the seed would drop 924..1000 (76 tokens) and lose tokens 974..999
+    # the blog's sketch would drop 924..1000 (76 tokens) and lose tokens 974..999
     assert chunk_spans(1000, 512, 50, 256) == [(0, 512), (462, 974), (488, 1000)]
-    # just over one chunk: the seed would keep only 0..512 and lose 512..600
+    # just over one chunk: the blog's sketch would keep only 0..512 and lose 512..600
     assert chunk_spans(600, 512, 50, 256) == [(0, 512), (88, 600)]
 
 

@@ -14,7 +14,6 @@ run in the test process.
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_config
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from dswb.engine.data.batches.collate import collate_packed, collate_padded
@@ -35,7 +35,6 @@ from dswb.engine.stages.grpo import attach_logprobs, grpo_update, update_rows
 from dswb.engine.stages.ppo import PolicyAndValue, ppo_batch, ppo_update
 from dswb.engine.stages.rm import reward_backward
 from dswb.engine.train.step import lm_backward
-from helpers import tiny_config
 
 CPU = torch.device("cpu")
 VOCAB, PAD = 40, 0

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dswb.engine.placement.memory import MemoryModel, device_peak_bytes, unit_bytes
-from dswb.engine.placement.planner import DeviceSpec, min_devices, plan_layers, seed_even_split
+from dswb.engine.placement.planner import DeviceSpec, min_devices, plan_layers, blog_even_split
 from dswb.engine.placement.report import does_not_fit, fit_lines, plan_dict, plan_rows, plan_text
 from dswb.engine.placement.shapes import BLOCK, ModelShape, units
 from dswb.errors import UserError
@@ -67,8 +67,8 @@ def test_max_load_within_ten_percent_of_ideal_for_uniform_blocks():
         assert plan.flops_ratio() <= 1.10, (n, plan.flops_ratio())
 
 
-def test_the_seed_split_overruns_on_remainder_layers_and_the_planner_does_not():
-    seed = seed_even_split(LLAMA_70B, TRAIN, gpus(6, 2000))
+def test_the_blog_split_overruns_on_remainder_layers_and_the_planner_does_not():
+    seed = blog_even_split(LLAMA_70B, TRAIN, gpus(6, 2000))
     assert [u.layer for d in seed.phantom for u in d.units] == [78, 79]  # 80 // 6 = 13 per device
     assert seed.fits is False and "does not exist" in " ".join(fit_lines(seed))
     planned = plan_layers(LLAMA_70B, TRAIN, gpus(6, 2000))
@@ -105,11 +105,11 @@ def test_does_not_fit_says_by_how_much_and_what_would_fit():
     assert plan.fits is False
     need, free = plan.total_bytes, 8 * 80 * GB
     line = does_not_fit(plan)
-    assert line.startswith("does not fit: needs 1.34 TB, the 8 devices offer 640 GB")
-    assert f"short by {round((need - free) / GB)} GB" in line
+    assert line.startswith("does not fit: needs 1.2 TiB, the 8 devices offer 596.0 GiB")  # binary units
+    assert f"short by {(need - free) / 2**30:.1f} GiB" in line
     text = "\n".join(fit_lines(plan))
     count = min_devices(LLAMA_70B, TRAIN, 80 * GB)
-    assert f"it fits on {count} devices of 80 GB" in text
+    assert f"it fits on {count} devices of 74.5 GiB" in text  # 80 x 10^9 bytes
     assert "with bf16 AdamW moments" in text
     over = {d.device.name: d.over for d in plan.devices}
     assert all(v > 0 for v in over.values())

@@ -36,7 +36,7 @@ def test_70b_does_not_fit_8_cards_for_training_and_the_plan_says_by_how_much(mod
                   "--memory", "80GB", "--json", str(out))
     assert result.exit_code == 1, result.output
     assert "70.6 B parameters" in result.output and "80 blocks" in result.output
-    assert "does not fit: needs" in result.output and "the 8 devices offer 640 GB" in result.output
+    assert "does not fit: needs" in result.output and "the 8 devices offer 596.0 GiB" in result.output
     assert "it fits on" in result.output and "with activation checkpointing" in result.output
     data = json.loads(out.read_text())
     assert data["fits"] is False and len(data["devices"]) == 8

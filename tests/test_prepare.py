@@ -6,10 +6,17 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
+from helpers import tiny_config
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dswb.engine.train.prepare import Fp8Training, ModelHooks, ModelTransform, model_hooks, prepare_model, transforms_for
-from helpers import tiny_config
+from dswb.engine.train.prepare import (
+    Fp8Training,
+    ModelHooks,
+    ModelTransform,
+    model_hooks,
+    prepare_model,
+    transforms_for,
+)
 
 
 def tiny_model() -> LlamaForCausalLM:

@@ -9,7 +9,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from dswb.engine.model.build import llama_config
-from dswb.engine.rl.rollout import HFRolloutSampler, left_pad, sequence_logprobs
+from dswb.engine.data.batches.collate import left_pad
+from dswb.engine.rl.rollout import HFRolloutSampler, sequence_logprobs
 from dswb.engine.rl.sampling import top_p_mask
 
 PAD, BOS, EOS, VOCAB = 0, 1, 2, 16

@@ -1,4 +1,5 @@
-"""Streaming statistics equal the batch statistics the seed computed with numpy, in O(1) memory."""
+"""Streaming statistics equal the batch statistics the blog's sketch computed with numpy, in O(1)
+memory."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dswb.tui import bench
+from dswb.bench import tui as bench
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -165,7 +165,7 @@ def test_line_tail_reads_only_the_end_of_a_big_log_and_waits_for_torn_lines(tmp_
 
 
 def test_model_prefers_train_log_lines_over_log_events():
-    from dswb.tui.model import log_level
+    from dswb.tui.model_logs import log_level
 
     model = RunModel(RunPaths(FIXTURE_RUNS / RUN_IDS["failed"]))
     model.ingest(read_events(model.paths.events))

@@ -81,7 +81,7 @@ async def test_every_tab_draws_a_run_full_of_hostile_lines(tmp_path):
             screen_text(app)
         await pilot.press(TAB_KEYS["log"])
         await settle(pilot)
-        assert "… [cut, 2.0 MB]" in screen_text(app), "the 2 MB log message is shown cut, with a marker"
+        assert "… [cut, 1.9 MiB]" in screen_text(app), "the 2 MB log message is shown cut, with a marker"
         await pilot.press(TAB_KEYS["system"])
         await settle(pilot)
         assert "Disk" in screen_text(app) and "1.000e+308 GB" in screen_text(app)
@@ -95,6 +95,6 @@ def test_watch_prints_one_short_line_per_hostile_event(tmp_path):
     lines = result.output.splitlines()
     assert len(lines) > 100
     assert max(len(line) for line in lines) < 1300, "megabytes of text are cut"
-    assert any("… [cut, 2.0 MB]" in line for line in lines)
+    assert any("… [cut, 1.9 MiB]" in line for line in lines)
     assert any("step 41/80" in line and "loss=" in line and "e+" in line for line in lines), "1e308 printed"
     assert not any("\x1b" in line or "\x00" in line for line in lines), "no control characters reach the terminal"

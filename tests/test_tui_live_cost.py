@@ -14,7 +14,8 @@ import pytest
 from fixtures.tui_support import FIXTURE_SPECS, copy_runs, make_app, settle, wait_for
 
 from dswb.rundir import RunPaths
-from dswb.tui import bench, bench_live, chart
+from dswb.bench import tui as bench, tui_live as bench_live
+from dswb.tui import chart
 from dswb.tui.follower import RunFollower, backoff_limit
 from dswb.tui.screens.dashboard import TAB_KEYS
 from dswb.tui.synthetic import run_events, status_for, write_status_fixed

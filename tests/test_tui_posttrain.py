@@ -1,6 +1,6 @@
 """The dashboard's side of post-training (issue 6): RL tab, samples view, the eval tab's pipeline
 table, the launch form's stage picker, on the recorded pipeline run (pretrain -> sft -> rm ->
-ppo -> grpo, events as /work/notes/POSTTRAIN-EVENTS.md specifies)."""
+ppo -> grpo, events as docs/run-directory.md and docs/post-training.md specify)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """`dswb bench data`: data preparation speed and memory at scale.
 
 1. Tokenization paths (in-process): clean + tokenize + chunk of two synthetic corpora (long and
-   short documents) one document at a time (the seed's way), batched on one thread, and batched
-   with the tokenizers library's own threads; all must produce identical samples (asserted).
+   short documents) one document at a time (as the blog's sketch does), batched on one thread, and
+   batched with the tokenizers library's own threads; all must produce identical samples (asserted).
 2. Workers: `prepare_data` on a synthetic JSONL corpus with 1 and N worker processes (N = the
    cores, at least 2), each in a fresh subprocess and cache: MB/s of the whole preparation and of
    its tokenize phase, speedup, peak RSS of the main process and of the largest worker.

@@ -1,4 +1,4 @@
-"""`dswb bench parallel`: how evenly the layer planner loads the devices, against the seed's split.
+"""`dswb bench parallel`: how evenly the layer planner loads the devices, against the blog's split.
 
 Balance: Llama-3-shaped 8B and 70B models over 2, 4, 6 and 8 devices of 80 GB, for two workloads:
 - train: fp32 master weights, grads and AdamW moments, bf16 autocast, 8,192 tokens per micro-batch
@@ -6,9 +6,10 @@ Balance: Llama-3-shaped 8B and 70B models over 2, 4, 6 and 8 devices of 80 GB, f
 - infer: a bf16 checkpoint's weights only (2 bytes per parameter) and one block's working set, as
   inference device maps place a model.
 For each: does the plan fit, max device load / ideal (1.00 = perfectly even, ideal = total / devices),
-the fullest device's use of its 80 GB, and the same for the seed sketch's `i // (layers // gpus)`
-split (embedding on the first device, norm and head on the last: its best case), including the layers
-it sends to a device that does not exist when the layers do not divide evenly (6 devices).
+the fullest device's use of its 80 GB, and the same for the `i // (layers // gpus)` split of the
+blog's sketch (see the README; embedding on the first device, norm and head on the last: its best
+case), including the layers it sends to a device that does not exist when the layers do not divide
+evenly (6 devices).
 
 Hook overhead (not with --quick): the one-thread CPU step time of a tiny Llama mapped onto 4 "devices"
 that are all the CPU vs the same model unmapped: the cost of the boundary hooks alone (indicative only
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 
 from dswb.engine.placement.memory import MemoryModel
-from dswb.engine.placement.planner import DeviceSpec, plan_layers, seed_even_split
+from dswb.engine.placement.planner import DeviceSpec, plan_layers, blog_even_split
 from dswb.engine.placement.shapes import ModelShape
 
 GB = 10**9
@@ -63,14 +64,14 @@ def balance_section(quick: bool) -> list[dict]:
                 t0 = time.perf_counter()
                 planned = plan_layers(shape, mm, devices)
                 plan_ms = (time.perf_counter() - t0) * 1000
-                seed = seed_even_split(shape, mm, devices)
+                seed = blog_even_split(shape, mm, devices)
                 rows.append({
                     "model": model_name, "workload": workload, "devices": n,
                     "total_gb": planned.total_bytes / GB, "fits": planned.fits,
                     "planner_load_ratio": planned.load_ratio(), "planner_peak_use": _peak_use(planned),
                     "planner_flops_ratio": planned.flops_ratio(),
-                    "seed_load_ratio": seed.load_ratio(), "seed_peak_use": _peak_use(seed), "seed_fits": seed.fits,
-                    "seed_missing_layers": sum(1 for d in seed.phantom for u in d.units if u.kind == "block"),
+                    "blog_load_ratio": seed.load_ratio(), "blog_peak_use": _peak_use(seed), "blog_fits": seed.fits,
+                    "blog_missing_layers": sum(1 for d in seed.phantom for u in d.units if u.kind == "block"),
                     "plan_ms": plan_ms,
                 })
     return rows
@@ -215,19 +216,19 @@ def _fits(value) -> str:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"layer planner vs the seed's even split, devices of {result['device_gb']:.0f} GB"]
+    lines = [f"layer planner vs the blog sketch's even split, devices of {result['device_gb']:.0f} GB"]
     lines += [f"  {name}: {text}" for name, text in result["workloads"].items()]
     head = (f"{'model':<13}{'work':<7}{'dev':>4}{'total':>9}{'fits':>6}{'load/ideal':>11}{'peak use':>10}"
-            f"{'FLOPs/ideal':>12}{'seed load':>11}{'seed peak':>11}{'seed missing':>14}{'ms':>6}")
+            f"{'FLOPs/ideal':>12}{'blog load':>11}{'blog peak':>11}{'blog missing':>14}{'ms':>6}")
     lines += ["", head]
     for r in result["balance"]:
-        missing = f"{r['seed_missing_layers']} layers" if r["seed_missing_layers"] else "-"
+        missing = f"{r['blog_missing_layers']} layers" if r["blog_missing_layers"] else "-"
         lines.append(f"{r['model']:<13}{r['workload']:<7}{r['devices']:>4}{r['total_gb']:>7.0f}GB{_fits(r['fits']):>6}"
                      f"{r['planner_load_ratio']:>11.3f}{r['planner_peak_use']:>10.0%}{r['planner_flops_ratio']:>12.3f}"
-                     f"{r['seed_load_ratio']:>11.3f}{r['seed_peak_use']:>11.0%}{missing:>14}{r['plan_ms']:>6.0f}")
+                     f"{r['blog_load_ratio']:>11.3f}{r['blog_peak_use']:>11.0%}{missing:>14}{r['plan_ms']:>6.0f}")
     lines.append("")
     lines.append("load/ideal = fullest device's bytes / (total / devices); peak use = fullest device / 80 GB; "
-                 "seed missing = layers the seed's split sends past the last device")
+                 "blog = the blog sketch's even split; blog missing = layers it sends past the last device")
     procs = result.get("processes")
     if procs:
         lines += ["", "distributed step (DDP / FSDP2 under torchrun; tokens/s of the whole world; indicative only "

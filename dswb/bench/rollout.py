@@ -29,7 +29,8 @@ import torch
 from dswb.engine.data.records.task import AdditionTask
 from dswb.engine.data.records.tokenizer import build_char_tokenizer
 from dswb.engine.model.device import autocast
-from dswb.engine.rl.rollout import HFRolloutSampler, left_pad
+from dswb.engine.data.batches.collate import left_pad
+from dswb.engine.rl.rollout import HFRolloutSampler
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 AMP = torch.bfloat16 if DEVICE.type == "cuda" else None

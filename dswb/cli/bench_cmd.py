@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 from pathlib import Path
 
 import typer
 
 from dswb.cli.common import JsonOut
 from dswb.errors import UserError
+from dswb.util.atomic import write_json_atomic
 
 BENCHES = {
     "batching": "dswb.bench.batching",
@@ -70,5 +70,5 @@ def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}.")
     if json_path is not None:
         json_path = Path(json_path)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2, default=str))
+        write_json_atomic(json_path, result, fsync=False, indent=2, default=str)
         typer.echo(f"wrote {json_path}")

@@ -1,8 +1,10 @@
-"""Options shared by several commands, defined once as typed aliases."""
+"""Options shared by several commands, defined once as typed aliases, and the output helpers
+every command prints through (safe text, numbers, tables, JSON)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sys
 from pathlib import Path
@@ -11,6 +13,8 @@ from typing import Annotated, Any, Callable, Sequence
 import typer
 
 from dswb.errors import EXIT_USER_ERROR, UserError
+from dswb.rundir.events import json_safe
+from dswb.util import fmt
 
 RunsRoot = Annotated[Path, typer.Option("--runs-root", help="Directory holding run directories.",
                                         envvar="DSWB_RUNS_ROOT")]
@@ -19,6 +23,9 @@ JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the res
 
 DEFAULT_RUNS_ROOT = Path("runs")
 TEXT_LIMIT = 300          # characters of a string from a run file shown in a line or cell
+NAME_LIMIT = 60           # metric and stage names in tables
+JSON_TEXT_LIMIT = 10_000  # strings in --json output
+JSON_DEPTH_LIMIT = 32
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -35,6 +42,31 @@ def safe_text(value: Any, limit: int = TEXT_LIMIT) -> str:
     text = value if isinstance(value, str) else str(value)
     text = clip(text, limit)
     return _CONTROL.sub("?", text).encode("utf-8", "replace").decode("utf-8")
+
+
+def fmt_num(value: Any, missing: str = "-") -> str:
+    """A number for a CLI line or table: `dswb.util.fmt.fmt_num` in its compact form (`12.3k`,
+    `3.00e-04`, `2.346`), `missing` for None, anything that is not a number as safe text."""
+    return fmt.fmt_num(value, compact=True, missing=missing, text=lambda v: safe_text(v, NAME_LIMIT))
+
+
+def json_view(value: Any, depth: int = 0) -> Any:
+    """`value` made safe for --json output: standard JSON (no NaN/Inf), strings cut with a
+    marker, nesting cut at `JSON_DEPTH_LIMIT`."""
+    if isinstance(value, str):
+        return safe_text(value, JSON_TEXT_LIMIT) if len(value) > JSON_TEXT_LIMIT else value
+    if isinstance(value, (dict, list, tuple)) and depth >= JSON_DEPTH_LIMIT:
+        return "... [cut: nested too deep]"
+    if isinstance(value, dict):
+        return {str(k)[:JSON_TEXT_LIMIT]: json_view(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_view(v, depth + 1) for v in value]
+    return json_safe(value)
+
+
+def echo_json(value: Any) -> None:
+    """Print `value` as indented JSON through `json_view`."""
+    typer.echo(json.dumps(json_view(value), indent=1, default=str))
 
 
 def user_errors(command: Callable) -> Callable:

@@ -20,18 +20,12 @@ import typer
 
 from dswb.cli.common import DEFAULT_RUNS_ROOT, JsonOut, RunsRoot, user_errors
 from dswb.errors import UserError
+from dswb.util.atomic import write_atomic, write_json_atomic
+from dswb.util.fmt import fmt_duration
 
 app = typer.Typer(help="Prepare training data and report on it.", no_args_is_help=True)
 
 STAGE = "data"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "--:--"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
 def progress_line(event: dict) -> str:
@@ -48,7 +42,7 @@ def progress_line(event: dict) -> str:
         parts.append(f"{event['tokens']:,} tokens")
     if event.get("duplicates"):
         parts.append(f"{event['duplicates']:,} dups")
-    parts.append(f"ETA {format_duration(event.get('eta_s'))}")
+    parts.append(f"ETA {fmt_duration(event.get('eta_s'), clock=True)}")
     return "  ".join(parts)
 
 
@@ -118,7 +112,7 @@ def prepare(
     if (target / "config.toml").exists():
         raise UserError(f"{target}: a run already exists there")
     paths = create_run_dir(target)
-    paths.config.write_text(config_to_toml(config))
+    write_atomic(paths.config, config_to_toml(config), fsync=False)
 
     from dswb.engine.data.corpus.events import publish_report
     from dswb.engine.data.corpus.pipeline import prepare_data
@@ -151,10 +145,8 @@ def prepare(
         typer.echo(f"wrote {paths.root / 'data-report.json'}"
                    + (" (from the cache)" if data.stats.get("cache_hit") else ""))
         if json_path is not None:
-            import json
-
             Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(json_path).write_text(json.dumps(report, indent=1, default=str))
+            write_json_atomic(json_path, report, fsync=False, indent=1, default=str)
         state = "finished"
     except UserError as exc:
         error = str(exc)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +9,7 @@ import typer
 
 from dswb.cli.common import DEFAULT_RUNS_ROOT, JsonOut, RunsRoot, user_errors
 from dswb.errors import UserError
+from dswb.util.atomic import write_json_atomic
 
 
 def resolve_model(target: str, runs_root: Path) -> Path:
@@ -67,5 +67,5 @@ def eval_model(
     typer.echo(f"time     {result['seconds']:.1f}s")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2))
+        write_json_atomic(json_path, result, fsync=False, indent=2)
         typer.echo(f"wrote {json_path}")

@@ -7,7 +7,6 @@ built-in `model.size`), so a 70B run can be planned on a laptop. Pure arithmetic
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,6 +16,7 @@ from dswb.cli.common import JsonOut, print_table, user_errors
 from dswb.config import load_config
 from dswb.errors import UserError
 from dswb.presets import find_preset
+from dswb.util.atomic import write_json_atomic
 
 EXIT_DOES_NOT_FIT = 1
 
@@ -74,7 +74,7 @@ def plan(
     if json_path is not None:
         json_path = Path(json_path)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(plan_dict(result), indent=2))
+        write_json_atomic(json_path, plan_dict(result), fsync=False, indent=2)
         typer.echo(f"wrote {json_path}")
     if result.fits is False:
         raise typer.Exit(EXIT_DOES_NOT_FIT)

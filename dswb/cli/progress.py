@@ -10,14 +10,7 @@ import sys
 import time
 from typing import TextIO
 
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "--:--"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+from dswb.util.fmt import fmt_duration
 
 
 def format_rate(value: float) -> str:
@@ -82,7 +75,7 @@ class PlainReporter:
         now = time.monotonic()
         if now - self._last >= self.every_s or step == total_steps or step == 1:
             self._last = now
-            self._print(f"[{stage}] step {step}/{total_steps}  {metrics_summary(metrics)}  eta {format_duration(eta_s)}")
+            self._print(f"[{stage}] step {step}/{total_steps}  {metrics_summary(metrics)}  eta {fmt_duration(eta_s, clock=True)}")
 
     def on_event(self, event: dict) -> None:
         if event.get("kind") == "stage_start":
@@ -131,7 +124,7 @@ class TTYReporter(PlainReporter):
         width = shutil.get_terminal_size((100, 20)).columns
         frac = step / max(1, total_steps)
         head = f"{stage} {step}/{total_steps} {frac:4.0%} "
-        tail = f" {metrics_summary(metrics)}  ETA {format_duration(eta_s)}"
+        tail = f" {metrics_summary(metrics)}  ETA {fmt_duration(eta_s, clock=True)}"
         bar_w = max(10, min(30, width - len(head) - len(tail) - 4))
         filled = int(bar_w * frac)
         line = f"{head}[{'#' * filled}{'-' * (bar_w - filled)}]{tail}"[: width - 1]

@@ -17,17 +17,16 @@ from typing import Annotated, Any
 
 import typer
 
-from dswb.cli.common import DEFAULT_RUNS_ROOT, RunRef, RunsRoot
-from dswb.cli.common import user_errors
-from dswb.cli.runs_cmd import FINAL_STATES, fmt_duration, fmt_num
+from dswb.cli.common import DEFAULT_RUNS_ROOT, RunRef, RunsRoot, fmt_num, user_errors
+from dswb.cli.runs_scan import FINAL_STATES
 from dswb.errors import UserError
 from dswb.rundir import EventTail, effective_state, read_status, resolve_run
 from dswb.rundir.events import EVENT_KINDS
-from dswb.tui.format import cut_text, is_number
 from dswb.tui.sanitize import clean_status
+from dswb.util.fmt import cut_text, fmt_duration, is_number
 
 KNOWN_KINDS = tuple(dict.fromkeys(EVENT_KINDS + ("fp8", "samples")))
-TEXT_LIMIT = 1000  # messages, errors: longer ones end with `… [cut, 2.0 MB]`
+TEXT_LIMIT = 1000  # messages, errors: longer ones end with `… [cut, 1.9 MiB]`
 FIELD_LIMIT = 60  # names and other short fields
 # `metrics` events: these first, in this order; the rest follow unless listed in QUIET.
 KEY_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s", "step_time_s", "pad_efficiency", "eta_s")

@@ -1,8 +1,9 @@
 """Config sections of the post-training stages: `[sft]`, `[rm]`, `[dpo]`, `[ppo]`, `[grpo]`.
 
 Each section carries its own optimisation settings (`OptimSettings`, the same fields as `[train]`)
-with defaults for real models (the seed's SFT defaults; TRL's for the rest), plus what the stage
-needs. The built-in task's presets set small-model values. Standard library only.
+with defaults for real models (SFT: those of the blog's sketch the project started from, see the
+README; TRL's for the rest), plus what the stage needs. The built-in task's presets set small-model
+values. Standard library only.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class SFTConfig(StageSettings):
     schedule: str = doc("linear", "Decay after warmup.", choices=("cosine", "linear", "constant"))
     min_lr_ratio: float = doc(0.0, "Final learning rate as a fraction of `lr`.", min=0.0, max=1.0)
     grad_accum: int = doc(4, "Micro-batches per optimizer step (loss weighted by tokens across them).", min=1)
-    weight_decay: float = doc(0.01, "AdamW weight decay (the seed's SFT default; not applied to norms and biases).",
-                              min=0.0)
+    weight_decay: float = doc(0.01, "AdamW weight decay (the SFT default of the blog's sketch; not applied to "
+                              "norms and biases).", min=0.0)
     loss_on: str = doc("completion", "Tokens that carry the loss: the completion / assistant turns only, or all.",
                        choices=("completion", "all"))
     template: str = doc("auto", "Chat template for `messages` records: auto (the tokenizer's, else dswb's default), "

@@ -31,19 +31,25 @@ import torch
 
 from dswb.config.load import config_to_dict, config_to_toml
 from dswb.config.schema import Config
-from dswb.engine.context import StageContext
-from dswb.engine.telemetry.control import RunControl
-from dswb.engine.model.device import autocast_dtype, select_device, set_determinism
-from dswb.engine.checkpoint.layout import quarantine, select_checkpoint
 from dswb.engine.checkpoint.final import is_complete, remove_partial, verify_final
-from dswb.engine.telemetry.monitor import Monitor, Reporter
+from dswb.engine.checkpoint.layout import quarantine, select_checkpoint
+from dswb.engine.context import StageContext
 from dswb.engine.distributed.ranks import DistributedControl, RankMonitor, RankSync
-from dswb.engine.distributed.world import World, end_world, ensure_world, is_collective_failure
+from dswb.engine.distributed.world import (
+    World,
+    end_world,
+    ensure_world,
+    is_collective_failure,
+)
+from dswb.engine.model.device import autocast_dtype, select_device, set_determinism
+from dswb.engine.telemetry.control import RunControl
+from dswb.engine.telemetry.monitor import Monitor, Reporter
 from dswb.engine.telemetry.system import SystemSampler
 from dswb.errors import EXIT_USER_ERROR, TrainingFailed, UserError
 from dswb.rundir.layout import RunPaths
 from dswb.rundir.space import disk_full_error, is_disk_full
 from dswb.rundir.status import new_status, process_start_time, read_status
+from dswb.util.atomic import write_atomic
 
 STAGE_MODULES = {stage: f"dswb.engine.stages.{stage}" for stage in ("pretrain", "sft", "rm", "dpo", "ppo", "grpo")}
 EXIT_CODES = {"finished": 0, "failed": 1, "stopped": 130}
@@ -65,7 +71,7 @@ def _open_run(config: Config, paths: RunPaths, resume: bool, reporter: Reporter 
         if not world.is_main:
             return RankMonitor(paths, {}, world, ranks, ema=config.monitor.ema)
     if not resume or not paths.config.exists():
-        paths.config.write_text(config_to_toml(config))
+        write_atomic(paths.config, config_to_toml(config), fsync=False)
     previous = read_status(paths.status) if resume else None
     status = new_status(config.run.stages[0], config.train.steps)
     status.update(run_id=paths.run_id, stages=list(config.run.stages), pid_started=process_start_time(os.getpid()))

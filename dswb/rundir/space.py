@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from dswb.util.fmt import fmt_bytes  # (dswb.engine.checkpoint.layout imports it from here)
+
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 DISK_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "os error 28", "os error 122")
 # Messages of writers that lose the errno: a full disk only if the filesystem is nearly full.
@@ -34,7 +36,7 @@ class DiskFull(OSError):
         self.path = str(path)
         self.free = free_bytes(path) if free is None else free
         super().__init__(f"no space left on device writing {self.path} "
-                         f"({fmt_bytes(self.free)} free there); free some space, then "
+                         f"({fmt_bytes(self.free, missing='unknown space')} free there); free some space, then "
                          f"`dswb run --resume` continues from the last checkpoint")
         self.errno = errno.ENOSPC
 
@@ -52,17 +54,6 @@ def free_bytes(path: str | Path) -> int | None:
         return shutil.disk_usage(existing_ancestor(path)).free
     except OSError:
         return None
-
-
-def fmt_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "unknown space"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

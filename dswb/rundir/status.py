@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 
 from dswb.rundir.events import (_has_surrogate_escape, clean_metrics, clean_number, clean_step, json_safe,
                                 printable)
 from dswb.rundir.space import DISK_FULL_ERRNOS, DiskFull
+from dswb.util.atomic import write_json_atomic
 
 STATES = ("starting", "running", "paused", "finished", "failed", "stopped")
 LIVE_STATES = ("starting", "running", "paused")
@@ -27,18 +27,13 @@ MAX_PID = 2 ** 31 - 1
 
 
 def write_status(path: Path, status: dict) -> None:
-    """Write `status` to `path` via a temporary file and `os.replace` (atomic on POSIX)."""
+    """Write `status` to `path` via a temporary file (`.status-*.tmp`, not fsynced) and
+    `os.replace` (atomic on POSIX)."""
     status = json_safe({**status, "updated": time.time()})
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".status-", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(status, f, indent=1, allow_nan=False, default=str)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        write_json_atomic(path, status, fsync=False, prefix=".status-", indent=1, allow_nan=False, default=str)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
             raise DiskFull(path) from exc
         raise
 

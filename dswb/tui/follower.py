@@ -251,13 +251,6 @@ class RunsScanner(threading.Thread):
             self._wake.clear()
 
 
-def file_size(path: Path) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
 def ingest_rate(path: Path, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, float, RunModel]:
     """Fold a whole events file the way the follower does; (events, seconds, model)."""
     follower = RunFollower(RunPaths(path.parent), post=lambda message: None, chunk_bytes=chunk_bytes)

@@ -6,8 +6,8 @@ minimum and maximum (bucket widths double each time the store fills, so memory s
 `capacity` buckets whatever the run length, and a spike is never averaged away).
 `view(n)` hands a plot at most `n` points (min/max per bucket), about twice the plot width.
 
-`minmax_downsample` and `lttb` are the pure downsamplers, usable on any two lists.
-Standard library only.
+`minmax_downsample` (from `dswb.stats`, shared with `dswb runs plot`) and `lttb` are the pure
+downsamplers, usable on any two lists. Standard library only.
 """
 
 from __future__ import annotations
@@ -15,36 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from dswb.stats import minmax_downsample
+
 Points = tuple[list[float], list[float]]
-
-
-def minmax_downsample(xs: Sequence[float], ys: Sequence[float], n_out: int) -> Points:
-    """At most `n_out` points: the minimum and the maximum of each of `n_out // 2` buckets.
-
-    Points keep their x order, so a line through them shows every spike of the original.
-    The first and last input points are always kept.
-    """
-    n = len(xs)
-    if n <= n_out or n_out < 4:
-        return list(xs), list(ys)
-    buckets = max(1, (n_out - 2) // 2)
-    out_x: list[float] = [xs[0]]
-    out_y: list[float] = [ys[0]]
-    inner = n - 2
-    for b in range(buckets):
-        lo = 1 + b * inner // buckets
-        hi = 1 + (b + 1) * inner // buckets
-        if hi <= lo:
-            continue
-        seg = ys[lo:hi]
-        i_min = lo + seg.index(min(seg))
-        i_max = lo + seg.index(max(seg))
-        for i in sorted({i_min, i_max}):
-            out_x.append(xs[i])
-            out_y.append(ys[i])
-    out_x.append(xs[-1])
-    out_y.append(ys[-1])
-    return out_x, out_y
 
 
 def lttb(xs: Sequence[float], ys: Sequence[float], n_out: int) -> Points:

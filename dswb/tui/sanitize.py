@@ -4,7 +4,7 @@ A parsed events line or `status.json` can hold anything JSON can: wrong types, n
 float range or non-finite, megabytes of text, control characters, thousands of keys. Each
 function here returns a value of one known shape (finite or missing numbers, short printable
 strings, bounded lists and dicts), or raises `ValueError` when the event cannot be used at all
-(the model counts it as a bad event). Text is cut with a marker (`… [cut, 2.0 MB]`).
+(the model counts it as a bad event). Text is cut with a marker (`… [cut, 1.9 MiB]`).
 """
 
 from __future__ import annotations
@@ -40,19 +40,6 @@ def number(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def metric_value(value: Any) -> float | None | bool:
-    """A metric as the model keeps it: a float (NaN and Inf kept: a plot shows a gap, the
-    statistics skip it), None; False when it is not a number at all (dropped)."""
-    if value is None:
-        return None
-    cls = value.__class__
-    if cls is float:
-        return value
-    if cls is int:
-        return float(value) if is_number(value) else None
-    return False
 
 
 def step_value(value: Any, required: bool = False) -> int:

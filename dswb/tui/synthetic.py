@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dswb.rundir import RunPaths, create_run_dir, write_status
 from dswb.tui import synthetic_rl
+from dswb.util.atomic import write_json_atomic
 
 FIXED_T0 = 1_735_732_800.0  # 2025-01-01 12:00:00 UTC
 FIXTURE_HOST = "fixture-host"  # not this machine: viewers show the state the run claims
@@ -215,9 +215,7 @@ def write_status_fixed(paths: RunPaths, status: dict) -> None:
     write_status(paths.status, status)
     data = json.loads(paths.status.read_text())
     data["updated"] = status["updated"]
-    tmp = paths.status.with_name(".status.fixed.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, paths.status)
+    write_json_atomic(paths.status, data, fsync=False, tmp_name=".status.fixed.tmp", indent=1)
 
 
 def write_run(root: Path, spec: RunSpec, upto: int | None = None) -> RunPaths:

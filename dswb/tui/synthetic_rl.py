@@ -1,8 +1,9 @@
 """Synthetic post-training events (SFT, reward model, DPO, PPO, GRPO) for fixtures and tests.
 
-What the engine writes per /work/notes/POSTTRAIN-EVENTS.md and docs/run-directory.md: RL
-metrics named as TRL names them, reward-model and DPO metrics, `test_acc` at the end of each LM
-stage, `pair_acc` for the reward model, bounded `samples` events and the RL alerts.
+What the engine writes per docs/run-directory.md (the events) and docs/post-training.md (the
+metrics and alerts of each stage): RL metrics named as TRL names them, reward-model and DPO
+metrics, `test_acc` at the end of each LM stage, `pair_acc` for the reward model, bounded `samples`
+events and the RL alerts.
 Deterministic for a given `random.Random`. Standard library only.
 """
 

@@ -18,22 +18,15 @@ from pathlib import Path
 import torch
 
 from dswb.engine.checkpoint.dcp import full_state_on_main, plain_copy
+from dswb.engine.checkpoint.layout import seal_directory
 from dswb.engine.distributed.world import active
 from dswb.engine.distributed.wrap import is_ddp
 from dswb.engine.fp8.convert import export_model
 from dswb.engine.model.load import STAGE_INFO
-from dswb.rundir.manifest import listed_files, verify_dir, write_manifest
+from dswb.rundir.manifest import verify_dir
 from dswb.rundir.space import DiskFull, is_disk_full
 
 MARKER = STAGE_INFO
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_final(path: Path, model: torch.nn.Module, tokenizer, info: dict) -> Path:
@@ -44,14 +37,7 @@ def save_final(path: Path, model: torch.nn.Module, tokenizer, info: dict) -> Pat
         export_model(model).save_pretrained(tmp, safe_serialization=True)   # no FP8 wrapper keys
         tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps(info, indent=1, default=str))
-        write_manifest(tmp)
-        for rel in listed_files(tmp):
-            _fsync(tmp / rel)
-        _fsync(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        _fsync(path.parent)
+        seal_directory(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, Exception) and is_disk_full(exc, path.parent):

@@ -7,7 +7,7 @@ one process, `dswb.engine.checkpoint.local`; a `dcp/` directory from torchrun,
 counters, streaming statistics), any extra files a stage writes, and last `dswb_manifest.json`
 (size and BLAKE2b of every other file, see `dswb.rundir.manifest`). Tensors are saved plain and
 loaded with `weights_only=True`, never unpickling objects. The directory only appears under its
-final name after every file is written and fsynced (`seal_checkpoint`), so the newest `step-*`
+final name after every file is written and fsynced (`seal_directory`), so the newest `step-*`
 directory is always complete; loading verifies it against its manifest (`CorruptCheckpoint` on a
 mismatch; `select_checkpoint` picks the newest that verifies). A full disk during a write removes
 the partial directory and raises `DiskFull` naming it.
@@ -23,9 +23,18 @@ from pathlib import Path
 
 import torch
 
-from dswb.rundir.manifest import (MANIFEST, QUARANTINE_PREFIX, Verification, directory_bytes, listed_files,
-                                  verify_dir, write_manifest)
-from dswb.rundir.space import checkpoints_room, fmt_bytes, free_bytes
+from dswb.rundir.manifest import (
+    MANIFEST,
+    QUARANTINE_PREFIX,
+    Verification,
+    directory_bytes,
+    listed_files,
+    verify_dir,
+    write_manifest,
+)
+from dswb.rundir.space import checkpoints_room, free_bytes
+from dswb.util.atomic import fsync_dir as _fsync_dir, fsync_file as _fsync_file   # names the fault hook patches
+from dswb.util.fmt import fmt_bytes
 
 STATE_FILE = "trainer_state.json"
 FILES = ("model.safetensors", "optimizer.pt", "rng.pt", STATE_FILE)
@@ -44,19 +53,6 @@ class CorruptCheckpoint(Exception):
 class Checkpoint:
     path: Path
     step: int
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def rng_state() -> dict:
@@ -81,10 +77,10 @@ def torch_save(obj, path: Path) -> None:
         torch.save(obj, f)
 
 
-def seal_checkpoint(tmp: Path, final: Path) -> None:
-    """Make a fully written temporary checkpoint directory the checkpoint `final`: the manifest last,
-    everything synced, then one atomic rename (replacing a checkpoint of the same step, e.g. a stop
-    right after a periodic save)."""
+def seal_directory(tmp: Path, final: Path) -> None:
+    """Make a fully written temporary directory (a checkpoint, a final model) the directory `final`:
+    the manifest last, everything synced, then one atomic rename (replacing an older `final`, e.g. a
+    checkpoint of the same step after a stop right after a periodic save)."""
     write_manifest(tmp)
     for name in listed_files(tmp):
         _fsync_file(tmp / name)

@@ -13,8 +13,17 @@ from typing import Callable
 import torch
 from safetensors.torch import load_model, save_model
 
-from dswb.engine.checkpoint.layout import (STATE_FILE, Checkpoint, CorruptCheckpoint, prune, rng_state,
-                                           seal_checkpoint, set_rng_state, torch_save, verify_checkpoint)
+from dswb.engine.checkpoint.layout import (
+    STATE_FILE,
+    Checkpoint,
+    CorruptCheckpoint,
+    prune,
+    rng_state,
+    seal_directory,
+    set_rng_state,
+    torch_save,
+    verify_checkpoint,
+)
 from dswb.errors import UserError
 from dswb.rundir.space import DiskFull, is_disk_full
 
@@ -38,7 +47,7 @@ def save_local(stage_dir: Path, step: int, model: torch.nn.Module, optimizer: to
         (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=1))
         if extra is not None:
             extra(tmp)
-        seal_checkpoint(tmp, final)
+        seal_directory(tmp, final)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, Exception) and is_disk_full(exc, stage_dir):

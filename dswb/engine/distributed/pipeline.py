@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 import torch
 
-from dswb.engine.model.device import autocast
 from dswb.engine.distributed.world import World
+from dswb.engine.model.device import autocast
 from dswb.errors import UserError
 
 PIPELINE_ATTR = "_dswb_pipeline"

@@ -17,9 +17,9 @@ import signal
 import time
 from typing import Any
 
+from dswb.engine.distributed.world import World, reduce_metrics
 from dswb.engine.telemetry.control import SignalHandlers
 from dswb.engine.telemetry.monitor import Monitor
-from dswb.engine.distributed.world import World, reduce_metrics
 from dswb.rundir.events import AppendFile
 from dswb.rundir.layout import RunPaths
 from dswb.stats import StatsBook

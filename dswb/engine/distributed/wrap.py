@@ -118,9 +118,17 @@ def _fsdp(model: torch.nn.Module, config, device: torch.device, world: World) ->
 def _fsdp2():
     """FSDP2's entry points (public in torch >= 2.6, `_composable` before)."""
     try:
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            MixedPrecisionPolicy,
+            fully_shard,
+        )
     except ImportError:  # pragma: no cover - torch 2.5
-        from torch.distributed._composable.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+        from torch.distributed._composable.fsdp import (
+            CPUOffloadPolicy,
+            MixedPrecisionPolicy,
+            fully_shard,
+        )
     return CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
 

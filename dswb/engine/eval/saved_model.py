@@ -15,10 +15,15 @@ import torch
 
 from dswb.engine.data.records.posttrain import task_preferences
 from dswb.engine.data.records.task import AdditionTask
-from dswb.engine.model.device import select_device
-from dswb.engine.model.load import is_reward_model, load_causal_lm, load_scalar_model, stage_info
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.eval.task import task_accuracy
+from dswb.engine.model.device import select_device
+from dswb.engine.model.load import (
+    is_reward_model,
+    load_causal_lm,
+    load_scalar_model,
+    stage_info,
+)
 from dswb.errors import UserError
 
 DEFAULT_TASK = {"kind": "addition", "digits": 2, "n_train": 9000, "n_val": 500, "n_test": 500, "seed": 0}
@@ -47,8 +52,8 @@ def evaluate_model(model_dir: Path, n: int | None = None, device: str = "auto", 
     torch.manual_seed(0)
     if is_reward_model(model_dir):
         from dswb.engine.data.batches.pairs import encode_pair
-        from dswb.engine.model.load import fit_vocab
         from dswb.engine.eval.pairs import pair_accuracy
+        from dswb.engine.model.load import fit_vocab
 
         model = load_scalar_model(model_dir, str(model_dir)).to(dev).eval()
         fit_vocab(model, tokenizer)

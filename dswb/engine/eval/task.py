@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from dswb.engine.data.batches.collate import left_pad
 from dswb.engine.data.records.task import score
 
 
@@ -25,18 +26,6 @@ def encode_prompts(tokenizer: Any, prompts: list[str], prompt_format: str = "pla
     enc = tokenizer(prompts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     bos = tokenizer.bos_token_id
     return [([bos] if bos is not None else []) + list(ids) for ids in enc]
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), padded on the left to the longest row."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = 1
-    return ids, mask
 
 
 @torch.no_grad()

@@ -83,13 +83,6 @@ def _ungrouped(grouped: torch.Tensor, granularity: str, shape: torch.Size) -> to
     return grouped.reshape(grouped.shape[0] * TILE, -1)[: shape[0], : shape[1]].contiguous()
 
 
-def amax_of(x: torch.Tensor, granularity: str) -> torch.Tensor:
-    """Absolute maximum per scaling group, in FP32, shaped like the scale of `granularity`."""
-    x = x.float()
-    grouped = _grouped(x, granularity) if granularity in ("tile", "block") else None
-    return _group_amax(x, granularity, grouped)
-
-
 def round_to_power_of_two(scale: torch.Tensor) -> torch.Tensor:
     """The smallest power of two >= `scale` (exact: from the binary exponent, no log rounding).
 

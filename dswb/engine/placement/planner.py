@@ -12,7 +12,7 @@ devices are as even as possible too. When no split fits, the plan is the one wit
 utilisation, and it says which devices overflow and by how much.
 
 A head tied to the embedding (`tie_word_embeddings`) shares its weight, so it is placed with the
-embedding. `seed_even_split` reproduces the seed sketch's `i // (layers // gpus)` mapping, as a
+embedding. `blog_even_split` reproduces the blog's sketch's `i // (layers // gpus)` mapping, as a
 baseline only: it ignores everything but the blocks and overruns past the last device on remainders.
 
 Pure Python; no torch.
@@ -22,8 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dswb.engine.placement.memory import Bytes, MemoryModel, device_peak_bytes, unit_bytes, unit_flops
-from dswb.engine.placement.shapes import BLOCK, EMBED, NORM, ModelShape, Unit, units as shape_units
+from dswb.engine.placement.memory import (
+    Bytes,
+    MemoryModel,
+    device_peak_bytes,
+    unit_bytes,
+    unit_flops,
+)
+from dswb.engine.placement.shapes import BLOCK, EMBED, NORM, ModelShape, Unit
+from dswb.engine.placement.shapes import units as shape_units
 from dswb.errors import UserError
 
 BALANCE = ("memory", "compute")
@@ -82,7 +89,7 @@ class Plan:
     memory: MemoryModel
     devices: list[DevicePlan]
     strategy: str
-    phantom: list[DevicePlan] = field(default_factory=list)  # the seed's units on devices that do not exist
+    phantom: list[DevicePlan] = field(default_factory=list)  # the blog sketch's units on missing devices
 
     @property
     def total_bytes(self) -> int:
@@ -122,7 +129,7 @@ class Plan:
         return self.total_bytes * weights[j] / sum(weights)
 
     def load_ratio(self) -> float:
-        """Max device load / ideal (1.0 = perfectly even; the phantom devices of the seed count too)."""
+        """Max device load / ideal (1.0 = perfectly even; the phantom devices of the blog's split count too)."""
         ratios = [d.total / self.ideal_share(j) for j, d in enumerate(self.devices)]
         ideal_equal = self.total_bytes / max(1, len(self.devices))
         ratios += [d.total / ideal_equal for d in self.phantom]
@@ -270,11 +277,11 @@ def plan_layers(shape: ModelShape, mm: MemoryModel, devices: list[DeviceSpec], b
     return Plan(shape, mm, plans, label)
 
 
-def seed_even_split(shape: ModelShape, mm: MemoryModel, devices: list[DeviceSpec],
+def blog_even_split(shape: ModelShape, mm: MemoryModel, devices: list[DeviceSpec],
                     model_units: list[Unit] | None = None) -> Plan:
-    """The seed sketch's mapping: block i on device `i // (layers // gpus)`, which runs past the last
+    """The blog's sketch's mapping: block i on device `i // (layers // gpus)`, which runs past the last
     device when the layers do not divide evenly. The embedding goes on the first device and the norm and
-    head on the last real one (the seed ignores them; this is its best case)."""
+    head on the last real one (the sketch ignores them; this is its best case)."""
     n = len(devices)
     check_device_count(n, shape)
     per = shape.layers // n
@@ -286,7 +293,7 @@ def seed_even_split(shape: ModelShape, mm: MemoryModel, devices: list[DeviceSpec
                           [i for i in range(len(chain)) if index[i] == j], chain, costs, flops, pinned, peak,
                           exists=j < n)
              for j in range(max(index) + 1)]
-    return Plan(shape, mm, plans[:n], "seed even split", phantom=plans[n:])
+    return Plan(shape, mm, plans[:n], "blog sketch even split", phantom=plans[n:])
 
 
 def min_devices(shape: ModelShape, mm: MemoryModel, limit: int, model_units: list[Unit] | None = None) -> int | None:
@@ -306,11 +313,3 @@ def min_devices(shape: ModelShape, mm: MemoryModel, limit: int, model_units: lis
             current += cost.total + extra
             has_block = has_block or unit.kind == BLOCK
     return count
-
-
-def plan_bytes(plan: Plan) -> dict[str, int]:
-    """Bytes by kind over every device of a plan."""
-    total = Bytes()
-    for d in plan.devices + plan.phantom:
-        total = total + d.bytes
-    return total.as_dict()

@@ -1,6 +1,8 @@
 """A plan in words: the per-device table, whether it fits, and by how much it does not.
 
 Pure Python; the CLI prints `plan_rows` with its table helper, the engine logs `plan_text`.
+Sizes are shown in binary units (`dswb.util.fmt.fmt_bytes`): a limit given as `80GB` (80 x 10^9
+bytes) shows as `74.5 GiB`.
 """
 
 from __future__ import annotations
@@ -10,19 +12,11 @@ from dataclasses import replace
 from dswb.engine.placement.memory import KINDS
 from dswb.engine.placement.planner import Plan, min_devices, plan_layers
 from dswb.engine.placement.shapes import BLOCK, EMBED, HEAD, NORM, Unit
+from dswb.util.fmt import fmt_bytes
 
 HEADERS = ["device", "modules", "weights", "grads", "optimizer", "copies", "activations", "total", "limit",
            "use", "FLOPs"]
 NUMERIC = tuple(range(2, len(HEADERS)))
-
-
-def fmt_bytes(n: float) -> str:
-    """Decimal units, as memory sizes are written in configs: `80 GB` is 80 x 10^9 bytes."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= size:
-            value = n / size
-            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{int(n)} B"
 
 
 def fmt_count(n: float) -> str:
@@ -33,7 +27,7 @@ def fmt_count(n: float) -> str:
 
 
 def plan_rows(plan: Plan) -> list[list[str]]:
-    """One row per device (the seed's missing devices included), then a total row."""
+    """One row per device (the missing devices of the blog sketch's split included), then a total row."""
     rows = []
     flops = plan.total_flops or 1.0
     for d in plan.devices + plan.phantom:

@@ -4,7 +4,9 @@
 the stage emits them as `alert` events. An alert fires at the onset of a condition and then not
 again for `repeat_every` iterations, so a persistent or flickering problem is one alert every so
 often, not one per iteration. Thresholds come from the stage's config (`alert_*`). The failure signs are
-the ones RL users ask about (ENGINE-NOTES section 2) and the reward hacking of section 6.
+the ones RL users most often ask about (negative k1 KL, KL growth with collapsing outputs, ratio
+explosions, zero-std reward groups, response-length collapse) and reward hacking, which a reward
+model used alone as the RL reward shows on the built-in task (docs/post-training.md).
 """
 
 from __future__ import annotations

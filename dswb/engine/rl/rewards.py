@@ -67,7 +67,11 @@ class RewardModelSource(RewardSource):
     def __init__(self, path: Path, place: Callable[[torch.nn.Module], torch.nn.Module], amp_dtype=None,
                  name: str = "rm", batch_size: int = 256) -> None:
         from dswb.engine.data.records.tokenizer import load_tokenizer
-        from dswb.engine.stages.common import is_reward_model, load_scalar_model, stage_info
+        from dswb.engine.model.load import (
+            is_reward_model,
+            load_scalar_model,
+            stage_info,
+        )
 
         if not is_reward_model(path):
             raise UserError(f"reward '{name}': {path} is not a reward model (no *ForSequenceClassification "
@@ -88,8 +92,8 @@ class RewardModelSource(RewardSource):
     @torch.no_grad()
     def __call__(self, inputs: RewardInputs) -> list[float]:
         from dswb.engine.data.batches.collate import collate_padded
-        from dswb.engine.model.device import autocast
         from dswb.engine.data.batches.pairs import scalar_scores
+        from dswb.engine.model.device import autocast
 
         rows = [self.encode(p, c, e) for p, c, e in zip(inputs.prompts, inputs.completions, inputs.ended)]
         out: list[float] = []

@@ -23,6 +23,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from dswb.engine.data.batches.collate import left_pad
 from dswb.engine.model.device import autocast
 from dswb.engine.rl.sampling import sample_next, scaled_log_softmax
 
@@ -57,18 +58,6 @@ class RolloutSampler(Protocol):
     def generate(self, prompts: list[list[int]], *, samples_per_prompt: int = 1, max_new_tokens: int,
                  temperature: float = 1.0, top_p: float = 1.0, stop_ids: Sequence[int] = (),
                  generator: torch.Generator | None = None) -> Rollouts: ...
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(ids [B, P], mask [B, P])`: rows right-aligned to the longest, mask 1 on real tokens."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.as_tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dswb.config.schema import LM_STAGES, STAGES
+from dswb.engine.checkpoint.final import is_complete, save_final_model
 from dswb.engine.checkpoint.io import load_checkpoint
 from dswb.engine.checkpoint.layout import latest_checkpoint, remove_partial
 from dswb.engine.context import StageContext
@@ -28,12 +29,15 @@ from dswb.engine.data.batches.batching import length_histogram
 from dswb.engine.data.batches.loader import Prefetcher
 from dswb.engine.data.batches.pairs import EncodedPair, encode_pair
 from dswb.engine.data.records.chat import install_chat_template
-from dswb.engine.data.records.posttrain import read_preferences, split_records, task_preferences
+from dswb.engine.data.records.posttrain import (
+    read_preferences,
+    split_records,
+    task_preferences,
+)
 from dswb.engine.data.records.task import AdditionTask, TaskSplits
 from dswb.engine.distributed.sharding import load_stream_state
-from dswb.engine.checkpoint.final import is_complete, save_final_model
 from dswb.engine.model.load import stage_info
-from dswb.engine.train.loop import LoopParts, lm_step, run_loop
+from dswb.engine.train.loop import LoopParts, StepFn, lm_step, run_loop
 from dswb.engine.train.prepare import model_hooks
 from dswb.errors import UserError
 from dswb.stats import StatsBook
@@ -132,21 +136,34 @@ def batching_event(ctx: StageContext, stage: str, step: int, lengths, stream: An
                               "max_tokens": ctx.config.batching.max_tokens})
 
 
+def run_stage_loop(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   step: StepFn, section: Any, *, start_step: int, state: dict, evaluate: Callable[[int], dict],
+                   data_state: Callable[[], dict] = dict, hooks_of: torch.nn.Module | None = None,
+                   probe: Callable[[], float] | None = None, context: float | None = None,
+                   eval_every: int | None = None,
+                   stop_when: Callable[[dict], str | None] | None = None) -> tuple[str, int | None]:
+    """`run_loop` over `step` with what the prepared model adds (`model_hooks` of `hooks_of`, by
+    default `model`, the module the optimizer trains): (outcome, last step)."""
+    hooks = model_hooks(hooks_of if hooks_of is not None else model, ctx, stage, probe=probe, context=context)
+    parts = LoopParts(stage=stage, model=model, optimizer=optimizer, step=step, data_state=data_state,
+                      evaluate=evaluate, optim=section, start_step=start_step, state=state, eval_every=eval_every,
+                      stop_when=stop_when, metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks,
+                      flops_per_token=hooks.flops_per_token)
+    return run_loop(ctx, parts), parts.end_step
+
+
 def run_lm_loop(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 stream: Any, section: Any, *, start_step: int, state: dict, evaluate: Callable[[int], dict],
                 probe: Callable[[], float] | None, context: float, eval_every: int | None = None,
                 stop_when: Callable[[dict], str | None] | None = None) -> tuple[str, int | None]:
     """The loop of a language-modelling stage over `stream` (prefetched): (outcome, last step)."""
-    hooks = model_hooks(model, ctx, stage, probe=probe, context=context)
     prefetch = Prefetcher(stream, depth=ctx.config.batching.prefetch, pin=ctx.device.type == "cuda")
     step = lm_step(model, optimizer, iter(prefetch), ctx, section.grad_accum, section.clip_grad,
                    data_wait=lambda: prefetch.wait_s)
-    parts = LoopParts(stage=stage, model=model, optimizer=optimizer, step=step, data_state=prefetch.state_dict,
-                      evaluate=evaluate, optim=section, start_step=start_step, state=state, eval_every=eval_every,
-                      stop_when=stop_when, metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks,
-                      flops_per_token=hooks.flops_per_token)
     try:
-        return run_loop(ctx, parts), parts.end_step
+        return run_stage_loop(ctx, stage, model, optimizer, step, section, start_step=start_step, state=state,
+                              evaluate=evaluate, data_state=prefetch.state_dict, probe=probe, context=context,
+                              eval_every=eval_every, stop_when=stop_when)
     finally:
         prefetch.close()
 

@@ -25,11 +25,21 @@ from dswb.engine.eval.task import task_accuracy
 from dswb.engine.model.load import fit_vocab, load_causal_lm
 from dswb.engine.preference.losses import dpo_loss
 from dswb.engine.preference.scoring import pair_logprobs, reference_logprobs
-from dswb.engine.stages.common import (TaskData, accuracy_target, begin_stage, describe_model, eval_every, finish_lm,
-                                       load_pairs, resolve_init, resume)
-from dswb.engine.train.loop import LoopParts, StepOutput, run_loop
+from dswb.engine.stages.common import (
+    TaskData,
+    accuracy_target,
+    begin_stage,
+    describe_model,
+    eval_every,
+    finish_lm,
+    load_pairs,
+    resolve_init,
+    resume,
+    run_stage_loop,
+)
+from dswb.engine.train.loop import StepOutput
 from dswb.engine.train.optim import build_optimizer
-from dswb.engine.train.prepare import model_hooks, prepare_model
+from dswb.engine.train.prepare import prepare_model
 from dswb.engine.train.step import guarded_update
 
 STAGE = "dpo"
@@ -118,13 +128,9 @@ def run(ctx: StageContext) -> str:
                                                 prompt_format=prompt_format)
         return metrics
 
-    hooks = model_hooks(policy, ctx, STAGE, context=mean_pair_length(train))
-    parts = LoopParts(stage=STAGE, model=policy, optimizer=optimizer, step=step, data_state=stream.state_dict,
-                      evaluate=evaluate, optim=sec, start_step=start_step, state=state, eval_every=eval_every(ctx, sec),
-                      stop_when=accuracy_target(sec),
-                      metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks,
-                      flops_per_token=hooks.flops_per_token)
-    outcome = run_loop(ctx, parts)
+    outcome, end_step = run_stage_loop(ctx, STAGE, policy, optimizer, step, sec, start_step=start_step, state=state,
+                                       data_state=stream.state_dict, evaluate=evaluate, context=mean_pair_length(train),
+                                       eval_every=eval_every(ctx, sec), stop_when=accuracy_target(sec))
     if outcome != "finished":
         return outcome
 
@@ -132,5 +138,5 @@ def run(ctx: StageContext) -> str:
         prompts, answers = td.test()
         return {"test_acc": task_accuracy(policy, tokenizer, prompts, answers, ctx.device, prompt_format=prompt_format)}
 
-    return finish_lm(ctx, STAGE, policy, tokenizer, parts.end_step, prompt_format, test_score if td else None,
+    return finish_lm(ctx, STAGE, policy, tokenizer, end_step, prompt_format, test_score if td else None,
                      extra={"reference": str(ref_start.path)})

@@ -18,20 +18,39 @@ import numpy as np
 import torch
 
 from dswb.engine.context import StageContext
-from dswb.engine.data.records.chat import prompt_ids as encode_prompt, stop_ids
-from dswb.engine.data.records.posttrain import PromptRecord, read_prompts, split_records, task_prompts
+from dswb.engine.data.records.chat import prompt_ids as encode_prompt
+from dswb.engine.data.records.chat import stop_ids
+from dswb.engine.data.records.posttrain import (
+    PromptRecord,
+    read_prompts,
+    split_records,
+    task_prompts,
+)
 from dswb.engine.data.records.tokenizer import load_tokenizer
-from dswb.engine.distributed.world import active
-from dswb.engine.placement.roles import Placement
 from dswb.engine.distributed.sharding import prompt_block, skip_rows
-from dswb.engine.rl.health import RLHealth
-from dswb.engine.rl.rewards import CombinedReward, RewardInputs, RewardScores, build_rewards, nan_mean
-from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
-from dswb.engine.model.load import fit_vocab, load_causal_lm
-from dswb.engine.stages.common import StageStart, TaskData, accuracy_target, eval_every, finish_lm, resolve_init, resume
+from dswb.engine.distributed.world import active
 from dswb.engine.eval.task import task_accuracy
-from dswb.engine.train.loop import LoopParts, run_loop
-from dswb.engine.train.prepare import model_hooks
+from dswb.engine.model.load import fit_vocab, load_causal_lm
+from dswb.engine.placement.roles import Placement
+from dswb.engine.rl.health import RLHealth
+from dswb.engine.rl.rewards import (
+    CombinedReward,
+    RewardInputs,
+    RewardScores,
+    build_rewards,
+    nan_mean,
+)
+from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
+from dswb.engine.stages.common import (
+    StageStart,
+    TaskData,
+    accuracy_target,
+    eval_every,
+    finish_lm,
+    resolve_init,
+    resume,
+    run_stage_loop,
+)
 from dswb.errors import UserError
 
 SAMPLES_PER_EVENT = 8
@@ -248,15 +267,12 @@ def run_rl_loop(ctx: StageContext, stage: str, *, model: torch.nn.Module, policy
     """The training loop of an RL stage (`step` is one iteration) and, when it finishes, the policy's
     final model with its held-out accuracy. `model` is what the optimizer trains (PPO: policy and
     value); FP8 statistics are the policy's; no MFU: an iteration is mostly generation."""
-    hooks = model_hooks(policy, ctx, stage)
-    parts = LoopParts(stage=stage, model=model, optimizer=optimizer, step=step, data_state=lambda: {},
-                      evaluate=evaluator(ctx, stage, rl), optim=section, start_step=start_step, state=state,
-                      eval_every=eval_every(ctx, section), stop_when=accuracy_target(section),
-                      metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks)
-    outcome = run_loop(ctx, parts)
+    outcome, end_step = run_stage_loop(ctx, stage, model, optimizer, step, section, start_step=start_step,
+                                       state=state, evaluate=evaluator(ctx, stage, rl), hooks_of=policy,
+                                       eval_every=eval_every(ctx, section), stop_when=accuracy_target(section))
     if outcome != "finished":
         return outcome
-    return finish_lm(ctx, stage, policy, rl.tokenizer, parts.end_step, rl.prompt_format, test_scorer(ctx, rl),
+    return finish_lm(ctx, stage, policy, rl.tokenizer, end_step, rl.prompt_format, test_scorer(ctx, rl),
                      extra=extra)
 
 

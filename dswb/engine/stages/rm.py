@@ -17,18 +17,31 @@ import math
 import torch
 
 from dswb.engine.context import StageContext
-from dswb.engine.data.batches.pairs import EncodedPair, PairStream, margins, mean_pair_length
+from dswb.engine.data.batches.pairs import (
+    EncodedPair,
+    PairStream,
+    margins,
+    mean_pair_length,
+)
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.distributed.sharding import shard_pairs
 from dswb.engine.eval.pairs import pair_accuracy
 from dswb.engine.model.load import fit_vocab, load_scalar_model
 from dswb.engine.preference.losses import reward_model_loss
 from dswb.engine.preference.scoring import pair_rewards
-from dswb.engine.stages.common import (begin_stage, describe_model, eval_every, finish_lm, load_pairs, resolve_init,
-                                       resume)
-from dswb.engine.train.loop import LoopParts, StepOutput, run_loop
+from dswb.engine.stages.common import (
+    begin_stage,
+    describe_model,
+    eval_every,
+    finish_lm,
+    load_pairs,
+    resolve_init,
+    resume,
+    run_stage_loop,
+)
+from dswb.engine.train.loop import StepOutput
 from dswb.engine.train.optim import build_optimizer
-from dswb.engine.train.prepare import model_hooks, prepare_model
+from dswb.engine.train.prepare import prepare_model
 from dswb.engine.train.step import guarded_update
 
 STAGE = "rm"
@@ -83,18 +96,15 @@ def run(ctx: StageContext) -> str:
         return StepOutput(loss=loss, finite=math.isfinite(loss) and math.isfinite(grad_norm), tokens=tokens,
                           metrics={**metrics, "grad_norm": grad_norm})
 
-    hooks = model_hooks(model, ctx, STAGE, context=mean_pair_length(train))
-    parts = LoopParts(stage=STAGE, model=model, optimizer=optimizer, step=step, data_state=stream.state_dict,
-                      evaluate=lambda s: pair_accuracy(model, val[:MAX_EVAL_PAIRS], pad_id, ctx.device, ctx.amp_dtype),
-                      optim=sec, start_step=start_step, state=state, eval_every=eval_every(ctx, sec),
-                      metric_sources=hooks.metric_sources, step_hooks=hooks.step_hooks,
-                      flops_per_token=hooks.flops_per_token)
-    outcome = run_loop(ctx, parts)
+    outcome, end_step = run_stage_loop(
+        ctx, STAGE, model, optimizer, step, sec, start_step=start_step, state=state, data_state=stream.state_dict,
+        evaluate=lambda s: pair_accuracy(model, val[:MAX_EVAL_PAIRS], pad_id, ctx.device, ctx.amp_dtype),
+        context=mean_pair_length(train), eval_every=eval_every(ctx, sec))
     if outcome != "finished":
         return outcome
 
     def test_score() -> dict:
         return pair_accuracy(model, test, pad_id, ctx.device, ctx.amp_dtype, prefix="test_")
 
-    return finish_lm(ctx, STAGE, model, tokenizer, parts.end_step, "chat" if is_chat else "plain",
+    return finish_lm(ctx, STAGE, model, tokenizer, end_step, "chat" if is_chat else "plain",
                      test_score if test else None, extra={"kind": "reward_model"})

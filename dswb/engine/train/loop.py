@@ -20,9 +20,10 @@ import torch
 from dswb.engine.checkpoint.io import save_checkpoint
 from dswb.engine.checkpoint.layout import latest_checkpoint, warn_low_space
 from dswb.engine.context import StageContext
-from dswb.engine.telemetry.mfu import describe as describe_mfu, device_peak, throughput_metrics
-from dswb.engine.train.optim import set_lr
 from dswb.engine.distributed.world import active as active_world
+from dswb.engine.telemetry.mfu import describe as describe_mfu
+from dswb.engine.telemetry.mfu import device_peak, throughput_metrics
+from dswb.engine.train.optim import set_lr
 from dswb.engine.train.schedule import lr_at
 from dswb.engine.train.step import train_step
 from dswb.errors import TrainingFailed

@@ -23,9 +23,10 @@ from typing import Callable, Iterable
 
 import torch
 
-from dswb.engine.distributed.pipeline import clip_grad_norm as pipeline_grad_norm, pipeline_of
-from dswb.engine.distributed.wrap import grad_scale, gradient_sync
+from dswb.engine.distributed.pipeline import clip_grad_norm as pipeline_grad_norm
+from dswb.engine.distributed.pipeline import pipeline_of
 from dswb.engine.distributed.world import active
+from dswb.engine.distributed.wrap import grad_scale, gradient_sync
 from dswb.engine.model.device import autocast
 from dswb.engine.train.losses import token_loss_sum
 

@@ -1,4 +1,4 @@
-"""Statistics per metric (last, mean, std, min, max, count), as the seed's `get_statistics`.
+"""Statistics per metric (last, mean, std, min, max, count), as the blog's sketch's `get_statistics`.
 
 Its values change at every step, so it is a `TextTable` (only changed rows are repainted).
 """

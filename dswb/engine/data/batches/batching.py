@@ -8,7 +8,7 @@ plan for millions of samples costs tens of MB. Python loops run per window (a fe
 samples at a time), not over the whole corpus at once.
 
 The padded-token budget is the rule every padded plan keeps: `len(batch) * longest <= max_tokens`
-(the seed sketch budgeted the *sum* of lengths, which a padded batch can exceed many times over).
+(the blog's sketch budgeted the *sum* of lengths, which a padded batch can exceed many times over).
 A plan is a pure function of its arguments, so a position inside an epoch is just
 `(epoch, batch_index)`: resuming rebuilds the same plan and skips to that index.
 

@@ -174,3 +174,15 @@ def collate_packed(segments: Sequence[Sequence[Segment]], samples: Sequence[Sequ
         n_target=n_target,
         n_samples=n_docs,
     )
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(ids [B, P], mask [B, P])`: rows right-aligned to the longest, mask 1 on real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.as_tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)

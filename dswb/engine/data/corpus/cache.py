@@ -27,6 +27,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from dswb.util.atomic import fsync_tree
+
 FORMAT_VERSION = 2  # 2: sample stores (store.py) replaced whole-split arrays
 
 
@@ -124,7 +126,7 @@ def save_entry(cache_dir: Path, key: str, splits: dict[str, list[list[int]]], me
             (tmp / name).write_bytes(data)
         full_meta = {**(meta or {}), "splits": list(splits), "format_version": FORMAT_VERSION}
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=1, default=str), encoding="utf-8")
-        _fsync_dir(tmp)
+        fsync_tree(tmp)
         try:
             os.rename(tmp, final)
         except OSError:  # an entry appeared meanwhile (another run): it is equivalent
@@ -134,12 +136,6 @@ def save_entry(cache_dir: Path, key: str, splits: dict[str, list[list[int]]], me
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    for child in path.iterdir():
-        with open(child, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 def load_or_build(key_parts: dict, build: Callable[[], list[list[int]]],

@@ -1,11 +1,12 @@
-"""Split long token sequences into overlapping windows (the seed's 512 / 50 / 256 scheme), pure.
+"""Split long token sequences into overlapping windows (the blog's 512 / 50 / 256 scheme), pure.
 
 Rules:
-- A sequence of at most `chunk_size` tokens is kept whole, however short (as in the seed).
+- A sequence of at most `chunk_size` tokens is kept whole, however short (as in the blog's
+  sketch).
 - A longer one is cut into windows of `chunk_size` tokens starting every
   `chunk_size - overlap` tokens, until a window reaches the end.
-- The seed drops a final window shorter than `min_chunk`, silently losing the document's tail.
-  Here no window shorter than `min_chunk` is emitted either, but the tail is never lost: when the
+- The blog's sketch drops a final window shorter than `min_chunk`, silently losing the
+  document's tail. Here no window shorter than `min_chunk` is emitted either, but the tail is never lost: when the
   remainder is too short, the last window is moved back to end exactly at the last token (a full
   `chunk_size` window that overlaps its neighbour by more than `overlap`). So every token is in at
   least one chunk, every chunk except a whole short document has `>= min_chunk` tokens, and the

@@ -1,12 +1,12 @@
-"""Text cleaning as the seed intends: HTML tags, URLs and "special" characters become spaces.
+"""Text cleaning as the blog's sketch intends: HTML tags, URLs and "special" characters become spaces.
 
 Uses the `regex` package because `\\p{P}` (Unicode punctuation) is not supported by `re`
 (the plain whitespace rules use `re`, which is faster for them).
 Rules, each switchable:
 - `strip_html`: HTML/XML tags (`<p>`, `</a>`, `<br/>`, `<a href=...>`) and comments. A bare `<`
-  in prose ("a < b") is kept, unlike the seed's `<.*?>`.
+  in prose ("a < b") is kept, unlike the blog's sketch's `<.*?>`.
 - `strip_urls`: `http://...`, `https://...` and `www....` up to the next whitespace
-  (the seed's `http\\S+` would also eat words such as "httpd").
+  (the blog's sketch's `http\\S+` would also eat words such as "httpd").
 - `strip_special`: every character that is not a word character, whitespace or Unicode
   punctuation (`[^\\w\\s\\p{P}]`). Note this removes symbols (`\\p{S}`: `+ = $ < > | ~ ^`, emoji).
 Whitespace is then normalised: `\\r\\n` -> `\\n`, runs of spaces/tabs -> one space, spaces at line

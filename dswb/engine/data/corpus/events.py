@@ -10,12 +10,11 @@ Both only need an object with `emit(kind, stage, step, **fields)` (the engine's 
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 from dswb.engine.data.corpus.prepare import PreparationStopped
+from dswb.util.atomic import write_json_atomic
 
 REPORT_FILE = "data-report.json"
 
@@ -39,8 +38,6 @@ def publish_report(monitor: Any, stage: str | None, run_root: Path, stats: dict)
     report = {**stats.get("report", {}), "cache_hit": stats.get("cache_hit"), "cache_key": stats.get("cache_key"),
               "tokenizer": stats.get("tokenizer")}
     path = report_path(run_root)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, report, fsync=False, tmp_name=path.name + ".tmp", indent=1, default=str)
     monitor.emit("data_report", stage, 0, report=report)
     return report

@@ -19,7 +19,11 @@ import numpy as np
 
 from dswb.engine.data.corpus import store as store_mod
 from dswb.engine.data.corpus.dedup import HashSet64, first_occurrences, near_duplicates
-from dswb.engine.data.corpus.readers import MAX_SKIPPED_EXAMPLES, iter_blocks, start_position
+from dswb.engine.data.corpus.readers import (
+    MAX_SKIPPED_EXAMPLES,
+    iter_blocks,
+    start_position,
+)
 from dswb.engine.data.corpus.work import BlockResult, BlockSettings, process_block
 from dswb.errors import UserError
 

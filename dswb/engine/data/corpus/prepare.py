@@ -41,8 +41,15 @@ from dswb.engine.data.corpus import store as store_mod
 from dswb.engine.data.corpus.ingest import ReadState, read_phase
 from dswb.engine.data.corpus.readers import no_documents_message
 from dswb.engine.data.corpus.report import build_report
-from dswb.engine.data.corpus.work import TokenizeSettings, init_worker, read_text_shard, shard_texts, tokenize_shard
+from dswb.engine.data.corpus.work import (
+    TokenizeSettings,
+    init_worker,
+    read_text_shard,
+    shard_texts,
+    tokenize_shard,
+)
 from dswb.errors import UserError
+from dswb.util.atomic import write_atomic, write_json_atomic
 
 PROGRESS_VERSION = 1
 PROGRESS_EVERY_S = 1.0
@@ -259,9 +266,7 @@ def _load_state(tmp: Path, key: str) -> tuple[ReadState, dict] | None:
 
 def _save_state(tmp: Path, key: str, state: ReadState, extra: dict) -> None:
     blob = {"version": PROGRESS_VERSION, "key": key, "read": state.__dict__, **extra}
-    part = tmp / "progress.json.part"
-    part.write_text(json.dumps(blob), encoding="utf-8")
-    os.replace(part, tmp / "progress.json")
+    write_json_atomic(tmp / "progress.json", blob, fsync=False, tmp_name="progress.json.part")
 
 
 def _clear_after(tmp: Path, n_text: int) -> None:
@@ -348,9 +353,7 @@ def _run(s: Settings, tmp: Path, final: Path, key: str, key_parts: dict, state: 
                 if progress:
                     progress({"phase": "tokenizer", "fraction": 0.0, "elapsed_s": 0.0, "eta_s": None})
                 json_text = train_tokenizer(train_texts(tmp, state.text_shards, val_docs, s.tokenizer_train_chars))
-                part = tmp / "tokenizer.json.part"
-                part.write_text(json_text, encoding="utf-8")
-                os.replace(part, tmp / "tokenizer.json")
+                write_atomic(tmp / "tokenizer.json", json_text, fsync=False, tmp_name="tokenizer.json.part")
                 timings["tokenizer_s"] = round(time.perf_counter() - started, 3)
                 save()
             tokenizer = describe((tmp / "tokenizer.json").read_text(encoding="utf-8"))

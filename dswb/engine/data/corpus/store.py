@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from dswb.engine.data.corpus.file_slices import FileSlices
+from dswb.util.atomic import atomic_file, fsync_tree, write_json_atomic
 
 STORE_VERSION = 2
 OPEN_SHARDS = 256
@@ -55,13 +56,9 @@ def index_dtype(n: int) -> np.dtype:
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    """np.save to `path` via a temporary name, fsynced, then renamed (atomic per file)."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as fh:
+    """np.save to `path` via `<name>.part`, fsynced, then renamed (atomic per file)."""
+    with atomic_file(path, "wb", fsync=True, tmp_name=path.name + ".part") as fh:
         np.save(fh, array, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_shard(directory: Path, name: str, tokens: np.ndarray, offsets: np.ndarray,
@@ -81,16 +78,9 @@ def write_shard(directory: Path, name: str, tokens: np.ndarray, offsets: np.ndar
 
 
 def write_meta(directory: Path, meta: dict) -> None:
-    tmp = directory / "meta.json.part"
-    tmp.write_text(json.dumps({**meta, "store_version": STORE_VERSION}, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, directory / "meta.json")
-
-
-def fsync_tree(path: Path) -> None:
-    for child in path.iterdir():
-        if child.is_file():
-            with open(child, "rb") as fh:
-                os.fsync(fh.fileno())
+    """`meta.json` via `meta.json.part` (not fsynced here: `commit` fsyncs every file)."""
+    write_json_atomic(directory / "meta.json", {**meta, "store_version": STORE_VERSION}, fsync=False,
+                      tmp_name="meta.json.part", indent=1, default=str)
 
 
 def commit(tmp: Path, final: Path) -> Path:

@@ -14,7 +14,6 @@ the shard complete for a resumed preparation.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from dswb.engine.data.corpus.cleaning import make_cleaner
 from dswb.engine.data.corpus.dedup import NearDup, content_hashes
 from dswb.engine.data.corpus.readers import Block, parse_block
 from dswb.engine.data.corpus.store import token_dtype, write_shard
+from dswb.util.atomic import write_json_atomic
 
 _CACHE: dict = {}
 
@@ -170,7 +170,5 @@ def tokenize_shard(directory: Path, k: int, settings: TokenizeSettings) -> dict:
     entry = write_shard(directory, name, tokens, sample_offsets, per_doc)
     np.save(directory / f"{name}.doctok.npy", doc_tokens, allow_pickle=False)
     done = {**entry, "docs": n_docs, "doc_tokens": int(doc_tokens.sum(dtype=np.int64)), "text_bytes": len(data)}
-    tmp = directory / f"{name}.done.json.part"
-    tmp.write_text(json.dumps(done), encoding="utf-8")
-    os.replace(tmp, directory / f"{name}.done.json")
+    write_json_atomic(directory / f"{name}.done.json", done, fsync=False, tmp_name=f"{name}.done.json.part")
     return done
