@@ -17,7 +17,7 @@ from dswb.rundir import RunPaths
 from dswb.bench import tui as bench, tui_live as bench_live
 from dswb.tui import chart
 from dswb.tui.follower import RunFollower, backoff_limit
-from dswb.tui.screens.dashboard import TAB_KEYS
+from dswb.tui.screens.dashboard_keys import TAB_KEYS
 from dswb.tui.synthetic import run_events, status_for, write_status_fixed
 from dswb.tui.widgets import MetricPlot
 

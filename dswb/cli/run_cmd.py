@@ -44,7 +44,6 @@ def run(
     `dswb run demo --nproc 4 --set parallel.mode=fsdp` (4 GPUs), on 2 machines:
     `dswb run demo --nproc 8 --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29500 --run-dir /shared/runs/demo`.
     """
-    from dswb.rundir.layout import resolve_run
     from dswb.launch import under_torchrun
 
     if under_torchrun():
@@ -54,78 +53,106 @@ def run(
             raise UserError("--detach cannot be used inside torchrun (use `dswb run --nproc N --detach`)")
         _run_rank(preset, overrides, runs_root, run_dir, resume, plain, quiet, stages)
         return
-    launch = None
-    if nproc is not None or nnodes > 1 or rdzv_endpoint:
-        from dswb.launch import Launch
-
-        if nnodes > 1 and run_dir is None and resume is None:
-            raise UserError("--nnodes > 1: give --run-dir, a directory every machine sees (shared storage): the "
-                            "ranks write one run directory and their checkpoint shards into it")
-        if node_rank >= nnodes:
-            raise UserError(f"--node-rank {node_rank}: must be below --nnodes ({nnodes})")
-        launch = Launch(nproc=nproc or 1, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
-
+    launch = _launch_options(nproc, nnodes, node_rank, rdzv_endpoint, run_dir, resume)
     if resume is not None:
-        paths = resolve_run(resume, runs_root)
-        if not paths.config.exists():
-            raise UserError(f"{paths.root}: no config.toml, cannot resume")
         if overrides or stages:
             raise UserError("--set and --stage cannot be combined with --resume (the run keeps its config)")
-        config = load_config(paths.config)
-        from dswb.rundir.status import effective_state, read_status
-        state = effective_state(read_status(paths.status))
-        if state in ("running", "paused", "starting"):
-            raise UserError(f"{paths.root}: the run is still {state} (pid alive); stop it first")
-        if state == "finished":
-            typer.echo(f"{paths.root}: already finished")
-            return
-        if detach:
-            from dswb.launch import resume_detached
-            _, pid = resume_detached(paths.root, launch=launch)
-            typer.echo(f"{paths.root}  (pid {pid}, resumed in background)")
-            return
-        if launch is not None:
-            _supervise(launch, ["--resume", str(paths.root)] + _console(plain, quiet), paths)
+        started = _resume(resume, runs_root, detach, launch, plain, quiet)
     else:
-        if preset is None and not overrides:
-            raise UserError("give a preset (e.g. `dswb run presets/demo.toml`), --set overrides of the defaults, "
-                            "or --resume RUN")
-        preset_path = find_preset(preset) if preset is not None else None
-        if stages:
-            overrides = [*overrides, stage_override(load_config(preset_path, overrides).run.stages, stages)]
-        if detach:
-            from dswb.launch import launch_detached
-            paths, pid = launch_detached(preset_path and str(preset_path), runs_root, overrides, run_dir=run_dir,
-                                         launch=launch)
-            typer.echo(f"{paths.root}  (pid {pid}; follow with `dswb watch {paths.root}` or `dswb tui --attach {paths.root}`)")
-            return
-        config = load_config(preset_path, overrides)
-        target = run_dir if run_dir is not None else runs_root / new_run_id(config.run.name, runs_root)
-        if (target / "config.toml").exists():
-            raise UserError(f"{target}: a run already exists there (use --resume to continue it)")
-        if launch is not None:
-            paths = _new_distributed_run(config, target, launch)
-            args = ([str(preset_path)] if preset_path else []) + ["--runs-root", str(runs_root), "--run-dir", str(target)]
-            _supervise(launch, args + [x for o in overrides for x in ("--set", o)] + _console(plain, quiet), paths)
-        paths = create_run_dir(target)
+        started = _start(preset, overrides, stages, runs_root, run_dir, detach, launch, plain, quiet)
+    if started is not None:
+        _train_here(*started, resume=resume is not None, plain=plain, quiet=quiet)
 
+
+def _launch_options(nproc: int | None, nnodes: int, node_rank: int, rdzv_endpoint: str | None, run_dir: Path | None,
+                    resume: str | None):
+    """The torchrun launch the options ask for, or None for one process."""
+    if nproc is None and nnodes == 1 and not rdzv_endpoint:
+        return None
+    from dswb.launch import Launch
+
+    if nnodes > 1 and run_dir is None and resume is None:
+        raise UserError("--nnodes > 1: give --run-dir, a directory every machine sees (shared storage): the "
+                        "ranks write one run directory and their checkpoint shards into it")
+    if node_rank >= nnodes:
+        raise UserError(f"--node-rank {node_rank}: must be below --nnodes ({nnodes})")
+    return Launch(nproc=nproc or 1, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+
+
+def _resume(resume: str, runs_root: Path, detach: bool, launch, plain: bool, quiet: bool):
+    """(config, paths) of the run to continue in this process; None when there is nothing to do here
+    (finished, or continued in the background or under torchrun)."""
+    from dswb.rundir.layout import resolve_run
+    from dswb.rundir.status import effective_state, read_status
+
+    paths = resolve_run(resume, runs_root)
+    if not paths.config.exists():
+        raise UserError(f"{paths.root}: no config.toml, cannot resume")
+    config = load_config(paths.config)
+    state = effective_state(read_status(paths.status))
+    if state in ("running", "paused", "starting"):
+        raise UserError(f"{paths.root}: the run is still {state} (pid alive); stop it first")
+    if state == "finished":
+        typer.echo(f"{paths.root}: already finished")
+        return None
+    if detach:
+        from dswb.launch import resume_detached
+
+        _, pid = resume_detached(paths.root, launch=launch)
+        typer.echo(f"{paths.root}  (pid {pid}, resumed in background)")
+        return None
+    if launch is not None:
+        _supervise(launch, ["--resume", str(paths.root)] + _console(plain, quiet), paths)
+    return config, paths
+
+
+def _start(preset: str | None, overrides: list[str], stages: list[str], runs_root: Path, run_dir: Path | None,
+           detach: bool, launch, plain: bool, quiet: bool):
+    """(config, paths) of a new run to train in this process; None when it was started in the
+    background."""
+    if preset is None and not overrides:
+        raise UserError("give a preset (e.g. `dswb run presets/demo.toml`), --set overrides of the defaults, "
+                        "or --resume RUN")
+    preset_path = find_preset(preset) if preset is not None else None
+    if stages:
+        overrides = [*overrides, stage_override(load_config(preset_path, overrides).run.stages, stages)]
+    if detach:
+        from dswb.launch import launch_detached
+
+        paths, pid = launch_detached(preset_path and str(preset_path), runs_root, overrides, run_dir=run_dir,
+                                     launch=launch)
+        typer.echo(f"{paths.root}  (pid {pid}; follow with `dswb watch {paths.root}` or `dswb tui --attach {paths.root}`)")
+        return None
+    config = load_config(preset_path, overrides)
+    target = run_dir if run_dir is not None else runs_root / new_run_id(config.run.name, runs_root)
+    if (target / "config.toml").exists():
+        raise UserError(f"{target}: a run already exists there (use --resume to continue it)")
+    if launch is not None:
+        paths = _new_distributed_run(config, target, launch)
+        args = ([str(preset_path)] if preset_path else []) + ["--runs-root", str(runs_root), "--run-dir", str(target)]
+        _supervise(launch, args + [x for o in overrides for x in ("--set", o)] + _console(plain, quiet), paths)
+    return config, create_run_dir(target)
+
+
+def _train_here(config, paths: RunPaths, *, resume: bool, plain: bool, quiet: bool) -> None:
+    """Train in this process with a progress line, then print the per-stage table and the outcome."""
+    from dswb.cli.pipeline_view import print_pipeline
     from dswb.cli.progress import PlainReporter, TTYReporter
     from dswb.engine.runner import run_training  # heavy: torch + transformers
+    from dswb.rundir.status import read_status
 
     reporter = None
     if not quiet:
         reporter = TTYReporter() if (sys.stdout.isatty() and not plain) else PlainReporter()
     typer.echo(f"run directory: {paths.root}")
     outcome: dict = {}  # the end state even when status.json could not be written (a full disk)
-    code = run_training(config, paths, resume=resume is not None, reporter=reporter, argv=sys.argv, outcome=outcome)
+    code = run_training(config, paths, resume=resume, reporter=reporter, argv=sys.argv, outcome=outcome)
     if reporter is not None:
         reporter.close()
-    from dswb.rundir.status import read_status
     status = read_status(paths.status) or {}
     error = outcome.get("error") or status.get("error")
     state = outcome.get("state") or status.get("state") or "unknown"
     if not quiet:
-        from dswb.cli.pipeline_view import print_pipeline
         typer.echo("")
         print_pipeline(paths, state, title="held-out accuracy after each stage")
     if error:
