@@ -13,7 +13,7 @@ from fixtures.tui_support import make_app, screen_text, settle
 from dswb.rundir import EventWriter, RunPaths, create_run_dir, write_status
 from dswb.tui.model import RunModel
 from dswb.tui.sanitize import MAX_RANKS, clean_ranks
-from dswb.tui.screens.dashboard import TAB_KEYS
+from dswb.tui.screens.dashboard_keys import TAB_KEYS
 from dswb.tui.widgets.system_panel import render_ranks
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,8 @@ from fixtures.tui_support import make_app, screen_text, settle
 from typer.testing import CliRunner
 
 from dswb.cli.app import app as cli
-from dswb.tui.screens.dashboard import TAB_KEYS, DashboardScreen
+from dswb.tui.screens.dashboard import DashboardScreen
+from dswb.tui.screens.dashboard_keys import TAB_KEYS
 from dswb.tui.synthetic import RunSpec, write_run
 from dswb.tui.widgets import MetricPlot
 

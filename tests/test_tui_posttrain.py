@@ -12,7 +12,7 @@ from dswb.rundir import RunPaths, read_events
 from dswb.rundir.pipeline import pipeline_from_events, pipeline_rows
 from dswb.tui import launching
 from dswb.tui.launching import PresetChoice
-from dswb.tui.screens.dashboard import TAB_KEYS
+from dswb.tui.screens.dashboard_keys import TAB_KEYS
 from dswb.tui.screens.launch import LaunchScreen
 from dswb.tui.widgets import MetricPlot, PipelineTable
 from dswb.tui.widgets.rl_facts import timing_shares
