@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from dswb.engine.data.corpus.readers import expand_paths, iter_blocks, parse_block, read_documents
+from dswb.engine.data.corpus.blocks import parse_block
+from dswb.engine.data.corpus.readers import iter_blocks, read_documents
+from dswb.engine.data.corpus.sources import expand_paths
 from dswb.errors import UserError
 
 pa = pytest.importorskip("pyarrow", reason="the parquet extra (pyarrow) is part of the test extra")

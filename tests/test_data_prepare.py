@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dswb.config import load_config
-from dswb.engine.data.corpus import prepare as prepare_mod
+from dswb.engine.data.corpus import progress as progress_mod
 from dswb.engine.data.corpus.dedup import HashSet64, NearDup, lsh_params
 from dswb.engine.data.corpus.prepare import PreparationStopped, val_documents
 from dswb.errors import UserError
@@ -92,7 +92,7 @@ def test_val_documents_match_the_list_based_split():
 
 
 def test_report_progress_events_and_no_leftovers(prepare_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare_mod, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(progress_mod, "PROGRESS_EVERY_S", 0.0)
     f = write_jsonl(tmp_path / "c.jsonl", unique_docs(200) + ["   ", '<br/>'])
     events = []
     data = prepare_data(config([f], "data.shard_mb=0.005"), tmp_path / "cache", progress=events.append)
@@ -126,7 +126,7 @@ def stop_when(predicate):
 
 @pytest.mark.parametrize("where", ["read", "tokenize"])
 def test_interrupted_preparation_resumes_from_its_last_complete_shard(prepare_data, tmp_path, monkeypatch, where):
-    monkeypatch.setattr(prepare_mod, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(progress_mod, "PROGRESS_EVERY_S", 0.0)
     f = write_jsonl(tmp_path / "c.jsonl", unique_docs(300) + unique_docs(20)[:5])  # 5 duplicates
     cfg = config([f], "data.shard_mb=0.004")
     reference = prepare_data(cfg, tmp_path / "reference")
@@ -153,7 +153,7 @@ def test_interrupted_preparation_resumes_from_its_last_complete_shard(prepare_da
 
 
 def test_changed_settings_do_not_resume_a_stale_preparation(prepare_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare_mod, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(progress_mod, "PROGRESS_EVERY_S", 0.0)
     f = write_jsonl(tmp_path / "c.jsonl", unique_docs(200))
     with pytest.raises(PreparationStopped):
         prepare_data(config([f], "data.shard_mb=0.004"), tmp_path / "cache",

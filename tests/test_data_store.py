@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from dswb.config.schema import BatchingConfig
-from dswb.engine.data.corpus.store import SampleView, load_or_write, open_store, write_samples
 from dswb.engine.data.batches.loader import BatchStream
+from dswb.engine.data.corpus.store import open_store
+from dswb.engine.data.corpus.store_views import SampleView
+from tests.helpers import write_samples
 
 
 def samples_and_masks(n=150, seed=0):
@@ -85,19 +87,9 @@ def test_mask_lengths_are_checked(tmp_path):
     assert not (tmp_path / "s").exists() and not list(tmp_path.iterdir())
 
 
-def test_load_or_write_caches_and_damage_is_a_miss(tmp_path):
-    calls = []
-
-    def build():
-        calls.append(1)
-        return {"train": iter([[1, 2, 3], [4, 5]]), "val": [[6]]}
-
-    store, hit = load_or_write(tmp_path, {"sft": "v1"}, build)
-    assert not hit and store.split("train").tolist() == [[1, 2, 3], [4, 5]]
-    store, hit = load_or_write(tmp_path, {"sft": "v1"}, build)
-    assert hit and len(calls) == 1 and store.split("val").tolist() == [[6]]
+def test_a_damaged_store_is_a_miss_and_removed(tmp_path):
+    store = write_samples(tmp_path / "s", {"train": [[1, 2, 3], [4, 5]], "val": [[6]]})
+    assert open_store(store.path).split("val").tolist() == [[6]]
     (store.path / "s00000.offsets.npy").write_bytes(b"garbage")
     assert open_store(store.path) is None and not store.path.exists()
-    store, hit = load_or_write(tmp_path, {"sft": "v1"}, build)
-    assert not hit and len(calls) == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]

@@ -227,7 +227,7 @@ def test_rank_position_resumes_from_consumed_alone():
 
 
 def test_stream_reads_lengths_from_a_store_view_without_a_python_list(tmp_path):
-    from dswb.engine.data.corpus.store import write_samples
+    from tests.helpers import write_samples
 
     view = write_samples(tmp_path / "s", {"train": corpus()}).split("train")
     s = BatchStream(view, BatchingConfig(max_tokens=256, megabatch=4), pad_id=0, max_len=64, seed=3)

@@ -17,13 +17,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dswb.engine.data.corpus import store as store_mod
+from dswb.engine.data.corpus.blocks import start_position
 from dswb.engine.data.corpus.dedup import HashSet64, first_occurrences, near_duplicates
-from dswb.engine.data.corpus.readers import (
-    MAX_SKIPPED_EXAMPLES,
-    iter_blocks,
-    start_position,
-)
+from dswb.engine.data.corpus.readers import MAX_SKIPPED_EXAMPLES, iter_blocks
+from dswb.engine.data.corpus.store_write import save_array
 from dswb.engine.data.corpus.work import BlockResult, BlockSettings, process_block
 from dswb.errors import UserError
 
@@ -81,11 +78,11 @@ class _TextShard:
         os.fsync(self.fh.fileno())
         self.fh.close()
         name = f"text-{self.k:05d}"
-        store_mod._save(self.directory / f"{name}.idx.npy", np.asarray(self.offsets, dtype=np.int64))
+        save_array(self.directory / f"{name}.idx.npy", np.asarray(self.offsets, dtype=np.int64))
         if self.hashes:
-            store_mod._save(self.directory / f"{name}.hash.npy", np.concatenate(self.hashes))
+            save_array(self.directory / f"{name}.hash.npy", np.concatenate(self.hashes))
         if self.bands:
-            store_mod._save(self.directory / f"{name}.bands.npy", np.concatenate(self.bands))
+            save_array(self.directory / f"{name}.bands.npy", np.concatenate(self.bands))
         os.replace(self.directory / f"{name}.bin.part", self.directory / f"{name}.bin")
 
     def discard(self) -> None:

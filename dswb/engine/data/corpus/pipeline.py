@@ -38,6 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dswb.engine.data.corpus import cache
+from dswb.engine.data.corpus.blocks import BLOCK_BYTES
 from dswb.engine.data.corpus.chunking import chunk_tokens
 from dswb.engine.data.corpus.prepare import (
     Settings,
@@ -45,9 +46,11 @@ from dswb.engine.data.corpus.prepare import (
     prepare_files,
     resolve_workers,
 )
-from dswb.engine.data.corpus.readers import BLOCK_BYTES, expand_paths
 from dswb.engine.data.corpus.report import small_report
-from dswb.engine.data.corpus.store import SampleView, Store, StoreWriter, open_store
+from dswb.engine.data.corpus.sources import expand_paths
+from dswb.engine.data.corpus.store import Store, open_store
+from dswb.engine.data.corpus.store_views import SampleView
+from dswb.engine.data.corpus.store_write import StoreWriter
 from dswb.engine.data.records.task import AdditionTask, TaskSplits
 from dswb.engine.data.records.tokenizer import (
     build_char_tokenizer,

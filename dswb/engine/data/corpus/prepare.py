@@ -17,42 +17,46 @@ document for exact dedup and 8 x bands for near-dup):
 Everything happens in `<cache_dir>/.tmp-<key>/` under a lock file, so an interrupted preparation
 (Ctrl-C, kill, crash, full disk) resumes from its last complete shard when run again, and the
 store appears only when complete. Results do not depend on `data.workers` or `data.shard_mb`.
+The bookkeeping (progress events, `progress.json`) is progress.py; the worker pool and the lock
+are pool.py.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import random
 import shutil
 import time
 from array import array
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from dswb.engine.data.corpus import store as store_mod
 from dswb.engine.data.corpus.ingest import ReadState, read_phase
+from dswb.engine.data.corpus.pool import executor, locked
+from dswb.engine.data.corpus.progress import (
+    Progress,
+    clear_after,
+    load_state,
+    save_state,
+)
 from dswb.engine.data.corpus.readers import no_documents_message
 from dswb.engine.data.corpus.report import build_report
+from dswb.engine.data.corpus.sources import file_size
+from dswb.engine.data.corpus.store import Store, open_store
+from dswb.engine.data.corpus.store_views import index_dtype
+from dswb.engine.data.corpus.store_write import commit, save_array, write_meta
 from dswb.engine.data.corpus.work import (
     TokenizeSettings,
-    init_worker,
     read_text_shard,
     shard_texts,
     tokenize_shard,
 )
 from dswb.errors import UserError
-from dswb.util.atomic import write_atomic, write_json_atomic
-
-PROGRESS_VERSION = 1
-PROGRESS_EVERY_S = 1.0
+from dswb.util.atomic import write_atomic
 
 
 class PreparationStopped(Exception):
@@ -136,81 +140,6 @@ def split_samples(samples_per_doc: np.ndarray, val_docs: np.ndarray, val_fractio
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
-# -- progress --------------------------------------------------------------------------------
-
-class Progress:
-    """Throttled progress events `{phase, fraction, documents, mb, tokens, elapsed_s, eta_s}`."""
-
-    def __init__(self, callback: Callable[[dict], None] | None, phase: str, total: float) -> None:
-        self.callback, self.phase, self.total = callback, phase, max(total, 1e-9)
-        self.started = time.monotonic()
-        self._last = 0.0
-
-    def update(self, done: float, force: bool = False, **fields: Any) -> None:
-        now = time.monotonic()
-        if self.callback is None or (not force and now - self._last < PROGRESS_EVERY_S):
-            return
-        self._last = now
-        fraction = min(1.0, done / self.total)
-        elapsed = now - self.started
-        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
-        self.callback({"phase": self.phase, "fraction": round(fraction, 4), "elapsed_s": round(elapsed, 2),
-                       "eta_s": None if eta is None else round(eta, 1), **fields})
-
-
-# -- workers ---------------------------------------------------------------------------------
-
-class _Deferred:
-    """A future that runs its call when its result is asked for (in this process)."""
-
-    def __init__(self, fn, args) -> None:
-        self._call = (fn, args)
-        self._result: Any = None
-
-    def done(self) -> bool:
-        return self._call is None
-
-    def result(self) -> Any:
-        if self._call is not None:
-            fn, args = self._call
-            self._result, self._call = fn(*args), None
-        return self._result
-
-
-class _Inline:
-    """The executor interface, run in this process (data.workers = 1), each call when needed."""
-
-    def submit(self, fn, *args) -> _Deferred:
-        return _Deferred(fn, args)
-
-
-@contextmanager
-def _executor(workers: int) -> Iterator[Any]:
-    if workers <= 1:
-        yield _Inline()
-        return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=init_worker)
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-@contextmanager
-def _locked(lock_path: Path, log: Callable[[str], None]) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log("data: another process is preparing the same data; waiting for it")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 # -- the tokenizer and tokenize phases -------------------------------------------------------
 
 def train_texts(tmp: Path, n_shards: int, val_docs: np.ndarray, max_chars: int) -> Iterator[str]:
@@ -254,32 +183,6 @@ def _tokenize_phase(tmp: Path, n_shards: int, ts: TokenizeSettings, pool, progre
 
 # -- the whole preparation -------------------------------------------------------------------
 
-def _load_state(tmp: Path, key: str) -> tuple[ReadState, dict] | None:
-    try:
-        saved = json.loads((tmp / "progress.json").read_text(encoding="utf-8"))
-        if saved.get("key") != key or saved.get("version") != PROGRESS_VERSION:
-            return None
-        return ReadState(**saved["read"]), saved
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
-def _save_state(tmp: Path, key: str, state: ReadState, extra: dict) -> None:
-    blob = {"version": PROGRESS_VERSION, "key": key, "read": state.__dict__, **extra}
-    write_json_atomic(tmp / "progress.json", blob, fsync=False, tmp_name="progress.json.part")
-
-
-def _clear_after(tmp: Path, n_text: int) -> None:
-    """Remove text shards past the last complete one (left by an interruption)."""
-    for path in tmp.glob("text-*"):
-        try:
-            k = int(path.name[5:10])
-        except ValueError:
-            continue
-        if k >= n_text or path.name.endswith(".part"):
-            path.unlink(missing_ok=True)
-
-
 TokenizerInfo = tuple[str, "int | None", int, int]
 """(tokenizer.json text, bos id or None, eos id, vocabulary size)."""
 
@@ -287,7 +190,7 @@ TokenizerInfo = tuple[str, "int | None", int, int]
 def prepare_files(s: Settings, cache_dir: Path, key: str, key_parts: dict, tokenizer: TokenizerInfo | None,
                   train_tokenizer: Callable[[Iterator[str]], str], describe: Callable[[str], TokenizerInfo],
                   log: Callable[[str], None], progress: Callable[[dict], None] | None = None,
-                  extra_meta: dict | None = None) -> tuple[store_mod.Store, bool]:
+                  extra_meta: dict | None = None) -> tuple[Store, bool]:
     """Prepare (or reuse) the store of a file corpus; returns (store, cache hit).
 
     `tokenizer` describes a given tokenizer; without one, `train_tokenizer(texts)` trains one on
@@ -298,15 +201,15 @@ def prepare_files(s: Settings, cache_dir: Path, key: str, key_parts: dict, token
     from dswb.engine.data.corpus.cache import entry_dir
 
     final = entry_dir(cache_dir, key)
-    found = store_mod.open_store(final)
+    found = open_store(final)
     if found is not None:
         return found, True
     tmp = Path(cache_dir) / f".tmp-{key}"
-    with _locked(Path(cache_dir) / f".tmp-{key}.lock", log):
-        found = store_mod.open_store(final)
+    with locked(Path(cache_dir) / f".tmp-{key}.lock", log):
+        found = open_store(final)
         if found is not None:
             return found, True
-        loaded = _load_state(tmp, key)
+        loaded = load_state(tmp, key)
         if loaded is None:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -316,7 +219,7 @@ def prepare_files(s: Settings, cache_dir: Path, key: str, key_parts: dict, token
             state.resumed_shards = state.text_shards
             log(f"data: resuming an interrupted preparation ({state.text_shards} text shards, "
                 f"{state.documents} documents kept so far)")
-        _clear_after(tmp, state.text_shards)
+        clear_after(tmp, state.text_shards)
         try:
             store = _run(s, tmp, final, key, key_parts, state, saved, tokenizer, train_tokenizer, describe, log,
                          progress, extra_meta or {})
@@ -327,16 +230,16 @@ def prepare_files(s: Settings, cache_dir: Path, key: str, key_parts: dict, token
 
 
 def _run(s: Settings, tmp: Path, final: Path, key: str, key_parts: dict, state: ReadState, saved: dict,
-         tokenizer, train_tokenizer, describe, log, progress, extra_meta: dict) -> store_mod.Store:
+         tokenizer, train_tokenizer, describe, log, progress, extra_meta: dict) -> Store:
     timings = dict(saved.get("timings", {}))
 
     def save() -> None:
-        _save_state(tmp, key, state, {"timings": timings})
+        save_state(tmp, key, state, {"timings": timings})
 
-    with _executor(s.workers) as pool:
+    with executor(s.workers) as pool:
         if not state.done:
             started = time.perf_counter()
-            read_phase(s, tmp, state, pool, save, Progress(progress, "read", sum(_size(f) for f in s.files)))
+            read_phase(s, tmp, state, pool, save, Progress(progress, "read", sum(file_size(f) for f in s.files)))
             timings["read_s"] = round(timings.get("read_s", 0) + time.perf_counter() - started, 3)
             save()
         if state.documents == 0:
@@ -369,15 +272,8 @@ def _run(s: Settings, tmp: Path, final: Path, key: str, key_parts: dict, state: 
     return _finalize(s, tmp, final, state, val_docs, key_parts, timings, trained, extra_meta)
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
 def _finalize(s: Settings, tmp: Path, final: Path, state: ReadState, val_docs: np.ndarray, key_parts: dict,
-              timings: dict, trained: bool, extra_meta: dict) -> store_mod.Store:
+              timings: dict, trained: bool, extra_meta: dict) -> Store:
     shards, per_doc_parts, doctok_parts = [], [], []
     for k in range(state.text_shards):
         shards.append(json.loads((tmp / f"s{k:05d}.done.json").read_text(encoding="utf-8")))
@@ -390,15 +286,15 @@ def _finalize(s: Settings, tmp: Path, final: Path, state: ReadState, val_docs: n
         raise UserError(f"no training samples from {', '.join(s.paths)} (documents tokenize to nothing)")
     n_samples = int(per_doc.sum(dtype=np.int64))
     for name, index in (("train", train), ("val", val)):
-        store_mod._save(tmp / f"{name}.index.npy", index.astype(store_mod.index_dtype(n_samples)))
+        save_array(tmp / f"{name}.index.npy", index.astype(index_dtype(n_samples)))
     for path in list(tmp.glob("text-*")) + list(tmp.glob("*.done.json")) + [tmp / "progress.json", tmp / "work-tokenizer.json"]:
         path.unlink(missing_ok=True)
     table = [{"name": sh["name"], "samples": sh["samples"], "tokens": sh["tokens"], "masks": False} for sh in shards]
     meta = {"key_parts": key_parts, "shards": table, "splits": {"train": len(train), "val": len(val)},
             "samples": n_samples, "tokenizer_trained": trained, **extra_meta}
-    store_mod.write_meta(tmp, meta)
-    opened = store_mod.Store(tmp)
+    write_meta(tmp, meta)
+    opened = Store(tmp)
     report = build_report(state, opened, per_doc, doc_tokens, train, val, len(val_docs), s, timings)
     meta["report"] = report
-    store_mod.write_meta(tmp, meta)
-    return store_mod.Store(store_mod.commit(tmp, final))
+    write_meta(tmp, meta)
+    return Store(commit(tmp, final))

@@ -7,9 +7,9 @@ torch, no transformers. Workers ignore SIGINT; the main process decides when to 
 Text shard `text-NNNNN` (written by the main process in the read phase): `.bin` (the kept,
 cleaned documents' UTF-8 concatenated), `.idx.npy` (int64 byte offsets, n+1), `.hash.npy`
 (uint64 content hashes), `.bands.npy` (uint64 LSH band keys, near-dup only).
-Token shard `sNNNNN` (written here): the store's shard files (store.py) with `.docs.npy`, plus
-`.doctok.npy` (content tokens per document, for the report) and `.done.json` last, which marks
-the shard complete for a resumed preparation.
+Token shard `sNNNNN` (written here): the store's shard files (store.py; written by store_write.py)
+with `.docs.npy`, plus `.doctok.npy` (content tokens per document, for the report) and
+`.done.json` last, which marks the shard complete for a resumed preparation.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dswb.engine.data.corpus.blocks import Block, parse_block
 from dswb.engine.data.corpus.chunking import chunk_spans
 from dswb.engine.data.corpus.cleaning import make_cleaner
 from dswb.engine.data.corpus.dedup import NearDup, content_hashes
-from dswb.engine.data.corpus.readers import Block, parse_block
-from dswb.engine.data.corpus.store import token_dtype, write_shard
+from dswb.engine.data.corpus.store_write import token_dtype, write_shard
 from dswb.util.atomic import write_json_atomic
 
 _CACHE: dict = {}
