@@ -8,10 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dswb.engine.data.batches.batching import (
-    batch_stats, length_histogram, plan_bucketed, plan_fixed, plan_packed, plan_summary, row_fill,
-    seq_len_at,
-)
+from dswb.engine.data.batches.batching import (batch_stats, length_histogram, plan_bucketed, plan_fixed, plan_packed,
+                                               plan_summary, row_fill, seq_len_at)
 
 
 def lognormal_lengths(n: int, seed: int = 0, lo: int = 8, hi: int = 4096) -> list[int]:

@@ -9,14 +9,8 @@ import torch
 from helpers import tiny_config
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dswb.engine.train.prepare import (
-    Fp8Training,
-    ModelHooks,
-    ModelTransform,
-    model_hooks,
-    prepare_model,
-    transforms_for,
-)
+from dswb.engine.train.prepare import (Fp8Training, ModelHooks, ModelTransform, model_hooks, prepare_model,
+                                       transforms_for)
 
 
 def tiny_model() -> LlamaForCausalLM:

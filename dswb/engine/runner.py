@@ -35,12 +35,7 @@ from dswb.engine.checkpoint.final import is_complete, remove_partial, verify_fin
 from dswb.engine.checkpoint.layout import quarantine, select_checkpoint
 from dswb.engine.context import StageContext
 from dswb.engine.distributed.ranks import DistributedControl, RankMonitor, RankSync
-from dswb.engine.distributed.world import (
-    World,
-    end_world,
-    ensure_world,
-    is_collective_failure,
-)
+from dswb.engine.distributed.world import World, end_world, ensure_world, is_collective_failure
 from dswb.engine.model.device import autocast_dtype, select_device, set_determinism
 from dswb.engine.telemetry.control import RunControl
 from dswb.engine.telemetry.monitor import Monitor, Reporter

@@ -30,17 +30,8 @@ from typing import Callable
 
 import torch
 
-from dswb.engine.checkpoint.layout import (
-    STATE_FILE,
-    Checkpoint,
-    CorruptCheckpoint,
-    prune,
-    rng_state,
-    seal_directory,
-    set_rng_state,
-    torch_save,
-    verify_checkpoint,
-)
+from dswb.engine.checkpoint.layout import (STATE_FILE, Checkpoint, CorruptCheckpoint, prune, rng_state, seal_directory,
+                                           set_rng_state, torch_save, verify_checkpoint)
 from dswb.engine.distributed.world import World, active
 from dswb.engine.distributed.wrap import unwrap_class
 from dswb.errors import UserError
@@ -54,10 +45,7 @@ def is_dcp_checkpoint(path: Path) -> bool:
 
 
 def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     if optimizer is None:
         return {"model": get_model_state_dict(model)}
@@ -118,10 +106,7 @@ def _verified(ckpt, world: World | None):
 def load_distributed(ckpt, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device) -> dict:
     """`load_checkpoint` for a DCP checkpoint, or for any checkpoint in a distributed run."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        set_model_state_dict,
-        set_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
 
     world = active()
@@ -149,11 +134,7 @@ def load_distributed(ckpt, model: torch.nn.Module, optimizer: torch.optim.Optimi
 def _load_single_process_files(path: Path, model: torch.nn.Module, optimizer, device: torch.device) -> None:
     """A single-process checkpoint (safetensors + torch optimizer state) into a distributed model."""
     from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     own = dict(model.named_parameters())
     full = load_file(str(path / "model.safetensors"), device="cpu")
@@ -173,10 +154,7 @@ def _load_single_process_files(path: Path, model: torch.nn.Module, optimizer, de
 def full_state_on_main(model: torch.nn.Module, world: World) -> dict | None:
     """The whole model's state dict (CPU tensors) on rank 0, None elsewhere; every rank calls it."""
     import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if world.mode == "pipeline":
         own = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -12,11 +12,7 @@ from typing import Callable
 
 import torch
 
-from dswb.engine.checkpoint.dcp import (
-    is_dcp_checkpoint,
-    load_distributed,
-    save_distributed,
-)
+from dswb.engine.checkpoint.dcp import is_dcp_checkpoint, load_distributed, save_distributed
 from dswb.engine.checkpoint.layout import Checkpoint
 from dswb.engine.checkpoint.local import load_local, save_local
 from dswb.engine.distributed.world import active

@@ -23,15 +23,8 @@ from pathlib import Path
 
 import torch
 
-from dswb.rundir.manifest import (
-    MANIFEST,
-    QUARANTINE_PREFIX,
-    Verification,
-    directory_bytes,
-    listed_files,
-    verify_dir,
-    write_manifest,
-)
+from dswb.rundir.manifest import (MANIFEST, QUARANTINE_PREFIX, Verification, directory_bytes, listed_files, verify_dir,
+                                  write_manifest)
 from dswb.rundir.space import checkpoints_room, free_bytes
 from dswb.util.atomic import fsync_dir as _fsync_dir, fsync_file as _fsync_file   # names the fault hook patches
 from dswb.util.fmt import fmt_bytes

@@ -13,17 +13,8 @@ from typing import Callable
 import torch
 from safetensors.torch import load_model, save_model
 
-from dswb.engine.checkpoint.layout import (
-    STATE_FILE,
-    Checkpoint,
-    CorruptCheckpoint,
-    prune,
-    rng_state,
-    seal_directory,
-    set_rng_state,
-    torch_save,
-    verify_checkpoint,
-)
+from dswb.engine.checkpoint.layout import (STATE_FILE, Checkpoint, CorruptCheckpoint, prune, rng_state, seal_directory,
+                                           set_rng_state, torch_save, verify_checkpoint)
 from dswb.errors import UserError
 from dswb.rundir.space import DiskFull, is_disk_full
 

@@ -18,12 +18,7 @@ from dswb.engine.data.records.task import AdditionTask
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.eval.task import task_accuracy
 from dswb.engine.model.device import select_device
-from dswb.engine.model.load import (
-    is_reward_model,
-    load_causal_lm,
-    load_scalar_model,
-    stage_info,
-)
+from dswb.engine.model.load import is_reward_model, load_causal_lm, load_scalar_model, stage_info
 from dswb.errors import UserError
 
 DEFAULT_TASK = {"kind": "addition", "digits": 2, "n_train": 9000, "n_val": 500, "n_test": 500, "seed": 0}

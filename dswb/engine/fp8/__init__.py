@@ -17,13 +17,7 @@ from __future__ import annotations
 import torch
 
 from dswb.engine.fp8.backends import resolve_gemms
-from dswb.engine.fp8.convert import (
-    convert_model,
-    export_model,
-    fp8_disabled,
-    fp8_info,
-    fp8_layers,
-)
+from dswb.engine.fp8.convert import convert_model, export_model, fp8_disabled, fp8_info, fp8_layers
 from dswb.engine.fp8.linear import Fp8Linear
 from dswb.engine.fp8.quantize import dequantize, quantize
 from dswb.engine.fp8.recipe import Fp8Recipe

@@ -17,15 +17,8 @@ from typing import Any, Callable
 import torch
 
 from dswb.engine.fp8.convert import fp8_disabled, fp8_info, fp8_layers
-from dswb.engine.fp8.stats import (
-    SATURATION_EXPLAIN,
-    SHADOW_EXPLAIN,
-    UNDERFLOW_EXPLAIN,
-    Fp8Stats,
-    relative_gap_pct,
-    scalar_metrics,
-    threshold_breaches,
-)
+from dswb.engine.fp8.stats import (SATURATION_EXPLAIN, SHADOW_EXPLAIN, UNDERFLOW_EXPLAIN, Fp8Stats, relative_gap_pct,
+                                   scalar_metrics, threshold_breaches)
 
 EXPLAIN = {"fp8_saturation": SATURATION_EXPLAIN, "fp8_underflow": UNDERFLOW_EXPLAIN}
 

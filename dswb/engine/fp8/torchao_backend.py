@@ -14,13 +14,7 @@ from typing import Any
 
 import torch
 
-from dswb.engine.fp8.convert import (
-    INFO_ATTR,
-    Fp8Info,
-    keep_reason,
-    layer_group,
-    linear_candidates,
-)
+from dswb.engine.fp8.convert import INFO_ATTR, Fp8Info, keep_reason, layer_group, linear_candidates
 from dswb.engine.fp8.recipe import Fp8Recipe
 from dswb.errors import UserError
 

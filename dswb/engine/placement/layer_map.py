@@ -22,15 +22,7 @@ from typing import Any
 import torch
 
 from dswb.engine.placement.planner import Plan
-from dswb.engine.placement.shapes import (
-    BLOCK,
-    EMBED,
-    HEAD,
-    NORM,
-    ModelShape,
-    Unit,
-    shape_from_hf_config,
-)
+from dswb.engine.placement.shapes import BLOCK, EMBED, HEAD, NORM, ModelShape, Unit, shape_from_hf_config
 from dswb.engine.placement.shapes import units as shape_units
 from dswb.errors import UserError
 

@@ -22,13 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dswb.engine.placement.memory import (
-    Bytes,
-    MemoryModel,
-    device_peak_bytes,
-    unit_bytes,
-    unit_flops,
-)
+from dswb.engine.placement.memory import Bytes, MemoryModel, device_peak_bytes, unit_bytes, unit_flops
 from dswb.engine.placement.shapes import BLOCK, EMBED, NORM, ModelShape, Unit
 from dswb.engine.placement.shapes import units as shape_units
 from dswb.errors import UserError

@@ -22,12 +22,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from dswb.engine.distributed.wrap import grad_scale
-from dswb.engine.rl.global_batch import (
-    global_all,
-    global_sum,
-    micro_plan,
-    split_minibatches,
-)
+from dswb.engine.rl.global_batch import global_all, global_sum, micro_plan, split_minibatches
 from dswb.engine.train.step import guarded_update
 
 

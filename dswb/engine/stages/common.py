@@ -29,11 +29,7 @@ from dswb.engine.data.batches.batching import length_histogram
 from dswb.engine.data.batches.loader import Prefetcher
 from dswb.engine.data.batches.pairs import EncodedPair, encode_pair
 from dswb.engine.data.records.chat import install_chat_template
-from dswb.engine.data.records.posttrain import (
-    read_preferences,
-    split_records,
-    task_preferences,
-)
+from dswb.engine.data.records.posttrain import read_preferences, split_records, task_preferences
 from dswb.engine.data.records.task import AdditionTask, TaskSplits
 from dswb.engine.distributed.sharding import load_stream_state
 from dswb.engine.model.load import stage_info

@@ -25,18 +25,8 @@ from dswb.engine.eval.task import task_accuracy
 from dswb.engine.model.load import fit_vocab, load_causal_lm
 from dswb.engine.preference.losses import dpo_loss
 from dswb.engine.preference.scoring import pair_logprobs, reference_logprobs
-from dswb.engine.stages.common import (
-    TaskData,
-    accuracy_target,
-    begin_stage,
-    describe_model,
-    eval_every,
-    finish_lm,
-    load_pairs,
-    resolve_init,
-    resume,
-    run_stage_loop,
-)
+from dswb.engine.stages.common import (TaskData, accuracy_target, begin_stage, describe_model, eval_every, finish_lm,
+                                       load_pairs, resolve_init, resume, run_stage_loop)
 from dswb.engine.train.loop import StepOutput
 from dswb.engine.train.optim import build_optimizer
 from dswb.engine.train.prepare import prepare_model

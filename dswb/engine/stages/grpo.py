@@ -29,24 +29,12 @@ import torch
 from dswb.engine.context import StageContext
 from dswb.engine.rl.advantages import group_advantages, zero_std_groups
 from dswb.engine.rl.global_batch import global_advantages, global_sum
-from dswb.engine.rl.losses import (
-    approx_kl_per_token,
-    clipped_policy_loss,
-    kl_per_token,
-    loss_weights,
-)
+from dswb.engine.rl.losses import approx_kl_per_token, clipped_policy_loss, kl_per_token, loss_weights
 from dswb.engine.rl.rollout import Rollouts, sequence_logprobs
 from dswb.engine.rl.update import MicroLoss, UpdateStats, run_updates
 from dswb.engine.stages.common import begin_stage, describe_model
-from dswb.engine.stages.rl_common import (
-    experience_metrics,
-    iteration_end,
-    make_experience,
-    resume_rl,
-    rollout_sampler,
-    run_rl_loop,
-    setup,
-)
+from dswb.engine.stages.rl_common import (experience_metrics, iteration_end, make_experience, resume_rl,
+                                          rollout_sampler, run_rl_loop, setup)
 from dswb.engine.train.loop import StepOutput
 from dswb.engine.train.optim import build_optimizer
 from dswb.engine.train.prepare import prepare_model

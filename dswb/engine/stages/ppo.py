@@ -31,26 +31,13 @@ from dswb.engine.model.device import autocast
 from dswb.engine.model.load import fit_vocab, is_reward_model, load_scalar_model
 from dswb.engine.rl.advantages import explained_variance, gae
 from dswb.engine.rl.global_batch import global_sum, global_whiten
-from dswb.engine.rl.losses import (
-    approx_kl_per_token,
-    clipped_policy_loss,
-    clipped_value_loss,
-    kl_per_token,
-    per_token_rewards,
-)
+from dswb.engine.rl.losses import (approx_kl_per_token, clipped_policy_loss, clipped_value_loss, kl_per_token,
+                                   per_token_rewards)
 from dswb.engine.rl.rollout import Rollouts, positions, sequence_logprobs
 from dswb.engine.rl.update import MicroLoss, UpdateStats, run_updates
 from dswb.engine.stages.common import begin_stage, describe_model, resolve_init
-from dswb.engine.stages.rl_common import (
-    experience_metrics,
-    iteration_end,
-    iteration_generator,
-    make_experience,
-    resume_rl,
-    rollout_sampler,
-    run_rl_loop,
-    setup,
-)
+from dswb.engine.stages.rl_common import (experience_metrics, iteration_end, iteration_generator, make_experience,
+                                          resume_rl, rollout_sampler, run_rl_loop, setup)
 from dswb.engine.train.loop import StepOutput
 from dswb.engine.train.optim import build_optimizer
 from dswb.engine.train.prepare import prepare_model

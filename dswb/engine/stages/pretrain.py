@@ -22,13 +22,7 @@ from dswb.engine.distributed.world import active
 from dswb.engine.eval.loss import held_out_loss, validation_batches, validation_loss
 from dswb.engine.eval.task import task_accuracy
 from dswb.engine.model.build import build_model
-from dswb.engine.stages.common import (
-    batching_event,
-    begin_stage,
-    finish_lm,
-    resume_stream,
-    run_lm_loop,
-)
+from dswb.engine.stages.common import batching_event, begin_stage, finish_lm, resume_stream, run_lm_loop
 from dswb.engine.train.optim import build_optimizer
 from dswb.engine.train.prepare import prepare_model
 

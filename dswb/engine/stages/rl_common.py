@@ -20,12 +20,7 @@ import torch
 from dswb.engine.context import StageContext
 from dswb.engine.data.records.chat import prompt_ids as encode_prompt
 from dswb.engine.data.records.chat import stop_ids
-from dswb.engine.data.records.posttrain import (
-    PromptRecord,
-    read_prompts,
-    split_records,
-    task_prompts,
-)
+from dswb.engine.data.records.posttrain import PromptRecord, read_prompts, split_records, task_prompts
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.distributed.sharding import prompt_block, skip_rows
 from dswb.engine.distributed.world import active
@@ -33,24 +28,10 @@ from dswb.engine.eval.task import task_accuracy
 from dswb.engine.model.load import fit_vocab, load_causal_lm
 from dswb.engine.placement.roles import Placement
 from dswb.engine.rl.health import RLHealth
-from dswb.engine.rl.rewards import (
-    CombinedReward,
-    RewardInputs,
-    RewardScores,
-    build_rewards,
-    nan_mean,
-)
+from dswb.engine.rl.rewards import CombinedReward, RewardInputs, RewardScores, build_rewards, nan_mean
 from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
-from dswb.engine.stages.common import (
-    StageStart,
-    TaskData,
-    accuracy_target,
-    eval_every,
-    finish_lm,
-    resolve_init,
-    resume,
-    run_stage_loop,
-)
+from dswb.engine.stages.common import (StageStart, TaskData, accuracy_target, eval_every, finish_lm, resolve_init,
+                                       resume, run_stage_loop)
 from dswb.errors import UserError
 
 SAMPLES_PER_EVENT = 8

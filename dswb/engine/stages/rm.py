@@ -17,28 +17,15 @@ import math
 import torch
 
 from dswb.engine.context import StageContext
-from dswb.engine.data.batches.pairs import (
-    EncodedPair,
-    PairStream,
-    margins,
-    mean_pair_length,
-)
+from dswb.engine.data.batches.pairs import EncodedPair, PairStream, margins, mean_pair_length
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.distributed.sharding import shard_pairs
 from dswb.engine.eval.pairs import pair_accuracy
 from dswb.engine.model.load import fit_vocab, load_scalar_model
 from dswb.engine.preference.losses import reward_model_loss
 from dswb.engine.preference.scoring import pair_rewards
-from dswb.engine.stages.common import (
-    begin_stage,
-    describe_model,
-    eval_every,
-    finish_lm,
-    load_pairs,
-    resolve_init,
-    resume,
-    run_stage_loop,
-)
+from dswb.engine.stages.common import (begin_stage, describe_model, eval_every, finish_lm, load_pairs, resolve_init,
+                                       resume, run_stage_loop)
 from dswb.engine.train.loop import StepOutput
 from dswb.engine.train.optim import build_optimizer
 from dswb.engine.train.prepare import prepare_model

@@ -15,40 +15,17 @@ import torch
 
 from dswb.engine.context import StageContext
 from dswb.engine.data.batches.loader import BatchStream
-from dswb.engine.data.records.chat import (
-    encode_chat,
-    encode_plain,
-    install_chat_template,
-)
-from dswb.engine.data.records.posttrain import (
-    SFTRecord,
-    read_sft,
-    split_records,
-    task_sft,
-)
+from dswb.engine.data.records.chat import encode_chat, encode_plain, install_chat_template
+from dswb.engine.data.records.posttrain import SFTRecord, read_sft, split_records, task_sft
 from dswb.engine.data.records.tokenizer import build_char_tokenizer, load_tokenizer
 from dswb.engine.distributed.pipeline import pipeline_of
 from dswb.engine.distributed.sharding import stream_shard
-from dswb.engine.eval.loss import (
-    held_out_loss,
-    masked_validation_batches,
-    validation_loss,
-)
+from dswb.engine.eval.loss import held_out_loss, masked_validation_batches, validation_loss
 from dswb.engine.eval.task import task_accuracy
 from dswb.engine.model.build import build_model
 from dswb.engine.model.load import fit_vocab, load_causal_lm
-from dswb.engine.stages.common import (
-    TaskData,
-    accuracy_target,
-    batching_event,
-    begin_stage,
-    describe_model,
-    eval_every,
-    finish_lm,
-    resolve_init,
-    resume_stream,
-    run_lm_loop,
-)
+from dswb.engine.stages.common import (TaskData, accuracy_target, batching_event, begin_stage, describe_model,
+                                       eval_every, finish_lm, resolve_init, resume_stream, run_lm_loop)
 from dswb.engine.train.optim import build_optimizer
 from dswb.engine.train.prepare import prepare_model
 from dswb.errors import UserError

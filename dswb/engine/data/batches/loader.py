@@ -40,16 +40,8 @@ import numpy as np
 import torch
 
 from dswb.config.schema import BatchingConfig
-from dswb.engine.data.batches.batching import (
-    PackedPlan,
-    Plan,
-    length_histogram,
-    plan_bucketed,
-    plan_fixed,
-    plan_packed,
-    rank_position,
-    seq_len_at,
-)
+from dswb.engine.data.batches.batching import (PackedPlan, Plan, length_histogram, plan_bucketed, plan_fixed,
+                                               plan_packed, rank_position, seq_len_at)
 from dswb.engine.data.batches.collate import Batch, collate_packed, collate_padded
 from dswb.errors import UserError
 

@@ -40,28 +40,16 @@ import numpy as np
 from dswb.engine.data.corpus import cache
 from dswb.engine.data.corpus.blocks import BLOCK_BYTES
 from dswb.engine.data.corpus.chunking import chunk_tokens
-from dswb.engine.data.corpus.prepare import (
-    Settings,
-    auto_shard_bytes,
-    prepare_files,
-    resolve_workers,
-)
+from dswb.engine.data.corpus.prepare import Settings, auto_shard_bytes, prepare_files, resolve_workers
 from dswb.engine.data.corpus.report import small_report
 from dswb.engine.data.corpus.sources import expand_paths
 from dswb.engine.data.corpus.store import Store, open_store
 from dswb.engine.data.corpus.store_views import SampleView
 from dswb.engine.data.corpus.store_write import StoreWriter
 from dswb.engine.data.records.task import AdditionTask, TaskSplits
-from dswb.engine.data.records.tokenizer import (
-    build_char_tokenizer,
-    encode_batch,
-    has_tokenizer,
-    load_tokenizer,
-    tokenizer_from_json,
-    tokenizer_identity,
-    tokenizer_json,
-    train_bpe_tokenizer,
-)
+from dswb.engine.data.records.tokenizer import (build_char_tokenizer, encode_batch, has_tokenizer, load_tokenizer,
+                                                tokenizer_from_json, tokenizer_identity, tokenizer_json,
+                                                train_bpe_tokenizer)
 from dswb.errors import UserError
 
 SAMPLE_POLICY = "bos-each-chunk/eos-doc-end/v1"

@@ -37,24 +37,14 @@ import numpy as np
 
 from dswb.engine.data.corpus.ingest import ReadState, read_phase
 from dswb.engine.data.corpus.pool import executor, locked
-from dswb.engine.data.corpus.progress import (
-    Progress,
-    clear_after,
-    load_state,
-    save_state,
-)
+from dswb.engine.data.corpus.progress import Progress, clear_after, load_state, save_state
 from dswb.engine.data.corpus.readers import no_documents_message
 from dswb.engine.data.corpus.report import build_report
 from dswb.engine.data.corpus.sources import file_size
 from dswb.engine.data.corpus.store import Store, open_store
 from dswb.engine.data.corpus.store_views import index_dtype
 from dswb.engine.data.corpus.store_write import commit, save_array, write_meta
-from dswb.engine.data.corpus.work import (
-    TokenizeSettings,
-    read_text_shard,
-    shard_texts,
-    tokenize_shard,
-)
+from dswb.engine.data.corpus.work import TokenizeSettings, read_text_shard, shard_texts, tokenize_shard
 from dswb.errors import UserError
 from dswb.util.atomic import write_atomic
 

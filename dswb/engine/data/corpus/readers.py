@@ -33,29 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from dswb.engine.data.corpus.blocks import (
-    BLOCK_BYTES,
-    Block,
-    parse_block,
-    start_position,
-)
-from dswb.engine.data.corpus.sources import (
-    expand_paths,
-    file_format,
-    file_size,
-    plain_name,
-)
-from dswb.engine.data.corpus.table_readers import (
-    arrow_batches,
-    parquet_batches,
-    table_blocks,
-)
-from dswb.engine.data.corpus.text_readers import (
-    json_array_blocks,
-    jsonl_blocks,
-    read_whole,
-    starts_array,
-)
+from dswb.engine.data.corpus.blocks import BLOCK_BYTES, Block, parse_block, start_position
+from dswb.engine.data.corpus.sources import expand_paths, file_format, file_size, plain_name
+from dswb.engine.data.corpus.table_readers import arrow_batches, parquet_batches, table_blocks
+from dswb.engine.data.corpus.text_readers import json_array_blocks, jsonl_blocks, read_whole, starts_array
 from dswb.errors import UserError
 
 MAX_SKIPPED_EXAMPLES = 5
