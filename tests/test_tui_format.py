@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from dswb.tui.format import bar, fmt_age, fmt_duration, fmt_num, fmt_tick, nice_ticks
+from dswb.tui.format import bar, fmt_tick, nice_ticks
+from dswb.util.fmt import fmt_age, fmt_duration, fmt_num
 
 
 def test_fmt_num():

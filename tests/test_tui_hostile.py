@@ -22,7 +22,8 @@ from dswb.rundir import RunPaths
 from dswb.rundir.pipeline import pipeline_from_events
 from dswb.tui import chart
 from dswb.tui.follower import RunFollower, scan_runs
-from dswb.tui.format import cut_text, fmt_age, fmt_duration, fmt_num, fmt_pct, state_badge
+from dswb.tui.format import fmt_pct, state_badge
+from dswb.util.fmt import cut_text, fmt_age, fmt_duration, fmt_num
 from dswb.tui.model import RunModel
 from dswb.tui.sanitize import clean_status
 from dswb.tui.widgets.alerts_panel import render_alerts

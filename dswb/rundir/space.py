@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from dswb.util.fmt import fmt_bytes  # (dswb.engine.checkpoint.layout imports it from here)
+from dswb.util.fmt import fmt_bytes
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 DISK_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "os error 28", "os error 122")

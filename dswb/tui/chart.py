@@ -23,7 +23,8 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Sequence
 
-from dswb.tui.format import fmt_tick, is_number, nice_step, nice_ticks
+from dswb.tui.format import fmt_tick, nice_step, nice_ticks
+from dswb.util.fmt import is_number
 
 PLOT_LIMIT = 1e300  # |y| beyond this is drawn at the limit (the span of two limits stays finite)
 KEEP_FILL = 0.5  # a y range is kept while the data spans at least this share of it

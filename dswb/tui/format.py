@@ -2,7 +2,7 @@
 
 Every function takes anything a run file can hold (wrong types, huge or non-finite numbers,
 megabytes of text, control characters) and returns a short printable string: the viewers
-never die from the data they show. Numbers, durations, ages and cut text come from
+never die from the data they show. Numbers, durations, ages and cut text are formatted by
 `dswb.util.fmt` (shared with the CLI); the dashboard-only helpers (badges, bars, axis ticks)
 live here. Standard library only.
 """
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 
-from dswb.util.fmt import (FLOAT_LIMIT, cut_text, finite_or_none, fmt_age, fmt_duration, fmt_num,  # noqa: F401
-                           is_number)
+from dswb.util.fmt import cut_text, finite_or_none
 
 STATE_STYLES = {
     "running": "bold green", "starting": "green", "paused": "bold yellow", "finished": "bold cyan",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dswb.tui.format import FLOAT_LIMIT, cut_text, is_number
+from dswb.util.fmt import FLOAT_LIMIT, cut_text, is_number
 
 NAME_LIMIT = 80  # stage, metric, layer group, reward source names
 LINE_LIMIT = 300  # one-line fields: paths, codes

@@ -9,7 +9,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from dswb.rundir import RunPaths
-from dswb.tui.format import fmt_num, state_badge
+from dswb.tui.format import state_badge
+from dswb.util.fmt import fmt_num
 from dswb.tui.widgets import MetricPlot
 from dswb.tui.widgets._tables import fill_table
 

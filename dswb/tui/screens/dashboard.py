@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent
 
 from dswb.rundir import RunPaths
-from dswb.tui.format import fmt_age
+from dswb.util.fmt import fmt_age
 from dswb.tui.model import RunModel
 from dswb.tui.screens import dashboard_keys
 from dswb.tui.screens.dashboard_plots import TAB_PLOTS

@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import Static
 
-from dswb.tui.format import cut_text, fmt_num
+from dswb.util.fmt import cut_text, fmt_num
 
 ICONS = {"error": ("✘", "bold red"), "warning": ("⚠", "bold yellow")}
 

@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from dswb.tui.format import bar, cut_text, finite_or_none, fmt_num
+from dswb.tui.format import bar
+from dswb.util.fmt import cut_text, finite_or_none, fmt_num
 
 HIST_BAR = 40
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
-from dswb.tui.format import cut_text, finite_or_none, fmt_num
+from dswb.util.fmt import cut_text, finite_or_none, fmt_num
 from dswb.tui.widgets._tables import fill_table
 
 COLUMNS = ("stage", "step", "val_loss", "val_ppl", "task_acc")

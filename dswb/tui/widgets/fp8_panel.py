@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from dswb.tui.format import cut_text, finite_or_none
+from dswb.util.fmt import cut_text, finite_or_none
 from dswb.tui.widgets._tables import fill_table
 
 COLUMNS = [(c, c) for c in ("layer group", "amax", "saturation %", "underflow %")]

@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.events import Resize
 from textual.widgets import RichLog
 
-from dswb.tui.format import cut_text
+from dswb.util.fmt import cut_text
 
 LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "info": "", "debug": "dim"}
 

@@ -19,7 +19,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from dswb.tui import chart
-from dswb.tui.format import fmt_num
+from dswb.util.fmt import fmt_num
 
 SeriesData = tuple  # (label, xs, ys) or (label, xs, ys, clean)
 PlotData = tuple[list[SeriesData], "float | None"]

@@ -7,7 +7,8 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from dswb.rundir.pipeline import COLUMNS, PipelineRow
-from dswb.tui.format import cut_text, state_badge
+from dswb.tui.format import state_badge
+from dswb.util.fmt import cut_text
 from dswb.tui.widgets._tables import fill_table
 
 

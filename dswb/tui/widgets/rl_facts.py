@@ -9,7 +9,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from dswb.tui.format import bar, cut_text, finite_or_none, fmt_num
+from dswb.tui.format import bar
+from dswb.util.fmt import cut_text, finite_or_none, fmt_num
 
 PHASES = (("generation", "timing/generation_s"), ("scoring", "timing/scoring_s"),
           ("ref log-probs", "timing/ref_logprobs_s"), ("update", "timing/update_s"))

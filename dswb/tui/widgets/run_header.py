@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.widgets import Static
 
-from dswb.tui.format import cut_text, fmt_num, state_badge
+from dswb.tui.format import state_badge
+from dswb.util.fmt import cut_text, fmt_num
 
 
 @dataclass(frozen=True)

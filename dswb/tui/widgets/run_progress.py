@@ -9,7 +9,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from dswb.tui.format import bar, fmt_duration, fmt_num
+from dswb.tui.format import bar
+from dswb.util.fmt import fmt_duration, fmt_num
 
 BAR_WIDTH = 30
 ENDED = ("finished", "failed", "stopped", "lost")

@@ -6,7 +6,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from dswb.tui.follower import RunRow
-from dswb.tui.format import fmt_num, state_badge
+from dswb.tui.format import state_badge
+from dswb.util.fmt import fmt_num
 
 
 class RunSummary(Static):

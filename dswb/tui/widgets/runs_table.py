@@ -7,7 +7,8 @@ from textual.widgets import DataTable
 
 from dswb.tui.follower import RunRow
 from dswb.tui.widgets._tables import fill_table
-from dswb.tui.format import fmt_age, fmt_num, state_badge
+from dswb.tui.format import state_badge
+from dswb.util.fmt import fmt_age, fmt_num
 
 COLUMNS = ("", "run", "state", "stage", "step", "loss", "updated")
 

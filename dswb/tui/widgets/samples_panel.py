@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from dswb.tui.format import cut_text, finite_or_none, fmt_num
+from dswb.util.fmt import cut_text, finite_or_none, fmt_num
 
 EMPTY = "no samples yet (PPO and GRPO record a few rollouts every few iterations)"
 

@@ -5,7 +5,7 @@ Its values change at every step, so it is a `TextTable` (only changed rows are r
 
 from __future__ import annotations
 
-from dswb.tui.format import cut_text, fmt_num
+from dswb.util.fmt import cut_text, fmt_num
 from dswb.tui.widgets.text_table import TextTable
 
 FULL_COLUMNS = ("metric", "last", "mean", "std", "min", "max", "count")

@@ -8,7 +8,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from dswb.tui.format import bar, finite_or_none, fmt_num, fmt_pct
+from dswb.tui.format import bar, fmt_pct
+from dswb.util.fmt import finite_or_none, fmt_num
 
 BAR = 12
 
