@@ -193,7 +193,7 @@ def test_a_world_of_one_process(tmp_path):
 
     from dswb.engine.distributed.world import active, end_world, ensure_world
     from dswb.engine.rl.global_batch import micro_plan, split_minibatches
-    from dswb.engine.stages.rl_common import chunks
+    from dswb.engine.rl.update import chunks
 
     assert ensure_world(load_config(None)) is None and active() is None
     world = ensure_world(load_config(None, ["parallel.mode=ddp", "run.device=cpu"]))
