@@ -3,8 +3,10 @@
 - `resolve_init`: the model a stage starts from (its `init`, else the latest language model of
   this run, else `model.path`), as a directory.
 - `describe_model` / `begin_stage`: the `stage_start` event (model and data) and the running status.
-- `resume`: the newest verified checkpoint of the stage, restored into model and optimizer.
-- `run_lm_loop`: the loop of a language-modelling stage (pretraining, SFT) over its batch stream.
+- `resume` / `resume_stream`: the newest verified checkpoint of the stage, restored into model and
+  optimizer (and the batch stream's position); `batching_event`: the length histogram event.
+- `run_stage_loop`: `run_loop` with what the prepared model adds (every stage); `run_lm_loop`: the
+  same over a prefetched batch stream (pretraining, SFT).
 - `finish_lm`: held-out test score, the final model directory, the `stage_end` event.
 - `TaskData`: the built-in task's splits and its evaluation helpers; `load_pairs`: the preference pairs
   of the reward model and DPO.
