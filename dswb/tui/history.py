@@ -255,3 +255,12 @@ class SeriesHistory:
             xs, ys = minmax_downsample(xs, ys, max(4, max_points))
         return xs, ys
 
+
+def series_history(series: dict[str, SeriesHistory], name: str, capacity: int,
+                   limit: int) -> SeriesHistory | None:
+    """The history of `name` in `series`, made (with `capacity`) when it is new and `series` holds
+    fewer than `limit`; None when a new name finds no room (a run with hostile metric names)."""
+    history = series.get(name)
+    if history is None and len(series) < limit:
+        history = series[name] = SeriesHistory(capacity)
+    return history

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dswb.tui.history import SeriesHistory
+from dswb.tui.history import SeriesHistory, series_history
 from dswb.tui.sanitize import MAX_SERIES
 
 if TYPE_CHECKING:
@@ -44,13 +44,11 @@ class PendingPoints:
                 column[1].append(value)
 
     def _column(self, series: dict, stage: StageModel | None, name: str) -> tuple[list, list] | None:
-        history = series.get(name)
+        history = series_history(series, name, self.capacity, MAX_SERIES)
         if history is None:
-            if len(series) >= MAX_SERIES:
-                if stage is not None:
-                    stage.dropped_series += 1
-                return None
-            history = series[name] = SeriesHistory(self.capacity)
+            if stage is not None:
+                stage.dropped_series += 1
+            return None
         column = self._pending.get(history)
         if column is None:
             column = self._pending[history] = ([], [])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dswb.rundir.pipeline import fold_eval, new_facts
-from dswb.tui.history import SeriesHistory
+from dswb.tui.history import SeriesHistory, series_history
 from dswb.tui.sanitize import (MAX_SERIES, as_dict, clean_batching, clean_metrics, line_text, name_text, number,
                                safe_name, step_value)
 
@@ -76,11 +76,9 @@ def on_eval(model: RunModel, event: dict) -> None:
     for name, value in metrics.items():
         if value is not None and value.__class__ is not float:
             continue
-        history = stage.eval_series.get(name)
+        history = series_history(stage.eval_series, name, model.capacity, MAX_SERIES)
         if history is None:
-            if len(stage.eval_series) >= MAX_SERIES:
-                continue
-            history = stage.eval_series[name] = SeriesHistory(model.capacity)
+            continue
         history.append(step, value)
         if value is not None and value == value and abs(value) != float("inf"):
             stage.eval_last[name] = value

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dswb.tui.history import SeriesHistory
+from dswb.tui.history import series_history
 from dswb.tui.sanitize import MAX_SERIES, STEP_LIMIT, clean_metrics, clean_ranks, name_text, number, time_value
 
 if TYPE_CHECKING:
@@ -28,11 +28,9 @@ def on_system(model: RunModel, event: dict) -> None:
     for name, value in metrics.items():
         if value is not None and value.__class__ is not float:
             continue
-        history = model.system_series.get(name)
+        history = series_history(model.system_series, name, model.capacity, MAX_SERIES)
         if history is None:
-            if len(model.system_series) >= MAX_SERIES:
-                continue
-            history = model.system_series[name] = SeriesHistory(model.capacity)
+            continue
         history.append(x, value)
 
 
