@@ -197,7 +197,7 @@ def grpo_case(grad_accum: int, *, advantage: str = "grpo", loss_type: str = "dap
         attach_logprobs(batch, policy, ref, sec, None, PAD)
     optimizer = RecordingSGD(policy.parameters())
     stats = grpo_update(policy, optimizer, batch, sec, None, PAD)
-    assert stats.all_finite and stats.updates == sec.num_iterations * sec.minibatches
+    assert stats.finite_everywhere() and stats.updates == sec.num_iterations * sec.minibatches
     return optimizer.seen
 
 
@@ -212,7 +212,7 @@ def ppo_case(grad_accum: int, *, extra: tuple = (), rank: int = 0, size: int = 1
         batch = ppo_batch(model.policy, model.value, ref, r, scores, sec, CPU, None, PAD)
     optimizer = RecordingSGD(model.parameters())
     stats = ppo_update(model, optimizer, batch, sec, torch.Generator().manual_seed(7), None, PAD)
-    assert stats.all_finite
+    assert stats.finite_everywhere()
     return optimizer.seen
 
 

@@ -9,6 +9,7 @@ scored by `validation_loss`, or through the stages of a pipeline by `pipeline_va
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -62,41 +63,33 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
-@torch.no_grad()
 def validation_loss(model: torch.nn.Module, batches: list[Batch], device: torch.device, amp_dtype) -> dict:
     """`val_loss` (mean over every target token of `batches`) and `val_ppl`."""
-    if not batches:
-        return {}
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    try:
-        for batch in batches:
-            batch = batch.to(device)
-            total += float(forward_loss_sum(model, batch, amp_dtype, device))
-            tokens += batch.n_target
-    finally:
-        model.train(was_training)
-    loss = total / max(1, tokens)
-    return {"val_loss": loss, "val_ppl": perplexity(loss)}
+    return _mean_loss(model, batches, lambda b: float(forward_loss_sum(model, b.to(device), amp_dtype, device)))
+
+
+def pipeline_validation_loss(model: torch.nn.Module, batches: list[Batch], device: torch.device) -> dict:
+    """`validation_loss` forward through the stages of a pipeline (only the last stage has the loss)."""
+    pipe = pipeline_of(model)
+    return _mean_loss(model, batches, lambda b: pipe.run(b.to(device), 1.0, backward=False, loss_fn=token_loss_sum),
+                      reduce=lambda total: pipe.world.sum([total])[0])
 
 
 @torch.no_grad()
-def pipeline_validation_loss(model: torch.nn.Module, batches: list[Batch], device: torch.device) -> dict:
-    """`validation_loss` forward through the stages of a pipeline."""
+def _mean_loss(model: torch.nn.Module, batches: list[Batch], loss_sum: Callable[[Batch], float],
+               reduce: Callable[[float], float] = float) -> dict:
     if not batches:
         return {}
-    pipe = pipeline_of(model)
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
     try:
         for batch in batches:
-            total += pipe.run(batch.to(device), 1.0, backward=False, loss_fn=token_loss_sum)
+            total += loss_sum(batch)
             tokens += batch.n_target
     finally:
         model.train(was_training)
-    loss = pipe.world.sum([total])[0] / max(1, tokens)
+    loss = reduce(total) / max(1, tokens)
     return {"val_loss": loss, "val_ppl": perplexity(loss)}
 
 

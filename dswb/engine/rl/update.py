@@ -33,7 +33,9 @@ class MicroLoss:
     loss: torch.Tensor                      # scalar, normalised over the whole global minibatch
     mask: torch.Tensor                      # [n, T] the tokens that count
     token_terms: dict[str, torch.Tensor]    # per-token diagnostics [n, T], token-averaged over the iteration
-    scalars: dict[str, float] = field(default_factory=dict)   # summed, then averaged per optimizer step
+    # The loss's parts as numbers (summed, then averaged per optimizer step); their finiteness stands
+    # for the loss's, so it is read from the device once. Empty: the loss itself is checked.
+    scalars: dict[str, float] = field(default_factory=dict)
     ratio: torch.Tensor | None = None       # [n, T] new / old probability of each token (for `ratio_max`)
 
 
@@ -52,9 +54,9 @@ class UpdateStats:
     def add(self, micro: MicroLoss) -> None:
         m = micro.mask.to(torch.float32)
         n = float(m.sum())
-        if not math.isfinite(float(micro.loss.detach())):
+        if not micro.scalars and not math.isfinite(float(micro.loss.detach())):
             self.finite = False
-        for name, value in micro.scalars.items():
+        for name, value in micro.scalars.items():   # the loss's own parts: read once, checked here
             self.finite &= math.isfinite(value)
             self.scalars[name] = self.scalars.get(name, 0.0) + value
         self.tokens += n
@@ -70,8 +72,8 @@ class UpdateStats:
         """The mean per optimizer step of a scalar, added over the ranks (their parts of one loss)."""
         return global_sum(self.scalars.get(name, 0.0)) / max(1, self.updates)
 
-    @property
-    def all_finite(self) -> bool:
+    def finite_everywhere(self) -> bool:
+        """Every loss and gradient norm of the iteration finite, on every rank (a collective)."""
         return global_all(self.finite) and all(math.isfinite(g) for g in self.grad_norms)
 
     @property

@@ -99,7 +99,7 @@ def run(ctx: StageContext) -> str:
         completion_tokens = int(r.lengths.sum())
         metrics["completion_tokens_per_s"] = completion_tokens / max(timings["generation"], 1e-9)
         iteration_end(ctx, STAGE, index + 1, rl, sec, metrics, state, exp, batch.advantages.cpu)
-        return StepOutput(loss=stats.step_mean("loss"), finite=stats.all_finite, metrics=metrics,
+        return StepOutput(loss=stats.step_mean("loss"), finite=stats.finite_everywhere(), metrics=metrics,
                           tokens=completion_tokens + sum(len(p) for p in r.prompt_ids))
 
     return run_rl_loop(ctx, STAGE, model=policy, policy=policy, optimizer=optimizer, step=step, section=sec, rl=rl,

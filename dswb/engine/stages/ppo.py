@@ -138,7 +138,7 @@ def run(ctx: StageContext) -> str:
         iteration_end(ctx, STAGE, index + 1, rl, sec, metrics, state, exp,
                       lambda: ((batch.advantages * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).cpu())
         loss = metrics["policy_loss"] + sec.vf_coef * metrics["value_loss"]
-        return StepOutput(loss=loss, finite=stats.all_finite, metrics=metrics,
+        return StepOutput(loss=loss, finite=stats.finite_everywhere(), metrics=metrics,
                           tokens=completion_tokens + sum(len(p) for p in r.prompt_ids))
 
     return run_rl_loop(ctx, STAGE, model=model, policy=policy, optimizer=optimizer, step=step, section=sec, rl=rl,
