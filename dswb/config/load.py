@@ -15,6 +15,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from dswb.config.adapters import LoraConfig, validate_lora
 from dswb.config.parallel import validate_parallel
 from dswb.config.posttrain import check_stage_order, validate_posttrain
 from dswb.config.schema import STAGES, Config
@@ -37,6 +38,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotated type; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
     if origin is list:
+        if isinstance(value, str) and typing.get_args(tp)[0] is str:
+            value = [value]     # `target_modules = "all-linear"`: one item
         if not isinstance(value, list):
             raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}")
         (item_tp,) = typing.get_args(tp)
@@ -82,6 +85,14 @@ def _unknown(key: str, known: list[str], where: str) -> UserError:
 
 def _set_field(section: Any, section_name: str, key: str, value: Any, where: str) -> None:
     types = _field_types(type(section))
+    head, dot, rest = key.partition(".")
+    if head == "lora" and "lora" in types:     # `[sft.lora]` table, or `--set sft.lora.r=8`
+        if dot:
+            value = {rest: value}
+        elif not isinstance(value, dict):
+            raise UserError(f"{where}: {section_name}.lora must be a table ([{section_name}.lora]), got {value!r}")
+        _set_stage_lora(section, section_name, value, where)
+        return
     if key not in types:
         raise _unknown(f"{section_name}.{key}", [f"{section_name}.{k}" for k in types], where)
     tp, fld = types[key]
@@ -89,6 +100,14 @@ def _set_field(section: Any, section_name: str, key: str, value: Any, where: str
     coerced = _coerce(value, tp, full)
     _check_bounds(coerced, fld.metadata, full)
     setattr(section, key, coerced)
+
+
+def _set_stage_lora(section: Any, section_name: str, changes: dict, where: str) -> None:
+    """Record a stage's changes to `[lora]`, each checked as the `[lora]` field it changes."""
+    scratch = LoraConfig()
+    for key, value in changes.items():
+        _set_field(scratch, f"{section_name}.lora", key, value, where)
+        section.lora[key] = getattr(scratch, key)
 
 
 def apply_mapping(config: Config, data: dict, where: str) -> None:
@@ -160,6 +179,7 @@ def validate(config: Config, where: str) -> None:
     validate_posttrain(config, where)
     validate_parallel(config, where)
     validate_fp8(config, where)
+    validate_lora(config, where)
 
 
 def validate_fp8(config: Config, where: str) -> None:
@@ -216,6 +236,8 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

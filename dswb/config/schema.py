@@ -1,15 +1,16 @@
 """The config sections. Every field has a type, a default and a one-line doc (`doc(...)`).
 
 Sections map one-to-one to TOML tables: `[run]`, `[model]`, `[data]`, `[task]`, `[batching]`,
-`[train]`, `[eval]`, `[checkpoint]`, `[monitor]`, `[fp8]`, and the post-training stages' `[sft]`, `[rm]`,
-`[dpo]`, `[ppo]`, `[grpo]` (in `posttrain.py`), and `[parallel]` (in `parallel.py`). Each section is
-its own dataclass.
+`[train]`, `[eval]`, `[checkpoint]`, `[monitor]`, `[fp8]`, `[lora]` (in `adapters.py`), the post-training
+stages' `[sft]`, `[rm]`, `[dpo]`, `[ppo]`, `[grpo]` (in `posttrain.py`), and `[parallel]` (in `parallel.py`).
+Each section is its own dataclass; a stage's `lora` field holds its `[<stage>.lora]` changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from dswb.config.adapters import LoraConfig
 from dswb.config.fields import OptimSettings, doc
 from dswb.config.parallel import ParallelConfig
 from dswb.config.posttrain import DPOConfig, GRPOConfig, PPOConfig, RMConfig, SFTConfig
@@ -160,6 +161,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     fp8: Fp8Config = field(default_factory=Fp8Config)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)

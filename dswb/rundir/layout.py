@@ -58,6 +58,18 @@ class RunPaths:
         return self.status.exists() or self.config.exists()
 
 
+ADAPTER_CONFIG = "adapter_config.json"     # peft's: a directory holding an adapter (a LoRA stage's final)
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def is_model_dir(path: Path) -> bool:
+    """A directory that loads as a model: a transformers model or a peft adapter of one."""
+    return (Path(path) / "config.json").is_file() or is_adapter_dir(path)
+
+
 def new_run_id(name: str, runs_root: Path) -> str:
     """`<YYYYmmdd-HHMMSS>-<name>`, with a numeric suffix if that directory already exists."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"

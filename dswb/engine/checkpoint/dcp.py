@@ -30,6 +30,7 @@ from typing import Callable
 
 import torch
 
+from dswb.engine.adapters.lora import is_adapted
 from dswb.engine.checkpoint.layout import (STATE_FILE, Checkpoint, CorruptCheckpoint, prune, rng_state, seal_directory,
                                            set_rng_state, torch_save, verify_checkpoint)
 from dswb.engine.distributed.world import World, active
@@ -45,11 +46,14 @@ def is_dcp_checkpoint(path: Path) -> bool:
 
 
 def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+    """What a DCP checkpoint holds: the model (only what trains, for a model with adapters) and the
+    optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
 
+    options = StateDictOptions(ignore_frozen_params=is_adapted(model))
     if optimizer is None:
-        return {"model": get_model_state_dict(model)}
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+        return {"model": get_model_state_dict(model, options=options)}
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
     return {"model": model_sd, "optimizer": optim_sd}
 
 
@@ -106,7 +110,7 @@ def _verified(ckpt, world: World | None):
 def load_distributed(ckpt, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device) -> dict:
     """`load_checkpoint` for a DCP checkpoint, or for any checkpoint in a distributed run."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
 
     world = active()
@@ -117,10 +121,12 @@ def load_distributed(ckpt, model: torch.nn.Module, optimizer: torch.optim.Optimi
         if is_dcp_checkpoint(ckpt.path):
             state = _state(model, optimizer)
             dcp.load(state, checkpoint_id=str(ckpt.path / DCP_DIR))
+            options = StateDictOptions(strict=not is_adapted(model))    # adapters: the frozen base is not in it
             if optimizer is None:
-                set_model_state_dict(model, state["model"])
+                set_model_state_dict(model, state["model"], options=options)
             else:
-                set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+                set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                               options=options)
         else:
             _load_single_process_files(ckpt.path, model, optimizer, device)
     except (RuntimeError, KeyError, ValueError) as exc:

@@ -6,6 +6,10 @@
 before the rename; `dswb runs verify` and a resume check it. A full disk removes the temporary
 directory and raises `DiskFull`. `AutoModelForCausalLM.from_pretrained` and
 `AutoTokenizer.from_pretrained` load the directory offline (they ignore the two dswb files).
+
+A model with LoRA adapters is saved as its adapter in peft's format (`adapter_config.json`,
+`adapter_model.safetensors`; `PeftModel.from_pretrained(base, dir)` and `AutoPeftModelForCausalLM`
+load it), with `base_model_name_or_path` set to the base's directory (`info["adapter"]["base"]`).
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from pathlib import Path
 
 import torch
 
+from dswb.engine.adapters.lora import peft_of
 from dswb.engine.checkpoint.dcp import full_state_on_main, plain_copy
 from dswb.engine.checkpoint.layout import seal_directory
 from dswb.engine.distributed.world import active
 from dswb.engine.distributed.wrap import is_ddp
 from dswb.engine.fp8.convert import export_model
-from dswb.engine.model.load import STAGE_INFO
+from dswb.engine.model.load import STAGE_INFO, is_reward_model, load_causal_lm, load_scalar_model, stage_info
 from dswb.rundir.manifest import verify_dir
 from dswb.rundir.space import DiskFull, is_disk_full
 
 MARKER = STAGE_INFO
+MERGED = "merged"      # final/<stage>/merged/: the merged model of a LoRA stage (`lora.merge_final`)
 
 
 def save_final(path: Path, model: torch.nn.Module, tokenizer, info: dict) -> Path:
@@ -34,9 +40,15 @@ def save_final(path: Path, model: torch.nn.Module, tokenizer, info: dict) -> Pat
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        export_model(model).save_pretrained(tmp, safe_serialization=True)   # no FP8 wrapper keys
+        peft_model = peft_of(model)
+        if peft_model is not None:
+            save_adapter(peft_model, tmp, info["adapter"]["base"])
+        else:
+            export_model(model).save_pretrained(tmp, safe_serialization=True)   # no FP8 wrapper keys
         tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps(info, indent=1, default=str))
+        if peft_model is not None and info["adapter"].get("merge_final"):
+            write_merged(tmp, tmp / MERGED)
         seal_directory(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -44,6 +56,33 @@ def save_final(path: Path, model: torch.nn.Module, tokenizer, info: dict) -> Pat
             raise DiskFull(path) from exc
         raise
     return path
+
+
+def write_merged(adapter_dir: Path, out: Path, where: str = "merge") -> Path:
+    """The adapter in `adapter_dir` merged into its full-precision base (a QLoRA adapter too), written
+    to `out` as a plain model directory (`AutoModelForCausalLM` or, for a reward model,
+    `AutoModelForSequenceClassification` loads it)."""
+    from transformers import AutoTokenizer
+
+    info = stage_info(adapter_dir)
+    loader = load_scalar_model if is_reward_model(adapter_dir) else load_causal_lm
+    model = loader(adapter_dir, where)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True)
+    merged_info = {k: v for k, v in info.items() if k != "adapter"}
+    merged_info["merged_from"] = {"adapter": str(Path(adapter_dir).resolve()), **info.get("adapter", {})}
+    if out.parent == Path(adapter_dir):      # inside the final directory being written: sealed with it
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        (out / MARKER).write_text(json.dumps(merged_info, indent=1, default=str))
+        return out
+    return save_final(out, model, tokenizer, merged_info)
+
+
+def save_adapter(model: torch.nn.Module, path: Path, base: str) -> None:
+    """The trained adapter (`default`; not a frozen `reference` copy) in peft's format, naming `base`."""
+    config = model.peft_config["default"]
+    config.base_model_name_or_path = str(Path(base).resolve())
+    model.save_pretrained(path, selected_adapters=["default"], safe_serialization=True, save_embedding_layers=False)
 
 
 def is_complete(path: Path) -> bool:

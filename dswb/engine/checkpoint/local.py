@@ -1,5 +1,10 @@
 """Checkpoints of a single-process run: `model.safetensors` and `optimizer.pt` beside the files
-every checkpoint has (`dswb.engine.checkpoint.layout`)."""
+every checkpoint has (`dswb.engine.checkpoint.layout`).
+
+A model with LoRA adapters saves only what trains (the adapters and the modules trained in full
+beside them): its frozen base is the stage's start model, loaded again on resume. The trainer state
+then carries `"adapter_only": true`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
+from dswb.engine.adapters.lora import is_adapted
 from dswb.engine.checkpoint.layout import (STATE_FILE, Checkpoint, CorruptCheckpoint, prune, rng_state, seal_directory,
                                            set_rng_state, torch_save, verify_checkpoint)
 from dswb.errors import UserError
@@ -32,10 +38,15 @@ def save_local(stage_dir: Path, step: int, model: torch.nn.Module, optimizer: to
     try:
         stage_dir.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
+        adapter_only = is_adapted(model)
+        if adapter_only:
+            save_file(trainable_state(model), str(tmp / "model.safetensors"))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
         torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch_save(rng_state(), tmp / "rng.pt")
-        (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=1))
+        state = {**trainer_state, "step": step, **({"adapter_only": True} if adapter_only else {})}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         if extra is not None:
             extra(tmp)
         seal_directory(tmp, final)
@@ -58,7 +69,10 @@ def load_local(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.
     if not result.ok:
         raise CorruptCheckpoint(result)
     try:
-        load_model(model, str(ckpt.path / "model.safetensors"), device=str(device))
+        if is_adapted(model):
+            load_trainable(model, load_file(str(ckpt.path / "model.safetensors"), device=str(device)))
+        else:
+            load_model(model, str(ckpt.path / "model.safetensors"), device=str(device))
     except RuntimeError as exc:  # strict loading: the model was built differently (e.g. fp8.enabled changed)
         keys = " ".join(str(exc).split())[:240]
         raise UserError(f"{ckpt.path}: the checkpoint does not fit this stage's model (was a setting that shapes "
@@ -67,3 +81,17 @@ def load_local(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.
         optimizer.load_state_dict(torch.load(ckpt.path / "optimizer.pt", map_location=device, weights_only=True))
     set_rng_state(torch.load(ckpt.path / "rng.pt", weights_only=True))
     return json.loads((ckpt.path / STATE_FILE).read_text())
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train, by state-dict name (contiguous CPU-safe tensors for safetensors)."""
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put `state` (a `trainable_state`) into `model`: it must hold every trainable parameter, no other."""
+    own = {name for name, p in model.named_parameters() if p.requires_grad}
+    missing, extra = sorted(own - state.keys()), sorted(state.keys() - own)
+    if missing or extra:
+        raise RuntimeError(f"adapter checkpoint: missing {missing[:3]}, unexpected {extra[:3]}")
+    model.load_state_dict(state, strict=False)

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import torch
 
 from dswb.engine.distributed.world import World, active
+from dswb.engine.model.backbone import backbone_of
 
 DDP_ATTR = "_dswb_ddp"
 
@@ -39,12 +40,6 @@ def distribute(model: torch.nn.Module, config, device: torch.device, world: Worl
     from dswb.engine.distributed.pipeline import split
 
     return split(model, config, device, world)
-
-
-def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
-    prefix = getattr(model, "base_model_prefix", "")
-    inner = getattr(model, prefix, None) if prefix else None
-    return inner if isinstance(inner, torch.nn.Module) else model
 
 
 def _ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -118,17 +113,9 @@ def _fsdp(model: torch.nn.Module, config, device: torch.device, world: World) ->
 def _fsdp2():
     """FSDP2's entry points (public in torch >= 2.6, `_composable` before)."""
     try:
-        from torch.distributed.fsdp import (
-            CPUOffloadPolicy,
-            MixedPrecisionPolicy,
-            fully_shard,
-        )
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
     except ImportError:  # pragma: no cover - torch 2.5
-        from torch.distributed._composable.fsdp import (
-            CPUOffloadPolicy,
-            MixedPrecisionPolicy,
-            fully_shard,
-        )
+        from torch.distributed._composable.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
     return CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
 

@@ -18,7 +18,7 @@ from dswb.engine.data.records.task import AdditionTask
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.eval.task import task_accuracy
 from dswb.engine.model.device import select_device
-from dswb.engine.model.load import is_reward_model, load_causal_lm, load_scalar_model, stage_info
+from dswb.engine.model.load import is_model_dir, is_reward_model, load_causal_lm, load_scalar_model, stage_info
 from dswb.errors import UserError
 
 DEFAULT_TASK = {"kind": "addition", "digits": 2, "n_train": 9000, "n_val": 500, "n_test": 500, "seed": 0}
@@ -32,8 +32,9 @@ def task_settings(model_dir: Path, overrides: dict) -> dict:
 
 
 def evaluate_model(model_dir: Path, n: int | None = None, device: str = "auto", **task_overrides) -> dict:
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir}: not a model directory (no config.json)")
+    if not is_model_dir(model_dir):
+        raise UserError(f"{model_dir}: not a model directory (no config.json) or an adapter directory "
+                        f"(no adapter_config.json)")
     t = task_settings(model_dir, task_overrides)
     if t["kind"] != "addition":
         raise UserError(f"--task: unknown task {t['kind']!r} (built in: addition)")

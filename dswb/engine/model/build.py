@@ -43,10 +43,14 @@ def llama_config(size: str, vocab_size: int, max_seq_len: int, bos_id: int, eos_
     )
 
 
-def build_model(size: str, path: str, tokenizer, max_seq_len: int) -> tuple[torch.nn.Module, ModelInfo]:
-    """A fresh model from `size` (seeded by the caller), or the one saved in `path`."""
+def build_model(size: str, path: str, tokenizer, max_seq_len: int,
+                model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, ModelInfo]:
+    """A fresh model from `size` (seeded by the caller), or the one saved in `path` (already loaded:
+    `model`, e.g. with a quantized base for adapters)."""
     vocab = len(tokenizer)
-    if path:
+    if model is not None:
+        source = str(path)
+    elif path:
         model_dir = Path(path)
         if not (model_dir / "config.json").is_file():
             raise UserError(f"model.path: {model_dir} is not a Hugging Face model directory (no config.json)")

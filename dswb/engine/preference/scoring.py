@@ -5,11 +5,26 @@ from __future__ import annotations
 
 import torch
 
-from dswb.engine.data.batches.pairs import EncodedPair, collate_pairs, scalar_scores
+from dswb.engine.data.batches.pairs import EncodedPair, collate_pairs
+from dswb.engine.model.backbone import backbone_of
 from dswb.engine.model.device import autocast
 from dswb.engine.preference.losses import sequence_logprobs
 
 REF_BATCH = 256
+
+
+def scalar_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  per_token: bool = False) -> torch.Tensor:
+    """A scalar-head model's score at each row's last real token `[B]` (right padding), or at every
+    token `[B, T]` with `per_token` (PPO's values). The head is the model's `score` layer, applied to
+    the backbone's last hidden states, so the result does not depend on how pad ids are set."""
+    backbone = backbone_of(model)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    values = model.score(hidden).squeeze(-1).float()
+    if per_token:
+        return values
+    last = attention_mask.long().sum(dim=1) - 1
+    return values[torch.arange(values.shape[0], device=values.device), last.clamp(min=0)]
 
 
 def pair_rewards(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int, device: torch.device, amp_dtype,

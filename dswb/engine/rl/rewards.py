@@ -92,7 +92,7 @@ class RewardModelSource(RewardSource):
     @torch.no_grad()
     def __call__(self, inputs: RewardInputs) -> list[float]:
         from dswb.engine.data.batches.collate import collate_padded
-        from dswb.engine.data.batches.pairs import scalar_scores
+        from dswb.engine.preference.scoring import scalar_scores
         from dswb.engine.model.device import autocast
 
         rows = [self.encode(p, c, e) for p, c, e in zip(inputs.prompts, inputs.completions, inputs.ended)]
@@ -190,6 +190,8 @@ def build_rewards(specs: list[str], weights: list[float], where: str, *, run_rm:
                   place: Callable[[torch.nn.Module], torch.nn.Module], amp_dtype=None) -> CombinedReward:
     """The stage's reward function from its config (`rewards`, `reward_weights`); `place` puts a
     reward model on its device(s)."""
+    from dswb.engine.model.load import is_model_dir
+
     sources: list[RewardSource] = []
     for i, spec in enumerate(specs):
         at = f"{where}[{i}]"
@@ -199,11 +201,12 @@ def build_rewards(specs: list[str], weights: list[float], where: str, *, run_rm:
         elif kind == "rm":
             if arg:
                 path = Path(arg).expanduser()
-                if not (path / "config.json").is_file():
-                    raise UserError(f"{at}: {path} is not a model directory (no config.json)")
+                if not is_model_dir(path):
+                    raise UserError(f"{at}: {path} is not a model directory (no config.json) or an adapter "
+                                    f"directory (no adapter_config.json)")
                 sources.append(RewardModelSource(path, place, amp_dtype, name=f"rm_{path.name}"))
             else:
-                if run_rm is None or not (run_rm / "config.json").is_file():
+                if run_rm is None or not is_model_dir(run_rm):
                     raise UserError(f"{at}: this run has no reward model (final/rm): run the rm stage first")
                 sources.append(RewardModelSource(run_rm, place, amp_dtype, name="rm"))
         else:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dswb.config.schema import LM_STAGES, STAGES
+from dswb.engine.adapters.lora import parameter_counts
 from dswb.engine.checkpoint.final import is_complete, save_final_model
 from dswb.engine.checkpoint.io import load_checkpoint
 from dswb.engine.checkpoint.layout import latest_checkpoint, remove_partial
@@ -34,7 +35,7 @@ from dswb.engine.data.records.chat import install_chat_template
 from dswb.engine.data.records.posttrain import read_preferences, split_records, task_preferences
 from dswb.engine.data.records.task import AdditionTask, TaskSplits
 from dswb.engine.distributed.sharding import load_stream_state
-from dswb.engine.model.load import stage_info
+from dswb.engine.model.load import is_model_dir, stage_info
 from dswb.engine.train.loop import LoopParts, StepFn, lm_step, run_loop
 from dswb.engine.train.prepare import model_hooks
 from dswb.errors import UserError
@@ -49,8 +50,9 @@ class StageStart:
 
 
 def _model_dir(path: Path, where: str) -> Path:
-    if not (path / "config.json").is_file():
-        raise UserError(f"{where}: {path} is not a model directory (no config.json)")
+    if not is_model_dir(path):
+        raise UserError(f"{where}: {path} is not a model directory (no config.json) or an adapter directory "
+                        f"(no adapter_config.json)")
     return path
 
 
@@ -85,8 +87,20 @@ def resolve_init(ctx: StageContext, stage: str, spec: str, where: str, *, requir
     return StageStart(path=path, prompt_format=info.get("prompt_format", "plain"), info=info)
 
 
-def resume(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
-    """(start step, trainer state) from the newest checkpoint of `stage` when resuming, else (0, {})."""
+def resume(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           adapters: Any = None) -> tuple[int, dict]:
+    """(start step, trainer state) from the newest checkpoint of `stage` when resuming, else (0, {}).
+    With `adapters` (a `StageAdapters`) the checkpoint holds only the adapters, and must have been
+    trained on the same base; every later checkpoint records that base."""
+    start, state = _resume(ctx, stage, model, optimizer)
+    if adapters is not None:
+        if start:
+            adapters.check_resume(state, f"{ctx.paths.checkpoints(stage)}")
+        state["adapter"] = adapters.checkpoint_state()
+    return start, state
+
+
+def _resume(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
     ckpt_dir = ctx.paths.checkpoints(stage)
     if remove_partial(ckpt_dir):
         ctx.monitor.log("removed an incomplete checkpoint left by an interrupted write", stage=stage)
@@ -103,7 +117,8 @@ def resume(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: tor
 def describe_model(model: torch.nn.Module, vocab: int, source: str, **extra: Any) -> dict:
     """The `model` field of a `stage_start` event."""
     config = model.config
-    return {"params": sum(p.numel() for p in model.parameters()), "layers": getattr(config, "num_hidden_layers", 0),
+    trainable, total = parameter_counts(model)
+    return {"params": total, "trainable": trainable, "layers": getattr(config, "num_hidden_layers", 0),
             "hidden": getattr(config, "hidden_size", 0), "vocab": vocab, "source": source, **extra}
 
 
@@ -114,9 +129,9 @@ def begin_stage(ctx: StageContext, stage: str, start_step: int, total_steps: int
 
 
 def resume_stream(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  stream: Any) -> tuple[int, dict]:
+                  stream: Any, adapters: Any = None) -> tuple[int, dict]:
     """`resume`, with the batch stream moved to the checkpoint's data position."""
-    start_step, state = resume(ctx, stage, model, optimizer)
+    start_step, state = resume(ctx, stage, model, optimizer, adapters)
     if "data" in state:
         note = load_stream_state(stream, state.pop("data"))
         if note:

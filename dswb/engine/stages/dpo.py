@@ -25,6 +25,7 @@ from dswb.engine.eval.task import task_accuracy
 from dswb.engine.model.load import fit_vocab, load_causal_lm
 from dswb.engine.preference.losses import dpo_loss
 from dswb.engine.preference.scoring import pair_logprobs, reference_logprobs
+from dswb.engine.stages.adapters import final_extra, stage_adapters
 from dswb.engine.stages.common import (TaskData, accuracy_target, begin_stage, describe_model, eval_every, finish_lm,
                                        load_pairs, resolve_init, resume, run_stage_loop)
 from dswb.engine.train.loop import StepOutput
@@ -73,16 +74,25 @@ def run(ctx: StageContext) -> str:
     start = resolve_init(ctx, STAGE, sec.init, "dpo.init")
     ref_start = resolve_init(ctx, STAGE, sec.ref, "dpo.ref") if sec.ref else start
     tokenizer = load_tokenizer(start.path, "dpo.init")
-    policy = load_causal_lm(start.path, "dpo.init")
+    adapters = stage_adapters(cfg, STAGE, start.path)
+    policy = adapters.load_lm(start.path, "dpo.init", ctx.device) if adapters else load_causal_lm(start.path, "dpo.init")
     train, val, _, is_chat = load_pairs(ctx, sec, STAGE, tokenizer)
-    fit_vocab(policy, tokenizer)
+    grown = fit_vocab(policy, tokenizer)
     prompt_format = "chat" if is_chat else "plain"
     average = sec.loss == "ipo"
     pad_id = tokenizer.pad_token_id
 
-    ref = load_causal_lm(ref_start.path, "dpo.ref")
-    fit_vocab(ref, tokenizer)
-    ref = ref.to(ctx.device).eval().requires_grad_(False)
+    if adapters is not None:     # the policy first: its start, with the adapter off, is the reference
+        policy = prepare_model(policy, cfg, ctx.device, adapters=adapters.transform(grown_vocab=grown))
+    if adapters is not None and not sec.ref:
+        ref = adapters.reference(policy, before_training=sec.precompute_ref)
+        how = ("before it trains" if sec.precompute_ref else
+               "with its adapter frozen at its start (a second adapter)" if adapters.continued else "with its adapter off")
+        mon.log(f"reference: the start model, as the policy {how}", stage=STAGE)
+    else:
+        ref = load_causal_lm(ref_start.path, "dpo.ref")
+        fit_vocab(ref, tokenizer)
+        ref = ref.to(ctx.device).eval().requires_grad_(False)
     mon.log(f"reference log-probs of {len(train) + len(val)} pairs", stage=STAGE)
     ref_train = reference_logprobs(ref, train, pad_id, ctx.device, ctx.amp_dtype, average)
     ref_val = reference_logprobs(ref, val, pad_id, ctx.device, ctx.amp_dtype, average)
@@ -90,10 +100,11 @@ def run(ctx: StageContext) -> str:
         del ref
         ref = None
 
-    policy = prepare_model(policy, cfg, ctx.device)
+    if adapters is None:
+        policy = prepare_model(policy, cfg, ctx.device)
     optimizer = build_optimizer(policy, sec, ctx.device)
     stream = shard_pairs(PairStream(len(train), sec.batch_size, cfg.run.seed))
-    start_step, state = resume(ctx, STAGE, policy, optimizer)
+    start_step, state = resume(ctx, STAGE, policy, optimizer, adapters)
     if "data" in state:
         stream.load_state_dict(state.pop("data"))
     begin_stage(ctx, STAGE, start_step, sec.steps, model=describe_model(policy, len(tokenizer), str(start.path)),
@@ -129,4 +140,4 @@ def run(ctx: StageContext) -> str:
         return {"test_acc": task_accuracy(policy, tokenizer, prompts, answers, ctx.device, prompt_format=prompt_format)}
 
     return finish_lm(ctx, STAGE, policy, tokenizer, end_step, prompt_format, test_score if td else None,
-                     extra={"reference": str(ref_start.path)})
+                     extra=final_extra(adapters, reference=str(ref_start.path)))

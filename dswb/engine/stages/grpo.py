@@ -33,11 +33,10 @@ from dswb.engine.rl.losses import approx_kl_per_token, clipped_policy_loss, kl_p
 from dswb.engine.rl.rollout import Rollouts, sequence_logprobs
 from dswb.engine.rl.update import MicroLoss, UpdateStats, run_updates
 from dswb.engine.stages.common import begin_stage, describe_model
-from dswb.engine.stages.rl_common import (experience_metrics, iteration_end, make_experience, resume_rl,
+from dswb.engine.stages.rl_common import (experience_metrics, iteration_end, make_experience, prepare_policy, resume_rl,
                                           rollout_sampler, run_rl_loop, setup)
 from dswb.engine.train.loop import StepOutput
 from dswb.engine.train.optim import build_optimizer
-from dswb.engine.train.prepare import prepare_model
 
 STAGE = "grpo"
 SKIP_ZERO_ADVANTAGE = True   # an exact saving (see `update_rows`); tests switch it off to compare
@@ -64,7 +63,7 @@ class PolicyBatch:
 def run(ctx: StageContext) -> str:
     cfg, sec = ctx.config, ctx.config.grpo
     rl = setup(ctx, STAGE, sec, need_ref=sec.beta > 0)
-    policy = rl.policy = prepare_model(rl.policy, cfg, ctx.device, placement=rl.placement)
+    policy = prepare_policy(ctx, STAGE, rl, need_ref=sec.beta > 0)
     optimizer = build_optimizer(policy, sec, ctx.device)
     start_step, state = resume_rl(ctx, STAGE, policy, optimizer, rl)
     sampler = rollout_sampler(ctx, rl, policy, sec)

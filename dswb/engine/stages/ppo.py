@@ -25,8 +25,10 @@ from pathlib import Path
 
 import torch
 
+from dswb.engine.adapters.lora import describe, disable_dropout
 from dswb.engine.context import StageContext
 from dswb.engine.data.batches.collate import left_pad
+from dswb.engine.model.backbone import backbone_of
 from dswb.engine.model.device import autocast
 from dswb.engine.model.load import fit_vocab, is_reward_model, load_scalar_model
 from dswb.engine.rl.advantages import explained_variance, gae
@@ -37,10 +39,10 @@ from dswb.engine.rl.rollout import Rollouts, positions, sequence_logprobs
 from dswb.engine.rl.update import MicroLoss, UpdateStats, run_updates
 from dswb.engine.stages.common import begin_stage, describe_model, resolve_init
 from dswb.engine.stages.rl_common import (experience_metrics, iteration_end, iteration_generator, make_experience,
-                                          resume_rl, rollout_sampler, run_rl_loop, setup)
+                                          prepare_policy, resume_rl, rollout_sampler, run_rl_loop, setup)
 from dswb.engine.train.loop import StepOutput
 from dswb.engine.train.optim import build_optimizer
-from dswb.engine.train.prepare import prepare_model
+from dswb.engine.train.prepare import LoraTraining, prepare_model
 
 STAGE = "ppo"
 
@@ -79,7 +81,7 @@ def sequence_values(value_model: torch.nn.Module, prompt_ids: list[list[int]], c
     inputs = torch.cat([ids, completion_ids[:, :-1]], 1)
     mask = torch.cat([prompt_mask, completion_mask[:, :-1].long()], 1)
     pos = torch.cat([positions(prompt_mask), prompt_mask.sum(1, keepdim=True) + torch.arange(width - 1, device=device)], 1)
-    backbone = getattr(value_model, value_model.base_model_prefix)
+    backbone = backbone_of(value_model)
     with autocast(device, amp_dtype):
         hidden = backbone(input_ids=inputs, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
         values = value_model.score(hidden[:, -width:]).squeeze(-1).float().to(device)
@@ -101,10 +103,16 @@ def run(ctx: StageContext) -> str:
     rl = setup(ctx, STAGE, sec, need_ref=True)
     value_path = value_start(ctx, sec.value_init, rl.start.path)
     torch.manual_seed(cfg.run.seed)
-    value = load_scalar_model(value_path, "ppo.value_init")
-    fit_vocab(value, rl.tokenizer)
-    policy = rl.policy = prepare_model(rl.policy, cfg, ctx.device, placement=rl.placement)
-    value = prepare_model(value, cfg, ctx.device, role="value", placement=rl.placement)
+    lora = rl.adapters.settings if rl.adapters is not None and rl.adapters.settings.value == "adapter" else None
+    value = load_scalar_model(value_path, "ppo.value_init", quantize=lora.quantize if lora else "none",
+                              device=ctx.device)
+    grown = fit_vocab(value, rl.tokenizer)
+    policy = prepare_policy(ctx, STAGE, rl, need_ref=True)
+    value = prepare_model(value, cfg, ctx.device, role="value", placement=rl.placement,
+                          adapters=LoraTraining(lora, "value", "ppo.lora", grown) if lora else None)
+    if rl.adapters is not None:
+        disable_dropout(value)
+        mon.log("value: " + (describe(lora, value) if lora else "trained in full (lora.value = 'full')"), stage=STAGE)
     model = PolicyAndValue(policy, value)
     optimizer = build_optimizer(model, sec, ctx.device)
     start_step, state = resume_rl(ctx, STAGE, model, optimizer, rl)

@@ -8,6 +8,7 @@ and a pipeline evaluates through its stages (no task accuracy: a pipeline cannot
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -22,7 +23,9 @@ from dswb.engine.distributed.world import active
 from dswb.engine.eval.loss import held_out_loss, validation_batches, validation_loss
 from dswb.engine.eval.task import task_accuracy
 from dswb.engine.model.build import build_model
-from dswb.engine.stages.common import batching_event, begin_stage, finish_lm, resume_stream, run_lm_loop
+from dswb.engine.model.load import fit_vocab
+from dswb.engine.stages.adapters import final_extra, stage_adapters
+from dswb.engine.stages.common import batching_event, begin_stage, describe_model, finish_lm, resume_stream, run_lm_loop
 from dswb.engine.train.optim import build_optimizer
 from dswb.engine.train.prepare import prepare_model
 
@@ -60,18 +63,26 @@ def run(ctx: StageContext) -> str:
     if data is None:
         return "stopped"
     torch.manual_seed(cfg.run.seed)
-    model, info = build_model(cfg.model.size, cfg.model.path, data.tokenizer, cfg.model.max_seq_len)
-    model = prepare_model(model, cfg, ctx.device)
+    adapters = stage_adapters(cfg, STAGE, Path(cfg.model.path).expanduser() if cfg.model.path else None,
+                              log=lambda line: ctx.monitor.log(line, stage=STAGE))
+    grown = False
+    if adapters is not None:    # continued pretraining of a trained model, on adapters
+        model = adapters.load_lm(adapters.base, "model.path", ctx.device)
+        grown = fit_vocab(model, data.tokenizer)
+    model, info = build_model(cfg.model.size, cfg.model.path, data.tokenizer, cfg.model.max_seq_len,
+                              model=model if adapters is not None else None)
+    model = prepare_model(model, cfg, ctx.device, adapters=adapters.transform(grown_vocab=grown) if adapters else None)
     optimizer = build_optimizer(model, cfg.train, ctx.device)
     pad_id = data.tokenizer.pad_token_id
     stream = BatchStream(data.train, cfg.batching, pad_id=pad_id, max_len=cfg.model.max_seq_len, seed=cfg.run.seed,
                          batches_per_step=cfg.train.grad_accum, **stream_shard())
-    start_step, state = resume_stream(ctx, STAGE, model, optimizer, stream)
+    start_step, state = resume_stream(ctx, STAGE, model, optimizer, stream, adapters)
 
     lengths = data.train.lengths  # numpy, from the sample store
     begin_stage(ctx, STAGE, start_step, cfg.train.steps,
                 model={"params": info.params, "layers": info.layers, "hidden": info.hidden, "vocab": info.vocab,
-                       "source": info.source},
+                       "source": info.source, **({"trainable": describe_model(model, info.vocab, "")["trainable"]}
+                                                 if adapters else {})},
                 data={**{k: v for k, v in data.stats.items() if k != "report"}, "train_tokens": int(lengths.sum())})
     batching_event(ctx, STAGE, start_step, lengths, stream)
 
@@ -97,4 +108,5 @@ def run(ctx: StageContext) -> str:
     if outcome != "finished":
         return outcome
     scored = data.task is not None and data.test_prompts and not pipelined
-    return finish_lm(ctx, STAGE, model, data.tokenizer, end_step, "plain", test_score if scored else None)
+    return finish_lm(ctx, STAGE, model, data.tokenizer, end_step, "plain", test_score if scored else None,
+                     extra=final_extra(adapters))

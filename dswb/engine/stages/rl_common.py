@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dswb.engine.adapters.lora import disable_dropout
 from dswb.engine.context import StageContext
 from dswb.engine.data.records.chat import prompt_ids as encode_prompt
 from dswb.engine.data.records.chat import stop_ids
@@ -30,8 +31,10 @@ from dswb.engine.placement.roles import Placement
 from dswb.engine.rl.health import RLHealth
 from dswb.engine.rl.rewards import CombinedReward, RewardInputs, RewardScores, build_rewards, nan_mean
 from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
+from dswb.engine.stages.adapters import StageAdapters, final_extra, stage_adapters
 from dswb.engine.stages.common import (StageStart, TaskData, accuracy_target, eval_every, finish_lm, resolve_init,
                                        resume, run_stage_loop)
+from dswb.engine.train.prepare import prepare_model
 from dswb.errors import UserError
 
 SAMPLES_PER_EVENT = 8
@@ -69,6 +72,27 @@ class RLSetup:
     health: RLHealth
     placement: Placement
     val_prompts: list[PromptRecord] = field(default_factory=list)
+    adapters: StageAdapters | None = None
+    grown_vocab: bool = False
+
+
+def prepare_policy(ctx: StageContext, stage: str, rl: RLSetup, need_ref: bool) -> torch.nn.Module:
+    """The policy placed and prepared (with the stage's adapters when `[lora]` is on, every dropout
+    off: the policy that samples is the policy that trains, so the first ratio is exactly 1); with
+    adapters, the reference (when `need_ref`) is the policy's start as a view of it."""
+    adapters = rl.adapters
+    policy = prepare_model(rl.policy, ctx.config, ctx.device, placement=rl.placement,
+                           adapters=adapters.transform(grown_vocab=rl.grown_vocab) if adapters else None)
+    if adapters is not None:
+        if disable_dropout(policy):
+            ctx.monitor.log(f"lora.dropout {adapters.settings.dropout:g} is off in {stage}: the policy that samples "
+                            f"is the one that trains", stage=stage)
+        if need_ref:
+            rl.ref = adapters.reference(policy)
+            ctx.monitor.log("reference: the start model, as the policy with its adapter "
+                            + ("frozen at its start (a second adapter)" if adapters.continued else "off"), stage=stage)
+    rl.policy = policy
+    return policy
 
 
 def load_prompt_records(ctx: StageContext, section: Any, stage: str) -> tuple[list[PromptRecord], list[PromptRecord], TaskData | None]:
@@ -84,8 +108,12 @@ def setup(ctx: StageContext, stage: str, section: Any, *, need_ref: bool) -> RLS
     cfg = ctx.config
     start = resolve_init(ctx, stage, section.init, f"{stage}.init")
     tokenizer = load_tokenizer(start.path, f"{stage}.init")
-    policy = load_causal_lm(start.path, f"{stage}.init")
-    fit_vocab(policy, tokenizer)
+    adapters = stage_adapters(cfg, stage, start.path)
+    if adapters is not None:
+        policy = adapters.load_lm(start.path, f"{stage}.init", ctx.device)
+    else:
+        policy = load_causal_lm(start.path, f"{stage}.init")
+    grown = fit_vocab(policy, tokenizer)
     prompts, val_prompts, task = load_prompt_records(ctx, section, stage)
     if prompts[0].is_chat and start.prompt_format != "chat":
         raise UserError(f"{stage}.data: chat prompts, but the starting model {start.path} was not trained on chats "
@@ -100,7 +128,7 @@ def setup(ctx: StageContext, stage: str, section: Any, *, need_ref: bool) -> RLS
                         f"each process generates its share of an iteration's prompts, so give at least {world.size}")
     placement = Placement(cfg, ctx.device)
     ref = None
-    if need_ref:
+    if need_ref and adapters is None:   # with adapters: the policy's start (`adapter_reference`)
         ref = load_causal_lm(start.path, f"{stage}.init").requires_grad_(False)
         fit_vocab(ref, tokenizer)
         ref = placement.place(ref, role="reference", trainable=False).eval()
@@ -115,7 +143,7 @@ def setup(ctx: StageContext, stage: str, section: Any, *, need_ref: bool) -> RLS
                       alert_approx_kl=section.alert_approx_kl, alert_ratio_max=section.alert_ratio_max,
                       kl_estimator=section.kl_estimator)
     return RLSetup(start=start, policy=policy, tokenizer=tokenizer, prompt_format=prompt_format, ref=ref,
-                   placement=placement,
+                   placement=placement, adapters=adapters, grown_vocab=grown,
                    reward=reward, prompts=prompts, prompt_ids=encode_prompts(tokenizer, prompts),
                    stop_ids=stop_ids(tokenizer, prompt_format), task=task, health=health, val_prompts=val_prompts)
 
@@ -254,14 +282,14 @@ def run_rl_loop(ctx: StageContext, stage: str, *, model: torch.nn.Module, policy
     if outcome != "finished":
         return outcome
     return finish_lm(ctx, stage, policy, rl.tokenizer, end_step, rl.prompt_format, test_scorer(ctx, rl),
-                     extra=extra)
+                     extra=final_extra(rl.adapters, **(extra or {})))
 
 
 def resume_rl(ctx: StageContext, stage: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               rl: RLSetup) -> tuple[int, dict]:
     """(start step, trainer state) of an RL stage from its latest checkpoint, with the health
     monitor's state restored; an RL stage has no data position (prompts are a function of the step)."""
-    start_step, state = resume(ctx, stage, model, optimizer)
+    start_step, state = resume(ctx, stage, model, optimizer, rl.adapters)
     state.pop("data", None)
     if "health" in state:
         rl.health.load_state_dict(state["health"])

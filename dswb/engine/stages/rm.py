@@ -24,6 +24,7 @@ from dswb.engine.eval.pairs import pair_accuracy
 from dswb.engine.model.load import fit_vocab, load_scalar_model
 from dswb.engine.preference.losses import reward_model_loss
 from dswb.engine.preference.scoring import pair_rewards
+from dswb.engine.stages.adapters import final_extra, stage_adapters
 from dswb.engine.stages.common import (begin_stage, describe_model, eval_every, finish_lm, load_pairs, resolve_init,
                                        resume, run_stage_loop)
 from dswb.engine.train.loop import StepOutput
@@ -63,13 +64,18 @@ def run(ctx: StageContext) -> str:
     start = resolve_init(ctx, STAGE, sec.init, "rm.init")
     tokenizer = load_tokenizer(start.path, "rm.init")
     torch.manual_seed(cfg.run.seed)
-    model = load_scalar_model(start.path, "rm.init")
+    adapters = stage_adapters(cfg, STAGE, start.path, reward=True)
+    if adapters is not None:
+        model = adapters.load_scalar(start.path, "rm.init", ctx.device, role="reward")
+    else:
+        model = load_scalar_model(start.path, "rm.init")
     train, val, test, is_chat = load_pairs(ctx, sec, STAGE, tokenizer)
-    fit_vocab(model, tokenizer)
-    model = prepare_model(model, cfg, ctx.device)
+    grown = fit_vocab(model, tokenizer)
+    model = prepare_model(model, cfg, ctx.device,
+                          adapters=adapters.transform("reward", grown_vocab=grown) if adapters else None)
     optimizer = build_optimizer(model, sec, ctx.device)
     stream = shard_pairs(PairStream(len(train), sec.batch_size, cfg.run.seed))
-    start_step, state = resume(ctx, STAGE, model, optimizer)
+    start_step, state = resume(ctx, STAGE, model, optimizer, adapters)
     if "data" in state:
         stream.load_state_dict(state.pop("data"))
     pad_id = tokenizer.pad_token_id
@@ -94,4 +100,4 @@ def run(ctx: StageContext) -> str:
         return pair_accuracy(model, test, pad_id, ctx.device, ctx.amp_dtype, prefix="test_")
 
     return finish_lm(ctx, STAGE, model, tokenizer, end_step, "chat" if is_chat else "plain",
-                     test_score if test else None, extra={"kind": "reward_model"})
+                     test_score if test else None, extra=final_extra(adapters, kind="reward_model"))

@@ -24,6 +24,7 @@ from dswb.engine.eval.loss import held_out_loss, masked_validation_batches, vali
 from dswb.engine.eval.task import task_accuracy
 from dswb.engine.model.build import build_model
 from dswb.engine.model.load import fit_vocab, load_causal_lm
+from dswb.engine.stages.adapters import final_extra, stage_adapters
 from dswb.engine.stages.common import (TaskData, accuracy_target, batching_event, begin_stage, describe_model,
                                        eval_every, finish_lm, resolve_init, resume_stream, run_lm_loop)
 from dswb.engine.train.optim import build_optimizer
@@ -46,12 +47,16 @@ def encode_records(tokenizer, records: list[SFTRecord], loss_on: str) -> tuple[l
 
 
 def _start(ctx: StageContext, task: TaskData | None):
-    """(model, tokenizer, info) from `sft.init`/the run/model.path, else a fresh model (seeded)."""
+    """(model, tokenizer, source, adapters) from `sft.init`/the run/model.path, else a fresh model (seeded)."""
     cfg = ctx.config
     start = resolve_init(ctx, STAGE, cfg.sft.init, "sft.init", required=False)
+    adapters = stage_adapters(cfg, STAGE, start.path if start else None,
+                              log=lambda line: ctx.monitor.log(line, stage=STAGE))
     if start is not None:
         tokenizer = load_tokenizer(start.path, "sft.init")
-        return load_causal_lm(start.path, "sft.init"), tokenizer, f"{start.path}"
+        if adapters is not None:
+            return adapters.load_lm(start.path, "sft.init", ctx.device), tokenizer, f"{start.path}", adapters
+        return load_causal_lm(start.path, "sft.init"), tokenizer, f"{start.path}", None
     if cfg.model.tokenizer:
         tokenizer = load_tokenizer(cfg.model.tokenizer, "model.tokenizer")
     elif task is not None:
@@ -60,7 +65,7 @@ def _start(ctx: StageContext, task: TaskData | None):
         raise UserError("sft: training from scratch on files needs model.tokenizer (or start from model.path / sft.init)")
     torch.manual_seed(cfg.run.seed)
     model, _ = build_model(cfg.model.size, "", tokenizer, cfg.model.max_seq_len)
-    return model, tokenizer, f"llama-{cfg.model.size} (fresh)"
+    return model, tokenizer, f"llama-{cfg.model.size} (fresh)", None
 
 
 def run(ctx: StageContext) -> str:
@@ -71,11 +76,11 @@ def run(ctx: StageContext) -> str:
     else:
         records = read_sft(sec.data, "sft.data")
         train_records, val_records = split_records(records, sec.val_fraction, cfg.run.seed)
-    model, tokenizer, source = _start(ctx, task)
+    model, tokenizer, source, adapters = _start(ctx, task)
     chat = train_records[0].is_chat
     if chat and install_chat_template(tokenizer, sec.template):
         mon.log(f"added chat tokens; vocabulary now {len(tokenizer)}", stage=STAGE)
-    fit_vocab(model, tokenizer)
+    grown = fit_vocab(model, tokenizer)
     prompt_format = "chat" if chat else "plain"
     t0 = time.perf_counter()
     samples, masks = encode_records(tokenizer, train_records, sec.loss_on)
@@ -84,11 +89,11 @@ def run(ctx: StageContext) -> str:
             f"encoded in {time.perf_counter() - t0:.1f}s", stage=STAGE)
 
     max_len = int(getattr(model.config, "max_position_embeddings", cfg.model.max_seq_len))
-    model = prepare_model(model, cfg, ctx.device)
+    model = prepare_model(model, cfg, ctx.device, adapters=adapters.transform(grown_vocab=grown) if adapters else None)
     optimizer = build_optimizer(model, sec, ctx.device)
     stream = BatchStream(samples, cfg.batching, pad_id=tokenizer.pad_token_id, max_len=max_len, seed=cfg.run.seed,
                          batches_per_step=sec.grad_accum, loss_masks=masks, **stream_shard())
-    start_step, state = resume_stream(ctx, STAGE, model, optimizer, stream)
+    start_step, state = resume_stream(ctx, STAGE, model, optimizer, stream, adapters)
 
     lengths = [len(s) for s in samples]
     begin_stage(ctx, STAGE, start_step, sec.steps, model=describe_model(model, len(tokenizer), source),
@@ -122,4 +127,4 @@ def run(ctx: StageContext) -> str:
         return {"test_acc": task_accuracy(model, tokenizer, prompts, answers, ctx.device, prompt_format=prompt_format)}
 
     return finish_lm(ctx, STAGE, model, tokenizer, end_step, prompt_format,
-                     test_score if task and not pipelined else None)
+                     test_score if task and not pipelined else None, extra=final_extra(adapters))

@@ -7,8 +7,9 @@ model's role (policy, reference, value, reward) and whether it trains:
 2. the model transforms, in order: each is a `ModelTransform` that changes the model before it
    trains and says what it adds to the loop (`hooks`: metrics, per-step events and alerts, log
    lines). `transforms_for` picks them from the config (today: FP8 linear layers for `[fp8]
-   enabled`; adapters, Mixture-of-Experts router statistics or extra prediction heads plug in
-   here as further transforms);
+   enabled`; LoRA adapters for `[lora]`, `LoraTraining`, which the stage passes since its settings
+   and the model's role are the stage's; Mixture-of-Experts router statistics or extra prediction
+   heads plug in here as further transforms);
 3. in a distributed run (`[parallel] mode = "ddp" | "fsdp" | "pipeline"` under torchrun,
    `dswb.engine.distributed.wrap`) a trained model is made data parallel, sharded or cut to this
    rank's pipeline stage, in place; frozen models stay whole on every rank;
@@ -23,7 +24,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from dswb.config.adapters import LoraConfig
 from dswb.config.schema import Config
+from dswb.engine.adapters.lora import adapter_norm, apply_lora, describe, peft_of
 from dswb.engine.distributed.pipeline import pipeline_of, stage_flops_per_token
 from dswb.engine.distributed.world import active
 from dswb.engine.distributed.wrap import describe_distribution, distribute
@@ -82,6 +85,28 @@ class Fp8Training(ModelTransform):
         return hooks
 
 
+class LoraTraining(ModelTransform):
+    """Adds the stage's adapters (unless the model arrived with its adapter, when continuing), logs
+    what trains, and adds the adapters' weight norm (`adapter_norm`) to the stage's metrics."""
+
+    name = "lora"
+
+    def __init__(self, settings: LoraConfig, role: str, where: str, grown_vocab: bool = False) -> None:
+        self.settings, self.role, self.where, self.grown_vocab = settings, role, where, grown_vocab
+
+    def apply(self, model: torch.nn.Module, config, device: torch.device) -> torch.nn.Module:
+        if peft_of(model) is not None:
+            return model
+        return apply_lora(model, self.settings, self.role, self.where, self.grown_vocab)
+
+    def hooks(self, model: torch.nn.Module, ctx, stage: str, probe: Callable[[], float] | None) -> ModelHooks:
+        hooks = ModelHooks()
+        ctx.monitor.log(f"{self.role}: {describe(self.settings, model)}", stage=stage)
+        key = "adapter_norm" if self.role == "policy" else f"adapter_norm/{self.role}"
+        hooks.metric_sources.append(lambda: {key: adapter_norm(model)})
+        return hooks
+
+
 def transforms_for(config: Config, role: str, trainable: bool) -> list[ModelTransform]:
     """The transforms the config asks for on a model of `role`, in the order they apply."""
     return [Fp8Training()] if trainable and config.fp8.enabled else []
@@ -89,13 +114,15 @@ def transforms_for(config: Config, role: str, trainable: bool) -> list[ModelTran
 
 def prepare_model(model: torch.nn.Module, config: Config, device: torch.device,
                   transforms: Sequence[ModelTransform] | None = None, role: str = "policy", trainable: bool = True,
-                  placement: Placement | None = None) -> torch.nn.Module:
-    """Place the model, apply its transforms (`transforms_for(config, role, trainable)` unless given),
-    distribute it and compile it (see the module docstring). A stage that builds several models passes
-    one `Placement` to every call, with each model's `role` and whether it is trained."""
+                  placement: Placement | None = None, adapters: ModelTransform | None = None) -> torch.nn.Module:
+    """Place the model, apply its transforms (`adapters`, the stage's `LoraTraining` when `[lora]` is on
+    for it, then `transforms_for(config, role, trainable)` unless given), distribute it and compile it
+    (see the module docstring). A stage that builds several models passes one `Placement` to every
+    call, with each model's `role` and whether it is trained."""
     placement = placement or Placement(config, device)
     model = placement.place(model, role=role, trainable=trainable)
     applied = transforms_for(config, role, trainable) if transforms is None else list(transforms)
+    applied = ([adapters] if adapters is not None else []) + applied
     for transform in applied:
         model = transform.apply(model, config, device)
     object.__setattr__(model, TRANSFORMS_ATTR, applied)   # read by `model_hooks`; not a submodule

@@ -93,20 +93,6 @@ class PairStream:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
-def scalar_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  per_token: bool = False) -> torch.Tensor:
-    """A scalar-head model's score at each row's last real token `[B]` (right padding), or at every
-    token `[B, T]` with `per_token` (PPO's values). The head is the model's `score` layer, applied to
-    the backbone's last hidden states, so the result does not depend on how pad ids are set."""
-    backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    values = model.score(hidden).squeeze(-1).float()
-    if per_token:
-        return values
-    last = attention_mask.long().sum(dim=1) - 1
-    return values[torch.arange(values.shape[0], device=values.device), last.clamp(min=0)]
-
-
 def mean_pair_length(pairs: list[EncodedPair]) -> float:
     """Mean tokens of one side of a pair (the context of the FLOPs count)."""
     return sum(len(p.chosen) + len(p.rejected) for p in pairs) / max(1, 2 * len(pairs))
