@@ -13,7 +13,7 @@ import typer
 
 from dswb import __version__
 from dswb.cli import bench_cmd, eval_cmd, plan_cmd, presets_cmd, run_cmd, runs_cmd, tui_cmd, watch_cmd
-from dswb.cli import data_cmd
+from dswb.cli import data_cmd, export_cmd
 from dswb.errors import EXIT_USER_ERROR, UserError
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(data_cmd.app, name="data")
 app.command("watch")(watch_cmd.watch)
 app.command("eval")(eval_cmd.eval_model)
+app.command("export")(export_cmd.export)
 app.command("bench")(bench_cmd.bench)
 app.command("tui")(tui_cmd.tui)
 

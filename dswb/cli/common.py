@@ -1,5 +1,6 @@
-"""Options shared by several commands, defined once as typed aliases, and the output helpers
-every command prints through (safe text, numbers, tables, JSON)."""
+"""Options shared by several commands, defined once as typed aliases, the output helpers every
+command prints through (safe text, numbers, tables, JSON), and `resolve_model` (`RUN[:stage]` or a
+model directory, for `dswb eval` and `dswb export`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typer
 
 from dswb.errors import EXIT_USER_ERROR, UserError
 from dswb.rundir.events import json_safe
+from dswb.rundir.layout import is_model_dir, resolve_run
 from dswb.util import fmt
 
 RunsRoot = Annotated[Path, typer.Option("--runs-root", help="Directory holding run directories.",
@@ -81,6 +83,28 @@ def user_errors(command: Callable) -> Callable:
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper
+
+
+def resolve_model(target: str, runs_root: Path) -> Path:
+    """A model directory (a full model or a LoRA adapter), or `RUN[:stage]` (default: the run's last
+    finished stage), for `dswb eval` and `dswb export`."""
+    path = Path(target).expanduser()
+    if is_model_dir(path):
+        return path
+    ref, sep, stage = target.rpartition(":") if ":" in target else (target, "", "")
+    paths = resolve_run(ref if sep else target, runs_root)
+    finished = [p for p in sorted((paths.root / "final").glob("*")) if is_model_dir(p)]
+    if stage:
+        chosen = paths.final(stage)
+        if not is_model_dir(chosen):
+            have = ", ".join(p.name for p in finished) or "none"
+            raise UserError(f"{target}: run {paths.run_id} has no final '{stage}' model (finished: {have})")
+        return chosen
+    if not finished:
+        raise UserError(f"{target}: run {paths.run_id} has no final model yet")
+    order = {s: i for i, s in enumerate(("pretrain", "sft", "rm", "dpo", "ppo", "grpo"))}
+    lm = [p for p in finished if p.name != "rm"] or finished
+    return max(lm, key=lambda p: (order.get(p.name, -1), p.stat().st_mtime))
 
 
 def disk_errors(command: Callable) -> Callable:

@@ -2,38 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from dswb.cli.common import DEFAULT_RUNS_ROOT, JsonOut, RunsRoot, user_errors
-from dswb.errors import UserError
-from dswb.rundir.layout import is_model_dir
+from dswb.cli.common import DEFAULT_RUNS_ROOT, JsonOut, RunsRoot, resolve_model, user_errors
 from dswb.util.atomic import write_json_atomic
-
-
-def resolve_model(target: str, runs_root: Path) -> Path:
-    """A model directory, or `RUN[:stage]` (default: the run's last finished stage)."""
-    path = Path(target).expanduser()
-    if is_model_dir(path):
-        return path
-    from dswb.rundir.layout import resolve_run
-
-    ref, sep, stage = target.rpartition(":") if ":" in target else (target, "", "")
-    paths = resolve_run(ref if sep else target, runs_root)
-    finished = [p for p in sorted((paths.root / "final").glob("*")) if is_model_dir(p)]
-    if stage:
-        chosen = paths.final(stage)
-        if not is_model_dir(chosen):
-            have = ", ".join(p.name for p in finished) or "none"
-            raise UserError(f"{target}: run {paths.run_id} has no final '{stage}' model (finished: {have})")
-        return chosen
-    if not finished:
-        raise UserError(f"{target}: run {paths.run_id} has no final model yet")
-    order = {s: i for i, s in enumerate(("pretrain", "sft", "rm", "dpo", "ppo", "grpo"))}
-    lm = [p for p in finished if p.name != "rm"] or finished
-    return max(lm, key=lambda p: (order.get(p.name, -1), p.stat().st_mtime))
 
 
 @user_errors

@@ -13,6 +13,7 @@ a run file is printed through `safe_text` (control characters replaced, cut with
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -21,9 +22,9 @@ from dswb.cli import runs_control, runs_plot, runs_verify, samples_cmd
 from dswb.cli.common import (DEFAULT_RUNS_ROOT, NAME_LIMIT, RunRef, RunsRoot, echo_json, fmt_num, print_table,
                              safe_text, user_errors)
 from dswb.cli.pipeline_view import pipeline, pipeline_json, print_pipeline
-from dswb.cli.runs_scan import LIVE_STATES, STAT_KINDS, run_summary, scan_events
+from dswb.cli.runs_scan import LIVE_STATES, STAT_KINDS, StageAdapter, adapter_stages, run_summary, scan_events
 from dswb.rundir import RunPaths, effective_state, find_runs, read_status, resolve_run
-from dswb.util.fmt import fmt_age, fmt_duration, fmt_time
+from dswb.util.fmt import fmt_age, fmt_bytes, fmt_duration, fmt_time
 
 LIST_LIMIT = 20
 ROWS_LIMIT = 200          # metrics per statistics table
@@ -89,9 +90,11 @@ def show(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
         echo_json({"run_id": paths.run_id, "path": str(paths.root), "state": state, "status": status,
                    "stats": stats, "last_eval": scan.last_eval, "last_checkpoint": scan.last_checkpoint,
                    "alerts": scan.alerts, "alert_count": scan.alert_count,
-                   "pipeline": pipeline_json(pipeline(paths, state))})
+                   "pipeline": pipeline_json(pipeline(paths, state)),
+                   "adapters": [a.json() for a in adapter_stages(paths)]})
         return
     _print_status(paths, status, state)
+    _print_adapters(paths, status)
     typer.echo("")
     print_pipeline(paths, state)
     for (kind, stage), book in sorted(scan.books.items(), key=lambda kv: (STAT_KINDS.index(kv[0][0]), kv[0][1])):
@@ -157,6 +160,46 @@ def _print_status(paths: RunPaths, status: dict | None, state: str) -> None:
             lines.append(("error", safe_text(status["error"])))
     for label, text in lines:
         typer.echo(f"{label:<12} {text}")
+
+
+def _print_adapters(paths: RunPaths, status: dict | None) -> None:
+    """A line per stage that trained a LoRA adapter (nothing for a run without one)."""
+    stages = (status or {}).get("stages")
+    order = {name: i for i, name in enumerate(stages)} if isinstance(stages, list) else {}
+    adapters = sorted(adapter_stages(paths), key=lambda a: (order.get(a.stage, len(order)), a.stage))
+    for adapter in adapters:
+        typer.echo(f"{'adapter':<12} {adapter_text(adapter, paths.root)}")
+    unmerged = [a for a in adapters if not a.merged]
+    if unmerged:
+        example = safe_text(f"{paths.run_id}:{unmerged[-1].stage}")
+        typer.echo(f"{'':<12} a full model from one: dswb export {example} --merge DIR")
+
+
+def adapter_text(adapter: StageAdapter, run_root: Path | None = None) -> str:
+    """`sft: LoRA r=16 alpha=32 on final/pretrain (adapter, 402.3 KiB)`: paths inside the run shown from
+    its root, and the merged model when the run wrote one (`lora.merge_final`)."""
+    kind = "LoRA" if adapter.get("quantize") in (None, "none") else f"QLoRA {safe_text(adapter.get('quantize'), 10)}"
+    text = f"{safe_text(adapter.stage, NAME_LIMIT)}: {kind}"
+    for key in ("r", "alpha"):
+        if adapter.get(key) is not None:
+            text += f" {key}={fmt_num(adapter.get(key))}"
+    if adapter.get("base"):
+        text += f" on {_run_relative(adapter.get('base'), run_root)}"
+    if adapter.get("continued"):
+        text += f", continuing {_run_relative(adapter.get('continued'), run_root)}"
+    merged = f"; merged model in final/{safe_text(adapter.stage, NAME_LIMIT)}/merged" if adapter.merged else ""
+    return f"{text} (adapter, {fmt_bytes(adapter.size)}{merged})"
+
+
+def _run_relative(path: Any, run_root: Path | None) -> str:
+    """`path` from the run's root when it lies inside it (`final/pretrain`), else as recorded."""
+    text = safe_text(path)
+    if run_root is None or not isinstance(path, str):
+        return text
+    try:
+        return safe_text(str(Path(path).resolve().relative_to(run_root.resolve())))
+    except (ValueError, OSError, RuntimeError):
+        return text
 
 
 # The other commands, in the order `dswb runs --help` lists them.

@@ -1,5 +1,6 @@
 """Reading a run for `dswb runs`: the `runs list` row, one streaming pass over events.jsonl for
-`runs show`, and the metric series `runs plot` draws.
+`runs show`, the LoRA adapters its stages trained (`final/<stage>/dswb_stage.json`'s `adapter`),
+and the metric series `runs plot` draws.
 
 Statistics are streamed through `StatsBook` (O(1) memory per metric); the readers normalise
 types (`dswb.rundir.events`), so any file reads without error. No output here.
@@ -7,17 +8,23 @@ types (`dswb.rundir.events`), so any file reads without error. No output here.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from dswb.rundir import EventTail, RunPaths, effective_state, read_status
+from dswb.rundir.layout import is_adapter_dir
 from dswb.rundir.status import LIVE_STATES  # noqa: F401 - the run states a command can still act on
 from dswb.stats import StatsBook
 
 FINAL_STATES = ("finished", "failed", "stopped", "lost")
 STAT_KINDS = ("metrics", "eval", "system")
+STAGE_INFO = "dswb_stage.json"        # the engine's record beside every final model (`dswb.engine.model.load`)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MERGED = "merged"                     # final/<stage>/merged/: written by `lora.merge_final`
+MAX_ADAPTERS = 64                     # a directory with thousands of entries still gives a bounded list
 
 
 def run_summary(paths: RunPaths) -> dict[str, Any]:
@@ -37,6 +44,57 @@ def run_summary(paths: RunPaths) -> dict[str, Any]:
         "loss": last.get("loss"), "eta_s": status.get("eta_s"),
         "started": status.get("started"), "updated": updated, "error": status.get("error"),
     }
+
+
+@dataclass(frozen=True)
+class StageAdapter:
+    """A LoRA adapter a stage trained: its directory and what its `dswb_stage.json` records (values
+    as the file has them: any type; print them through `safe_text`)."""
+
+    stage: str
+    path: Path
+    record: dict
+    size: int | None          # bytes of the adapter's weights file
+    merged: bool              # final/<stage>/merged/ holds the merged full model too
+
+    def get(self, key: str) -> Any:
+        return self.record.get(key)
+
+    def json(self) -> dict[str, Any]:
+        return {"stage": self.stage, "path": str(self.path), "size": self.size, "merged": self.merged, **self.record}
+
+
+def read_adapter(path: Path) -> StageAdapter | None:
+    """The adapter in a final model directory, or None when it holds a full model (or nothing readable)."""
+    if not is_adapter_dir(path):
+        return None
+    try:
+        info = json.loads((path / STAGE_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    record = info.get("adapter") if isinstance(info, dict) else None
+    return StageAdapter(stage=path.name, path=path, record=record if isinstance(record, dict) else {},
+                        size=_weights_size(path), merged=(path / MERGED / "config.json").is_file())
+
+
+def _weights_size(path: Path) -> int | None:
+    for name in ADAPTER_WEIGHTS:
+        try:
+            return (path / name).stat().st_size
+        except OSError:
+            continue
+    return None
+
+
+def adapter_stages(paths: RunPaths) -> list[StageAdapter]:
+    """The adapters under `final/`, one per LoRA stage, in name order (stages that trained in full: none)."""
+    final = paths.root / "final"
+    try:
+        dirs = sorted(p for p in final.iterdir() if not p.name.startswith(".") and p.is_dir())
+    except OSError:
+        return []
+    found = (read_adapter(p) for p in dirs[:MAX_ADAPTERS])
+    return [a for a in found if a is not None]
 
 
 @dataclass

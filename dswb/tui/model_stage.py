@@ -1,6 +1,7 @@
 """One stage of a run (`StageModel`) and the events that fold into it.
 
-`stage_start` and `stage_end` open and close a stage, `metrics` and `eval` extend its metric
+`stage_start` and `stage_end` open and close a stage (`stage_start` also says how many of the model's
+parameters it trains: `trainable_text`), `metrics` and `eval` extend its metric
 histories (training metrics through the batch's `PendingPoints`, eval metrics one point at a
 time), and `batching` records its batching snapshot. Each handler takes the `RunModel` and one
 event, and raises on an event it cannot use (the model counts it as a bad event).
@@ -15,6 +16,7 @@ from dswb.rundir.pipeline import fold_eval, new_facts
 from dswb.tui.history import SeriesHistory, series_history
 from dswb.tui.sanitize import (MAX_SERIES, as_dict, clean_batching, clean_metrics, line_text, name_text, number,
                                safe_name, step_value)
+from dswb.util.fmt import fmt_num
 
 if TYPE_CHECKING:
     from dswb.tui.model import RunModel
@@ -45,6 +47,20 @@ class StageModel:
     def summaries(self) -> dict[str, dict[str, float]]:
         """Statistics per metric (mean, std, min, max, last...), sorted by name."""
         return {name: h.summary() for name, h in sorted(self.series.items()) if h.n}
+
+    def trainable_text(self) -> str:
+        return trainable_text(self.model_info)
+
+
+def trainable_text(model_info: dict) -> str:
+    """`trainable 590k of 124M (0.48%)` when a stage trains part of its model's parameters (LoRA adapters:
+    the `stage_start` event's model has `trainable` below `params`), else ''."""
+    params, trainable = number(model_info.get("params")), number(model_info.get("trainable"))
+    if params is None or trainable is None or not 0 <= trainable < params:
+        return ""
+    share = 100 * trainable / params
+    percent = f"{share:.2f}%" if share < 10 else f"{share:.0f}%"
+    return f"trainable {fmt_num(trainable, compact=True)} of {fmt_num(params, compact=True)} ({percent})"
 
 
 def event_stage(model: RunModel, event: dict, required: bool = False) -> StageModel:

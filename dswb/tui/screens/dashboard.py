@@ -182,7 +182,8 @@ class DashboardScreen(Screen):
                 run_id=self.run_id, state=model.state, stage=stage.name if stage else (status.get("stage") or "-"),
                 stage_index=names.index(stage.name) + 1 if stage else 0,
                 stage_count=max(len(names), len(status.get("stages") or [])), step=step, total_steps=total,
-                loss=loss, error=status.get("error") or model.error, world=model.world_text())
+                loss=loss, error=status.get("error") or model.error, world=model.world_text(),
+                trainable=stage.trainable_text() if stage else "")
             updated = fmt_age(status.get("updated") or model.last_t, self.app.clock())
             tokens = metrics.get("tokens_per_s")
         if header := self._widget("run-header"):

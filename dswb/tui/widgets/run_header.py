@@ -1,4 +1,5 @@
-"""One line naming the run, its state, stage, step, last loss and when it last wrote."""
+"""One line naming the run, its state, stage, step, last loss and, for a stage that trains only
+adapters (LoRA), how many of the model's parameters it trains."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class HeaderInfo:
     loss: float | None
     error: str | None = None
     world: str = ""          # `2 x ddp` for a distributed run
+    trainable: str = ""      # `trainable 590k of 124M (0.48%)` for a stage that trains adapters
 
 
 class RunHeader(Static):
@@ -57,6 +59,8 @@ def render_header(info: HeaderInfo) -> Text:
     text.append(f"  step {fmt_num(info.step)}{total}")
     text.append("  loss ", style="dim")
     text.append(fmt_num(info.loss), style="bold")
+    if info.trainable:
+        text.append(f"  {cut_text(info.trainable, 60, one_line=True)}", style="dim")
     if info.error:
         text.append(f"\n error: {cut_text(info.error, 300, one_line=True)}", style="bold red")
     return text
