@@ -1,7 +1,7 @@
 """Two processes train what one process trains (gloo on the CPU, torchrun, real tiny models).
 
-One torchrun launch of this file (2 processes) runs four real runs in a row: pretraining under DDP,
-FSDP2 and a 2-stage pipeline, and SFT then GRPO under DDP. Against one process on the same global
+One torchrun launch of this file (2 processes) runs five real runs in a row: pretraining under DDP,
+FSDP2 and a 2-stage pipeline, and SFT then GRPO under DDP, in full and on LoRA adapters. Against one process on the same global
 batch (grad_accum doubled where each rank takes its own batches): the same loss trajectory and
 final weights (float tolerance). Then the FSDP2 checkpoint of step 2 resumes on one process and
 finishes exactly as the two processes did.
@@ -32,7 +32,9 @@ RUNS = {
     "fsdp": ["parallel.mode=fsdp"],
     "pipeline": ["parallel.mode=pipeline", "train.grad_accum=2", "parallel.microbatches=2"],  # every rank: all batches
     "grpo": ["parallel.mode=ddp", "sft.grad_accum=4"],
+    "lora-grpo": ["parallel.mode=ddp", "sft.grad_accum=4", "lora.enabled=true", "lora.r=4", "grpo.beta=0.04"],
 }
+LORA = ["lora.enabled=true", "lora.r=4", "grpo.beta=0.04"]   # SFT from random weights trains in full, GRPO on adapters
 TIMEOUT = 240
 
 
@@ -68,6 +70,8 @@ def runs(tmp_path_factory):
         # (in a directory of their own: their data cache is not the 2-process runs')
         assert run_in_process(tiny_config(*COMMON, "train.grad_accum=2"), root / "ref" / "one") == 0
         assert run_in_process(tiny_config(*COMMON, *rl_overrides(root), "sft.grad_accum=8"), root / "ref" / "one-grpo") == 0
+        assert run_in_process(tiny_config(*COMMON, *rl_overrides(root), "sft.grad_accum=8", *LORA),
+                              root / "ref" / "one-lora-grpo") == 0
         out, _ = launched.communicate(timeout=TIMEOUT)
     finally:
         if launched.poll() is None:
@@ -149,6 +153,20 @@ def test_grpo_under_ddp_matches_one_process(runs):
         assert same([m["metrics"][key] for m in ddp], [m["metrics"][key] for m in one], rel=1e-4), key
 
 
+def test_grpo_on_adapters_under_ddp_matches_one_process(runs):
+    """LoRA under DDP: the adapters (and only they) train as in one process, with the reference as the
+    policy with its adapter off on every rank."""
+    from safetensors.torch import load_file
+
+    one, ddp = metrics(runs / "ref" / "one-lora-grpo", "grpo"), metrics(runs / "lora-grpo", "grpo")
+    assert len(ddp) == 3 and any(m["metrics"]["rows_trained"] for m in ddp)
+    for key in ("loss", "reward", "grad_norm", "adapter_norm"):
+        assert same([m["metrics"][key] for m in ddp], [m["metrics"][key] for m in one], rel=1e-4), key
+    a, b = (load_file(str(r / "final" / "grpo" / "adapter_model.safetensors")) for r in (runs / "ref" / "one-lora-grpo",
+                                                                                         runs / "lora-grpo"))
+    assert sorted(a) == sorted(b) and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
 def test_fsdp_checkpoint_resumes_on_one_process(runs, tmp_path):
     """Step 2 of the 2-process FSDP2 run, resumed by one process with twice the micro-batches (the
     same global batch): steps 3 and 4 as the two processes trained them."""
@@ -180,7 +198,7 @@ def _worker(root: Path) -> None:
     from dswb.engine.distributed.world import active, shutdown
 
     for name, extra in RUNS.items():
-        overrides = [*COMMON, *(rl_overrides(root) if name == "grpo" else []), *extra]
+        overrides = [*COMMON, *(rl_overrides(root) if "grpo" in name else []), *extra]
         code = run_in_process(tiny_config(*overrides), root / name)
         if code != 0:
             print(f"rank {active().rank}: run {name} ended with {code}", flush=True)

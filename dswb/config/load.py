@@ -170,8 +170,8 @@ def validate(config: Config, where: str) -> None:
         raise UserError(f"{where}: data.min_chunk ({d.min_chunk}) cannot exceed data.chunk_size ({d.chunk_size})")
     if config.batching.oversize == "split" and config.batching.mode != "pack":
         raise UserError(f"{where}: batching.oversize = 'split' needs batching.mode = 'pack'")
-    if d.source == "files" and not d.paths:
-        raise UserError(f"{where}: data.paths: data.source = 'files' needs at least one path")
+    if d.source == "files" and not d.paths and "pretrain" in config.run.stages:
+        raise UserError(f"{where}: data.paths: data.source = 'files' needs at least one path for pretraining")
     if len(config.train.betas) != 2 or not all(0 <= b < 1 for b in config.train.betas):
         raise UserError(f"{where}: train.betas: expected two numbers in [0, 1), got {config.train.betas}")
     if config.batching.seq_len_warmup_steps and config.batching.seq_len_warmup_start > config.model.max_seq_len:

@@ -117,7 +117,15 @@ def apply_lora(model: torch.nn.Module, settings: LoraConfig, role: str, where: s
     """The base frozen, adapters on the target modules: a peft model (see the module docstring)."""
     peft = require_peft()
     config = peft_config(model, settings, role, grown_vocab, where)
-    return peft.get_peft_model(model, config)
+    return upcast_trainable(peft.get_peft_model(model, config))
+
+
+def upcast_trainable(model: torch.nn.Module) -> torch.nn.Module:
+    """Trained parameters in fp32 (a base in bf16 gives its `modules_to_save` copies its dtype)."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
@@ -154,7 +162,10 @@ def disable_dropout(model: torch.nn.Module) -> int:
 
 def describe(settings: LoraConfig, model: torch.nn.Module) -> str:
     trainable, total = parameter_counts(model)
-    quant = "" if settings.quantize == "none" else f", base in {settings.quantize} (QLoRA)"
+    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+    base = settings.quantize + " (QLoRA)" if settings.quantize != "none" else str(frozen.dtype).replace("torch.", "") \
+        if frozen is not None else "fp32"
+    quant = f", base in {base}"
     return (f"LoRA r={settings.r} alpha={settings.alpha:g} dropout={settings.dropout:g}{quant}: "
             f"{trainable:,} of {total:,} parameters train ({100.0 * trainable / max(total, 1):.2f}%)")
 

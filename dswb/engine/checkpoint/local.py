@@ -68,6 +68,10 @@ def load_local(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.
     result = verify_checkpoint(ckpt)
     if not result.ok:
         raise CorruptCheckpoint(result)
+    state = json.loads((ckpt.path / STATE_FILE).read_text())
+    if state.get("adapter_only") and not is_adapted(model):
+        raise UserError(f"{ckpt.path}: the checkpoint holds LoRA adapters only (written with lora on), but this stage "
+                        f"trains the full model: resume with the [lora] settings it was written with")
     try:
         if is_adapted(model):
             load_trainable(model, load_file(str(ckpt.path / "model.safetensors"), device=str(device)))
@@ -80,7 +84,7 @@ def load_local(ckpt: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(ckpt.path / "optimizer.pt", map_location=device, weights_only=True))
     set_rng_state(torch.load(ckpt.path / "rng.pt", weights_only=True))
-    return json.loads((ckpt.path / STATE_FILE).read_text())
+    return state
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

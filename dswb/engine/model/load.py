@@ -52,7 +52,7 @@ def adapter_base(path: Path, where: str) -> Path:
     return base
 
 
-def quantization(quantize: str):
+def quantization(quantize: str, compute_dtype: torch.dtype = torch.float32):
     """bitsandbytes' config for a frozen base in `quantize` ('nf4' | 'int8'), None for 'none'."""
     if quantize == "none":
         return None
@@ -63,16 +63,17 @@ def quantization(quantize: str):
         raise UserError(f"lora.quantize = '{quantize}' needs bitsandbytes: pip install 'dswb[qlora]'") from None
     if quantize == "nf4":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.float32)
+                                  bnb_4bit_compute_dtype=compute_dtype)
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def _from_pretrained(auto, path: Path, where: str, what: str, quantize: str, device, **kwargs) -> torch.nn.Module:
+def _from_pretrained(auto, path: Path, where: str, what: str, quantize: str, device, dtype: torch.dtype = torch.float32,
+                     **kwargs) -> torch.nn.Module:
     extra = {}
     if quantize != "none":
-        extra = {"quantization_config": quantization(quantize), "device_map": {"": str(device or "cpu")}}
+        extra = {"quantization_config": quantization(quantize, dtype), "device_map": {"": str(device or "cpu")}}
     try:
-        return auto.from_pretrained(path, local_files_only=True, dtype=torch.float32, attn_implementation="sdpa",
+        return auto.from_pretrained(path, local_files_only=True, dtype=dtype, attn_implementation="sdpa",
                                     **kwargs, **extra)
     except (OSError, ValueError, RuntimeError, ImportError) as exc:
         raise UserError(f"{where}: cannot load {what} from {path}: {' '.join(str(exc).split())[:300]}") from None
@@ -116,22 +117,22 @@ def _saved_vocab(path: Path) -> int:
         return 0
 
 
-def load_causal_lm(path: Path, where: str, *, quantize: str = "none", device=None,
-                   merge: bool = True) -> torch.nn.Module:
+def load_causal_lm(path: Path, where: str, *, quantize: str = "none", device=None, merge: bool = True,
+                   dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A causal LM from a model directory, or from an adapter directory (base + adapter: merged, or
     with `merge=False` a peft model whose adapter trains on). `quantize` loads the frozen base in 4 or
-    8 bits on `device` (QLoRA)."""
+    8 bits on `device` (QLoRA); `dtype` is the weights' dtype (a frozen base in bf16 on a GPU)."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
     if is_adapter_dir(path):
-        base = load_causal_lm(adapter_base(path, where), where, quantize=quantize, device=device)
+        base = load_causal_lm(adapter_base(path, where), where, quantize=quantize, device=device, dtype=dtype)
         return _with_adapter(base, path, where, merge)
-    return _from_pretrained(AutoModelForCausalLM, path, where, "a causal LM", quantize, device)
+    return _from_pretrained(AutoModelForCausalLM, path, where, "a causal LM", quantize, device, dtype)
 
 
-def load_scalar_model(path: Path, where: str, *, quantize: str = "none", device=None,
-                      merge: bool = True) -> torch.nn.Module:
+def load_scalar_model(path: Path, where: str, *, quantize: str = "none", device=None, merge: bool = True,
+                      dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A model with a scalar head (`AutoModelForSequenceClassification`, num_labels=1): a trained
     reward model, or a causal LM's backbone with a new head (initialised from `run.seed`); from an
     adapter directory as `load_causal_lm` loads one. A causal LM's adapter (a policy as the start of
@@ -142,9 +143,9 @@ def load_scalar_model(path: Path, where: str, *, quantize: str = "none", device=
     path = Path(path)
     if is_adapter_dir(path):
         if not is_reward_model(path):
-            lm = load_causal_lm(path, where)
+            lm = load_causal_lm(path, where, dtype=dtype)
             return _scalar_from_lm(lm, where)
-        base = load_scalar_model(adapter_base(path, where), where, quantize=quantize, device=device)
+        base = load_scalar_model(adapter_base(path, where), where, quantize=quantize, device=device, dtype=dtype)
         return _with_adapter(base, path, where, merge)
     # From a causal LM, transformers reports the unused lm_head and the new score head as a
     # multi-line table on stderr: expected here, so it is silenced.
@@ -152,7 +153,7 @@ def load_scalar_model(path: Path, where: str, *, quantize: str = "none", device=
     hf_logging.set_verbosity_error()
     try:
         return _from_pretrained(AutoModelForSequenceClassification, path, where, "a model with a scalar head",
-                                quantize, device, num_labels=1)
+                                quantize, device, dtype, num_labels=1)
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -167,7 +168,7 @@ def _scalar_from_lm(lm: torch.nn.Module, where: str) -> torch.nn.Module:
     config = copy.deepcopy(lm.config)
     config.num_labels = 1
     try:
-        model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype, attn_implementation="sdpa")
     except ValueError as exc:
         raise UserError(f"{where}: {type(lm).__name__} has no scalar-head variant: {exc}") from None
     model.base_model.load_state_dict(lm.base_model.state_dict())

@@ -44,15 +44,18 @@ class StageAdapters:
     def quantize(self) -> str:
         return self.settings.quantize
 
-    def load_lm(self, path: Path, where: str, device: torch.device) -> torch.nn.Module:
-        """The start model for adapters: the base (quantized for QLoRA) and, when continuing, its adapter
-        (trainable); else the start merged, ready for `transform`."""
+    def load_lm(self, path: Path, where: str, device: torch.device, amp_dtype=None) -> torch.nn.Module:
+        """The start model for adapters: the base (quantized for QLoRA; in bf16 when the run computes in
+        bf16: it never trains) and, when continuing, its adapter (trainable); else the start merged,
+        ready for `transform`. Adapters themselves train in fp32 (peft casts them)."""
         keep = self.continued is not None
-        return load_causal_lm(path, where, quantize=self.quantize, device=device, merge=not keep)
+        return load_causal_lm(path, where, quantize=self.quantize, device=device, merge=not keep,
+                              dtype=base_dtype(amp_dtype))
 
-    def load_scalar(self, path: Path, where: str, device: torch.device, role: str) -> torch.nn.Module:
+    def load_scalar(self, path: Path, where: str, device: torch.device, role: str, amp_dtype=None) -> torch.nn.Module:
         keep = self.continued is not None and role == "reward"
-        return load_scalar_model(path, where, quantize=self.quantize, device=device, merge=not keep)
+        return load_scalar_model(path, where, quantize=self.quantize, device=device, merge=not keep,
+                                 dtype=base_dtype(amp_dtype))
 
     def transform(self, role: str = "policy", grown_vocab: bool = False) -> LoraTraining:
         if grown_vocab and self.continued is not None:
@@ -87,6 +90,11 @@ class StageAdapters:
             raise UserError(f"{where}: the checkpoint's adapter was trained on {saved['base']} "
                             f"(fingerprint {str(saved['base_fingerprint'])[:24]}), this stage's base is {now['base']} "
                             f"(fingerprint {str(now['base_fingerprint'])[:24]}): resume on the same base")
+
+
+def base_dtype(amp_dtype) -> torch.dtype:
+    """The frozen base's dtype: bf16 when the run computes in bf16 (a GPU), else fp32."""
+    return torch.bfloat16 if amp_dtype == torch.bfloat16 else torch.float32
 
 
 def stage_adapters(config, stage: str, start: Path | None, log: Callable[[str], None] | None = None,

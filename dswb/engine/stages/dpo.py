@@ -75,7 +75,10 @@ def run(ctx: StageContext) -> str:
     ref_start = resolve_init(ctx, STAGE, sec.ref, "dpo.ref") if sec.ref else start
     tokenizer = load_tokenizer(start.path, "dpo.init")
     adapters = stage_adapters(cfg, STAGE, start.path)
-    policy = adapters.load_lm(start.path, "dpo.init", ctx.device) if adapters else load_causal_lm(start.path, "dpo.init")
+    if adapters is not None:
+        policy = adapters.load_lm(start.path, "dpo.init", ctx.device, ctx.amp_dtype)
+    else:
+        policy = load_causal_lm(start.path, "dpo.init")
     train, val, _, is_chat = load_pairs(ctx, sec, STAGE, tokenizer)
     grown = fit_vocab(policy, tokenizer)
     prompt_format = "chat" if is_chat else "plain"

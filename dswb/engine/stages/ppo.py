@@ -37,6 +37,7 @@ from dswb.engine.rl.losses import (approx_kl_per_token, clipped_policy_loss, cli
                                    per_token_rewards)
 from dswb.engine.rl.rollout import Rollouts, positions, sequence_logprobs
 from dswb.engine.rl.update import MicroLoss, UpdateStats, run_updates
+from dswb.engine.stages.adapters import base_dtype
 from dswb.engine.stages.common import begin_stage, describe_model, resolve_init
 from dswb.engine.stages.rl_common import (experience_metrics, iteration_end, iteration_generator, make_experience,
                                           prepare_policy, resume_rl, rollout_sampler, run_rl_loop, setup)
@@ -105,7 +106,7 @@ def run(ctx: StageContext) -> str:
     torch.manual_seed(cfg.run.seed)
     lora = rl.adapters.settings if rl.adapters is not None and rl.adapters.settings.value == "adapter" else None
     value = load_scalar_model(value_path, "ppo.value_init", quantize=lora.quantize if lora else "none",
-                              device=ctx.device)
+                              device=ctx.device, dtype=base_dtype(ctx.amp_dtype) if lora else torch.float32)
     grown = fit_vocab(value, rl.tokenizer)
     policy = prepare_policy(ctx, STAGE, rl, need_ref=True)
     value = prepare_model(value, cfg, ctx.device, role="value", placement=rl.placement,

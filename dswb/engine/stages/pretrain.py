@@ -67,7 +67,7 @@ def run(ctx: StageContext) -> str:
                               log=lambda line: ctx.monitor.log(line, stage=STAGE))
     grown = False
     if adapters is not None:    # continued pretraining of a trained model, on adapters
-        model = adapters.load_lm(adapters.base, "model.path", ctx.device)
+        model = adapters.load_lm(adapters.base, "model.path", ctx.device, ctx.amp_dtype)
         grown = fit_vocab(model, data.tokenizer)
     model, info = build_model(cfg.model.size, cfg.model.path, data.tokenizer, cfg.model.max_seq_len,
                               model=model if adapters is not None else None)

@@ -110,7 +110,7 @@ def setup(ctx: StageContext, stage: str, section: Any, *, need_ref: bool) -> RLS
     tokenizer = load_tokenizer(start.path, f"{stage}.init")
     adapters = stage_adapters(cfg, stage, start.path)
     if adapters is not None:
-        policy = adapters.load_lm(start.path, f"{stage}.init", ctx.device)
+        policy = adapters.load_lm(start.path, f"{stage}.init", ctx.device, ctx.amp_dtype)
     else:
         policy = load_causal_lm(start.path, f"{stage}.init")
     grown = fit_vocab(policy, tokenizer)

@@ -66,7 +66,7 @@ def run(ctx: StageContext) -> str:
     torch.manual_seed(cfg.run.seed)
     adapters = stage_adapters(cfg, STAGE, start.path, reward=True)
     if adapters is not None:
-        model = adapters.load_scalar(start.path, "rm.init", ctx.device, role="reward")
+        model = adapters.load_scalar(start.path, "rm.init", ctx.device, role="reward", amp_dtype=ctx.amp_dtype)
     else:
         model = load_scalar_model(start.path, "rm.init")
     train, val, test, is_chat = load_pairs(ctx, sec, STAGE, tokenizer)

@@ -26,7 +26,7 @@ import torch
 
 from dswb.config.adapters import LoraConfig
 from dswb.config.schema import Config
-from dswb.engine.adapters.lora import adapter_norm, apply_lora, describe, peft_of
+from dswb.engine.adapters.lora import adapter_norm, apply_lora, describe, peft_of, upcast_trainable
 from dswb.engine.distributed.pipeline import pipeline_of, stage_flops_per_token
 from dswb.engine.distributed.world import active
 from dswb.engine.distributed.wrap import describe_distribution, distribute
@@ -95,8 +95,8 @@ class LoraTraining(ModelTransform):
         self.settings, self.role, self.where, self.grown_vocab = settings, role, where, grown_vocab
 
     def apply(self, model: torch.nn.Module, config, device: torch.device) -> torch.nn.Module:
-        if peft_of(model) is not None:
-            return model
+        if peft_of(model) is not None:      # a continued adapter, loaded with its model
+            return upcast_trainable(model)
         return apply_lora(model, self.settings, self.role, self.where, self.grown_vocab)
 
     def hooks(self, model: torch.nn.Module, ctx, stage: str, probe: Callable[[], float] | None) -> ModelHooks:
