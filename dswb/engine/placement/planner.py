@@ -15,14 +15,18 @@ A head tied to the embedding (`tie_word_embeddings`) shares its weight, so it is
 embedding. `blog_even_split` reproduces the blog's sketch's `i // (layers // gpus)` mapping, as a
 baseline only: it ignores everything but the blocks and overruns past the last device on remainders.
 
+`plan_stage` places a stage's other models (`memory.Role`: a LoRA stage's reference and PPO's value
+model) on the first device before the trained model; their rows are the plan's `roles` and their bytes
+count against that device's limit.
+
 Pure Python; no torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from dswb.engine.placement.memory import Bytes, MemoryModel, device_peak_bytes, unit_bytes, unit_flops
+from dswb.engine.placement.memory import Bytes, MemoryModel, Role, device_peak_bytes, unit_bytes, unit_flops
 from dswb.engine.placement.shapes import BLOCK, EMBED, NORM, ModelShape, Unit
 from dswb.engine.placement.shapes import units as shape_units
 from dswb.errors import UserError
@@ -51,6 +55,7 @@ class DevicePlan:
     bytes: Bytes
     flops: float
     exists: bool = True
+    label: str = ""             # a role's row: what the modules column says instead of the unit range
 
     @property
     def total(self) -> int:
@@ -84,14 +89,21 @@ class Plan:
     devices: list[DevicePlan]
     strategy: str
     phantom: list[DevicePlan] = field(default_factory=list)  # the blog sketch's units on missing devices
+    roles: list[DevicePlan] = field(default_factory=list)    # the stage's other models, placed first
+    role_models: list[Role] = field(default_factory=list)    # what `roles` were planned from
 
     @property
-    def total_bytes(self) -> int:
+    def model_bytes(self) -> int:
+        """Bytes of the trained model alone."""
         return sum(d.total for d in self.devices + self.phantom)
 
     @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + sum(d.total for d in self.roles)
+
+    @property
     def total_flops(self) -> float:
-        return sum(d.flops for d in self.devices + self.phantom)
+        return sum(d.flops for d in self.devices + self.phantom + self.roles)
 
     @property
     def params(self) -> int:
@@ -109,31 +121,40 @@ class Plan:
     def fits(self) -> bool | None:
         """True: every device within its limit; False: some device over (or a missing device);
         None: nothing over, but some limit is unknown."""
-        if self.phantom or any(d.over for d in self.devices):
+        if self.phantom or any(d.over for d in self.devices + self.roles):
             return False
         return True if self.limits_known else None
 
     @property
     def free_total(self) -> int | None:
-        return sum(d.device.free for d in self.devices) if self.limits_known else None  # type: ignore[misc]
+        """Free bytes of the devices before this plan's models (roles included) were placed."""
+        if not self.limits_known:
+            return None
+        if not self.roles:
+            return sum(d.device.free for d in self.devices)  # type: ignore[misc]
+        first: dict[str, int] = {}
+        for d in self.roles + self.devices:
+            first.setdefault(d.device.name, d.device.free or 0)
+        return sum(first.values())
 
     def ideal_share(self, j: int) -> float:
-        """Device j's fair share of the bytes: in proportion to its free memory, else equal."""
+        """Device j's fair share of the trained model's bytes: in proportion to its free memory, else equal."""
         weights = _weights([d.device for d in self.devices])
-        return self.total_bytes * weights[j] / sum(weights)
+        return self.model_bytes * weights[j] / sum(weights)
 
     def load_ratio(self) -> float:
         """Max device load / ideal (1.0 = perfectly even; the phantom devices of the blog's split count too)."""
         ratios = [d.total / self.ideal_share(j) for j, d in enumerate(self.devices)]
-        ideal_equal = self.total_bytes / max(1, len(self.devices))
+        ideal_equal = self.model_bytes / max(1, len(self.devices))
         ratios += [d.total / ideal_equal for d in self.phantom]
-        return max(ratios) if self.total_bytes else 1.0
+        return max(ratios) if self.model_bytes else 1.0
 
     def flops_ratio(self) -> float:
-        """Max device FLOPs / (total / devices)."""
-        if not self.total_flops:
+        """Max device FLOPs / (the trained model's total / devices)."""
+        model_flops = sum(d.flops for d in self.devices + self.phantom)
+        if not model_flops:
             return 1.0
-        return max(d.flops for d in self.devices + self.phantom) * len(self.devices) / self.total_flops
+        return max(d.flops for d in self.devices + self.phantom) * len(self.devices) / model_flops
 
     def split_points(self) -> list[str]:
         """Module names where devices 1..n-1 begin: the stage boundaries of a pipeline split."""
@@ -269,6 +290,23 @@ def plan_layers(shape: ModelShape, mm: MemoryModel, devices: list[DeviceSpec], b
     plans = [_device_plan(spec, list(range(bounds[j], bounds[j + 1])), chain, costs, flops, pinned, peak)
              for j, spec in enumerate(devices)]
     return Plan(shape, mm, plans, label)
+
+
+def plan_stage(shape: ModelShape, mm: MemoryModel, devices: list[DeviceSpec], roles: list[Role],
+               balance: str = "memory") -> Plan:
+    """The trained model's plan after the stage's other models (`roles`), each whole on the first device,
+    took their bytes there; the roles' rows are the plan's `roles`."""
+    rows: list[DevicePlan] = []
+    taken = 0
+    for role in roles:
+        spec = replace(devices[0], used=devices[0].used + taken)
+        row = plan_layers(role.shape, role.memory, [spec]).devices[0]
+        rows.append(replace(row, label=role.label))
+        taken += row.total
+    specs = [replace(devices[0], used=devices[0].used + taken)] + devices[1:]
+    plan = plan_layers(shape, mm, specs, balance)
+    plan.roles, plan.role_models = rows, list(roles)
+    return plan
 
 
 def blog_even_split(shape: ModelShape, mm: MemoryModel, devices: list[DeviceSpec],

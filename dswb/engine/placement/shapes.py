@@ -5,13 +5,16 @@ A `ModelShape` comes from a built-in size (`model.size`) or from a Hugging Face 
 allocated, no weights are read. `units(shape)` lists the placeable modules in forward order —
 embedding, each decoder block, final norm, head — each with the parameters it owns and those in
 its matrix multiplications (for FLOPs and low-precision compute copies). The counts equal
-`sum(p.numel())` of the transformers model built from the same config (tested).
+`sum(p.numel())` of the transformers model built from the same config (tested). `unit_linears` names
+each unit's linear layers (and the embedding) with their shapes, and `lora_targets` picks the ones LoRA
+adapts, as `dswb.engine.adapters.lora.resolve_targets` does on a live model.
 
 Pure Python (json only); importing this module imports no torch.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -112,6 +115,44 @@ def units(shape: ModelShape) -> list[Unit]:
 
 def total_params(shape: ModelShape) -> int:
     return sum(u.params for u in units(shape))
+
+
+def block_linears(shape: ModelShape, layer: int) -> list[tuple[str, int, int]]:
+    """(module name, in features, out features) of the seven projections of decoder block `layer`."""
+    h, i, q, kv = shape.hidden, shape.intermediate, shape.attn_dim, shape.kv_dim
+    attn, mlp = f"model.layers.{layer}.self_attn", f"model.layers.{layer}.mlp"
+    return [(f"{attn}.q_proj", h, q), (f"{attn}.k_proj", h, kv), (f"{attn}.v_proj", h, kv), (f"{attn}.o_proj", q, h),
+            (f"{mlp}.gate_proj", h, i), (f"{mlp}.up_proj", h, i), (f"{mlp}.down_proj", i, h)]
+
+
+def unit_linears(unit: Unit, shape: ModelShape) -> list[tuple[str, int, int]]:
+    """The modules of `unit` LoRA can adapt, as (name, in, out): a block's projections, the head
+    (hidden -> outputs) and the embedding (vocab -> hidden: peft's embedding adapter has the same size)."""
+    if unit.kind == BLOCK:
+        return block_linears(shape, unit.layer)
+    if unit.kind == HEAD:
+        return [(unit.name, shape.hidden, shape.outputs)]
+    if unit.kind == EMBED:
+        return [(unit.name, shape.vocab, shape.hidden)]
+    return []
+
+
+def lora_targets(shape: ModelShape, patterns: list[str], where: str = "lora.target_modules") -> frozenset[str]:
+    """Module names `patterns` give adapters: 'all-linear' is every block projection (not the head, nor a
+    score head); another entry is a module name, a dotted suffix of one or an fnmatch pattern. A pattern
+    that matches nothing is a `UserError`, as it is when the stage loads the model."""
+    every = [name for u in units(shape) for name, _, _ in unit_linears(u, shape)]
+    chosen: set[str] = set()
+    for pattern in patterns:
+        if pattern == "all-linear":
+            hits = [name for k in range(shape.layers) for name, _, _ in block_linears(shape, k)]
+        else:
+            hits = [n for n in every if n == pattern or n.endswith("." + pattern) or fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            leaves = [n.rsplit(".", 1)[-1] for n, _, _ in block_linears(shape, 0)]
+            raise UserError(f"{where}: {pattern!r} matches no linear layer of the model (e.g. {', '.join(leaves)})")
+        chosen.update(hits)
+    return frozenset(chosen)
 
 
 def _int(cfg: dict, key: str, where: str) -> int:
