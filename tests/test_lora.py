@@ -210,3 +210,16 @@ def test_an_adapter_refuses_a_base_that_moved_or_changed(tmp_path):
     base.rename(tmp_path / "elsewhere")
     with pytest.raises(UserError, match="not a model directory here"):
         load_causal_lm(final, "sft.init")
+
+
+def test_mixture_of_experts_experts_stay_out_of_all_linear_and_cannot_be_targeted():
+    import transformers
+
+    config = transformers.Qwen3MoeConfig(vocab_size=16, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         num_experts=4, num_experts_per_tok=2)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    chosen = resolve_targets(model, ["all-linear"], "lora.target_modules")
+    assert chosen and not any("expert" in n or n.endswith(".gate") for n in chosen)     # routers stay frozen too
+    with pytest.raises(UserError, match="'experts' reaches Mixture-of-Experts experts"):
+        resolve_targets(model, ["experts"], "lora.target_modules")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from dswb.config.fields import OptimSettings, doc
 
 INIT_DOC = ("Model to start from: empty = the latest language model of this run (else `model.path`); "
-            "a stage of this run (`sft`); `RUN:stage` (another run's final model); or a model directory.")
+            "a stage of this run (`sft`); `RUN:stage` (another run's final model); or a model or adapter directory.")
 DATA_DOC = ("JSONL files or directories in this stage's format; empty with data.source = 'task': "
             "the built-in task's own records.")
 

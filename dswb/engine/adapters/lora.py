@@ -44,7 +44,7 @@ def linear_types() -> tuple[type, ...]:
     return tuple(types)
 
 
-def _expert_names(model: torch.nn.Module) -> list[str]:
+def expert_parameters(model: torch.nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.dim() == 3 and "expert" in n]
 
 
@@ -61,7 +61,7 @@ def resolve_targets(model: torch.nn.Module, patterns: list[str], where: str) -> 
             hits = linears
         else:
             hits = [n for n, _ in named if n == pattern or n.endswith("." + pattern) or fnmatch.fnmatchcase(n, pattern)]
-            if any("expert" in n for n in hits) and _expert_names(model):
+            if any("expert" in n for n in hits) and expert_parameters(model):
                 raise UserError(f"{where}: {pattern!r} reaches Mixture-of-Experts experts, whose weights are 3-D "
                                 f"parameters LoRA cannot adapt here; target the attention and shared linears")
             hits = [n for n in hits if isinstance(dict(named)[n], linear_types() + (torch.nn.Embedding,))]

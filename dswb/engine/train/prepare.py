@@ -26,7 +26,8 @@ import torch
 
 from dswb.config.adapters import LoraConfig
 from dswb.config.schema import Config
-from dswb.engine.adapters.lora import adapter_norm, apply_lora, describe, peft_of, upcast_trainable
+from dswb.engine.adapters.lora import (adapter_norm, apply_lora, describe, expert_parameters, peft_of,
+                                       upcast_trainable)
 from dswb.engine.distributed.pipeline import pipeline_of, stage_flops_per_token
 from dswb.engine.distributed.world import active
 from dswb.engine.distributed.wrap import describe_distribution, distribute
@@ -102,6 +103,10 @@ class LoraTraining(ModelTransform):
     def hooks(self, model: torch.nn.Module, ctx, stage: str, probe: Callable[[], float] | None) -> ModelHooks:
         hooks = ModelHooks()
         ctx.monitor.log(f"{self.role}: {describe(self.settings, model)}", stage=stage)
+        experts = expert_parameters(model)
+        if experts:
+            ctx.monitor.log(f"{self.role}: the {len(experts)} Mixture-of-Experts expert tensors (3-D parameters) stay "
+                            f"frozen: adapters train the attention and the dense linears", stage=stage)
         key = "adapter_norm" if self.role == "policy" else f"adapter_norm/{self.role}"
         hooks.metric_sources.append(lambda: {key: adapter_norm(model)})
         return hooks
