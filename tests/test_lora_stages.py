@@ -55,12 +55,13 @@ def test_adapter_checkpoints_hold_only_what_trains_and_resume_bitwise(tmp_path, 
 
 def test_a_lora_pipeline_chains_adapters_and_every_final_loads(tmp_path, pretrained):  # noqa: F811
     from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     stages = ["sft", "rm", "dpo", "ppo", "grpo"]
     overrides = [s for stage in stages for s in STAGE_SETTINGS[stage]]
     overrides += [f"run.stages={json.dumps(stages)}", f'sft.init="{pretrained}"', *LORA,
                   'ppo.rewards=["exact_match", "rm"]', "ppo.reward_weights=[1.0, 0.1]", "grpo.lora.chain=merge",
-                  "dpo.precompute_ref=false", "lora.merge_final=true"]
+                  "dpo.precompute_ref=false", "rm.lora.merge_final=true", "grpo.lora.merge_final=true"]
     run_dir = tmp_path / "run"
     assert run_in_process(tiny_config(*overrides), run_dir) == 0
     assert read_status(run_dir / "status.json")["state"] == "finished"
@@ -68,13 +69,15 @@ def test_a_lora_pipeline_chains_adapters_and_every_final_loads(tmp_path, pretrai
     for stage in stages:
         info = json.loads((final / stage / "dswb_stage.json").read_text())
         assert (final / stage / "adapter_config.json").is_file() and not (final / stage / "model.safetensors").exists()
-        assert (final / stage / "merged" / "model.safetensors").is_file()
+        assert (final / stage / "merged" / "model.safetensors").is_file() == (stage in ("rm", "grpo"))
         assert info["adapter"]["r"] == 4
     # continued adapters stay adapters of the pretrained base, so peft's own loaders take them
     for stage in ("sft", "dpo", "ppo"):
         assert json.loads((final / stage / "dswb_stage.json").read_text())["adapter"]["base"] == str(pretrained)
         AutoPeftModelForCausalLM.from_pretrained(final / stage)
     AutoPeftModelForSequenceClassification.from_pretrained(final / "rm", num_labels=1)   # a scalar head
+    AutoModelForSequenceClassification.from_pretrained(final / "rm" / "merged", local_files_only=True)
+    AutoModelForCausalLM.from_pretrained(final / "grpo" / "merged", local_files_only=True)   # a merge of a merge
     grpo = json.loads((final / "grpo" / "dswb_stage.json").read_text())["adapter"]
     assert grpo["base"] == str(final / "ppo") and grpo["chain"] == "merge"     # a new adapter on the merged PPO
     events = read_events(run_dir / "events.jsonl")

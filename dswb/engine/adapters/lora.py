@@ -13,6 +13,7 @@ adapters; a vocabulary that grew in this stage trains the embeddings and the out
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -161,6 +162,11 @@ def disable_dropout(model: torch.nn.Module) -> int:
 
 
 def describe(settings: LoraConfig, model: torch.nn.Module) -> str:
+    """One log line: the adapters' settings (a continued adapter's own), the base's precision, what trains."""
+    found = peft_of(model)
+    if found is not None:        # a continued adapter keeps the rank and alpha it was created with
+        own = found.peft_config["default"]
+        settings = replace(settings, r=own.r, alpha=float(own.lora_alpha), dropout=float(own.lora_dropout))
     trainable, total = parameter_counts(model)
     frozen = next((p for p in model.parameters() if not p.requires_grad), None)
     base = settings.quantize + " (QLoRA)" if settings.quantize != "none" else str(frozen.dtype).replace("torch.", "") \

@@ -1,10 +1,11 @@
 """What a stage does with `[lora]`: load its start model for adapters, the transform that adds them,
 the frozen reference without a second copy, and the record its final adapter keeps of its base.
 
-    adapters = stage_adapters(config, STAGE, start.path)          # None: the stage trains in full
-    model = adapters.load_lm(start.path, "sft.init", device)       # plain, or peft when continuing
-    model = prepare_model(model, config, device, extra=[adapters.transform("policy", grown)])
-    ref = adapters.reference(model)                                # PPO, GRPO with beta > 0, DPO
+    adapters = stage_adapters(config, STAGE, start.path)            # None: the stage trains in full
+    model = adapters.load_lm(start.path, "sft.init", device, amp)    # plain, or peft when continuing
+    grown = fit_vocab(model, tokenizer)
+    model = prepare_model(model, config, device, adapters=adapters.transform("policy", grown))
+    ref = adapters.reference(model)                                  # PPO, GRPO with beta > 0, DPO
 
 A start that is itself a LoRA stage's adapter is continued (`lora.chain = "continue"`: its adapter
 trains on, the result is an adapter of the same base) or merged into its base first (`"merge"`: a new
