@@ -32,13 +32,22 @@ copy beside the frozen original) are upcast to fp32 and count as a trained model
 (`weight_bytes`, grads, AdamW state), with the bf16 compute copies autocast caches for them. The base
 computes in its own dtype, so no compute copies are made of it; a quantized projection is dequantized to
 the base dtype (bitsandbytes' compute dtype) one at a time, in the forward and again in the backward:
-that transient goes into the device's peak. Activations are counted as for full training. Measured with
-saved-tensor hooks on small Llamas with adapters on every linear layer (peft, bf16 autocast), a block
-saves the same with a bf16 base as with an fp32 one: 8-10% less than that count without adapter dropout,
-but with `lora.dropout > 0` (SFT, RM, DPO) 4 bytes more per element of each adapted layer's input
-(4 x (6h + i) a token for all-linear on Llama, +64% for Llama-3-8B), which is not counted yet. Training
-FLOPs are 2 forwards through a frozen matmul (no weight gradient) and 3 through attention and trained
-parameters.
+that transient goes into the device's peak. Activations are counted as for full training, plus what
+the adapters' dropout keeps (`lora_dropout > 0`: SFT, RM, DPO and continued pretraining; PPO and GRPO
+switch every dropout off). Measured with saved-tensor hooks on small Llamas with adapters on every linear
+layer (peft, bf16 autocast), a block saves the same with a bf16 base as with an fp32 one: 8-10% less than
+that count without dropout. With dropout each adapted layer runs its own on its input (cast to the
+adapters' fp32), and autograd keeps the dropout's mask: 4 bytes per element of the input on the CPU,
+where it is measured (`DROPOUT_MASK_BYTES`), which is an upper bound on CUDA, whose fused dropout keeps a
+1-byte mask (not measured on a GPU). Under bf16 autocast that is all: each adapter keeps its own bf16
+cast of its input either way. So a block keeps `4 x (sum of its adapted layers' input widths)` bytes a
+token more: 4 x (6h + i) for all-linear on Llama (q, k, v, gate and up read h, o the attention width,
+h on Llama, down i), 155,648 bytes a token and block for Llama-3-8B, +64% of its 241,800. In fp32 (no
+autocast) each adapter also keeps the dropout's output (4 bytes an element) instead of the input it
+shares with its siblings, which then nothing keeps (the attention's output, o's input, the attention
+keeps anyway): 4 x (10h + i) for all-linear. An adapted head pays its mask too (4h a token). With
+activation checkpointing only the recomputed block pays it (`device_peak_bytes`). Training FLOPs are 2
+forwards through a frozen matmul (no weight gradient) and 3 through attention and trained parameters.
 
 FLOPs per token follow PaLM's count: a forward pass is 2 x matmul parameters, plus 4 x seq_len x
 heads x head_dim for attention in each block; training is 3 forwards (4 with checkpointing).
@@ -62,6 +71,13 @@ NF4_BLOCK = 64                  # weights per 8-bit absmax (bitsandbytes' defaul
 NF4_BLOCK2 = 256                # absmaxes per fp32 absmax of the second level (double quantization)
 NF4_TABLES = 4 * (16 + 256)     # per tensor: the 16 NF4 values and the 256 absmax codes, fp32
 SCORE = ("score",)              # the scalar head of a reward or value model, trained in full beside adapters
+DROPOUT_OFF_STAGES = ("ppo", "grpo")   # stages that switch every dropout off (the engine's `disable_dropout`)
+DROPOUT_MASK_BYTES = 4          # per element of an adapted layer's input: the dropout's mask, fp32 (measured on
+                                # the CPU; CUDA's fused dropout keeps a bool mask, so an upper bound there)
+# The tensor each block projection reads, by leaf name: projections that read the same tensor share it
+# (without dropout their adapters keep it once). The attention's output (o's input) the attention keeps anyway.
+PROJECTION_INPUT = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
+                    "o_proj": "", "gate_proj": "mlp input", "up_proj": "mlp input", "down_proj": "mlp product"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,7 @@ class MemoryModel:
     kv_cache_tokens: int = 0             # tokens held in a KV cache while generating
     lora_r: int = 0                      # rank of LoRA adapters on a frozen base (0: every parameter trains)
     lora_targets: frozenset[str] = frozenset()   # module names with adapters (`shapes.lora_targets`)
+    lora_dropout: float = 0.0            # dropout on the adapters' input (0: none, or switched off by the stage)
     full_modules: frozenset[str] = frozenset()   # unit names trained in full beside the adapters
     quantize: str = "none"               # the frozen base's block projections: none (`base_bytes`) | nf4 | int8
 
@@ -102,8 +119,9 @@ class MemoryModel:
         base = {"nf4": f"NF4 (4.127 bits a weight; embedding, norms and head {dtype})",
                 "int8": f"int8 (a byte a weight and an fp32 scale a row; embedding, norms and head {dtype})"}
         ckpt = "on" if self.activation_checkpointing else "off"
-        return (f"training: LoRA adapters r={self.lora_r} (fp32 weights and grads, AdamW moments {state}) on a "
-                f"frozen base in {base.get(self.quantize, dtype)}, no grads or optimizer state for it, "
+        dropout = f", dropout {self.lora_dropout:g}" if self.lora_dropout > 0 else ""
+        return (f"training: LoRA adapters r={self.lora_r}{dropout} (fp32 weights and grads, AdamW moments "
+                f"{state}) on a frozen base in {base.get(self.quantize, dtype)}, no grads or optimizer state for it, "
                 f"{self.compute} compute, activations for {self.tokens:,} tokens per micro-batch "
                 f"(seq {self.seq_len:,}), activation checkpointing {ckpt}")
 
@@ -209,17 +227,37 @@ def frozen_weight_bytes(unit: Unit, shape: ModelShape, mm: MemoryModel) -> int:
     return projections + (unit.params - unit.matmul_params) * base_bytes(mm)
 
 
+def adapter_dropout_bytes_per_token(unit: Unit, shape: ModelShape, mm: MemoryModel) -> int:
+    """What the adapters' dropout adds to what `unit` keeps for the backward, per token (module docstring):
+    its mask, `DROPOUT_MASK_BYTES` per element of each adapted layer's input; in fp32 also the dropout's
+    output, less the inputs the adapters no longer keep (each tensor adapted projections read, but the
+    attention's output). 0 without adapters, without dropout, and for the embedding (peft's embedding
+    adapter has no dropout)."""
+    if not (mm.lora_r and mm.lora_dropout > 0) or unit.kind not in (BLOCK, HEAD):
+        return 0
+    adapted = [(name, n_in) for name, n_in, _ in unit_linears(unit, shape) if name in mm.lora_targets]
+    extra = DROPOUT_MASK_BYTES * sum(n_in for _, n_in in adapted)
+    if mm.compute == "fp32":
+        read = {PROJECTION_INPUT.get(name.rsplit(".", 1)[-1], name) if unit.kind == BLOCK else name: n_in
+                for name, n_in in adapted}
+        extra += 4 * sum(n_in for _, n_in in adapted) - 4 * sum(n for tensor, n in read.items() if tensor)
+    return extra
+
+
 def trained_activation_bytes(unit: Unit, shape: ModelShape, mm: MemoryModel) -> int:
-    """Bytes a trained model's unit keeps for the backward (module docstring)."""
+    """Bytes a trained model's unit keeps for the backward (module docstring); with checkpointing a block
+    keeps its input alone (its dropout's share is paid in `device_peak_bytes`)."""
     if unit.kind == BLOCK:
         per_token = (4 * shape.hidden if mm.activation_checkpointing
-                     else block_activation_bytes_per_token(shape, mm.compute))
+                     else block_activation_bytes_per_token(shape, mm.compute)
+                     + adapter_dropout_bytes_per_token(unit, shape, mm))
         return mm.tokens * per_token + mm.kv_cache_tokens * kv_cache_bytes_per_token(shape, mm.compute)
     if unit.kind == EMBED:
         return mm.tokens * 8
     if unit.kind == NORM:
         return mm.tokens * 8 * shape.hidden
-    return mm.tokens * head_activation_bytes_per_token(shape, mm.compute)
+    return mm.tokens * (head_activation_bytes_per_token(shape, mm.compute)
+                        + adapter_dropout_bytes_per_token(unit, shape, mm))
 
 
 def adapter_unit_bytes(unit: Unit, shape: ModelShape, mm: MemoryModel) -> Bytes:
@@ -266,15 +304,18 @@ def frozen_base_peak_bytes(shape: ModelShape, mm: MemoryModel) -> int:
 def device_peak_bytes(shape: ModelShape, mm: MemoryModel) -> int:
     """Extra bytes on a device holding at least one block: the transient peak of one block.
 
-    Trained with checkpointing: one block's full activations while it is recomputed. Frozen: the
-    working set of the block that runs. Trained without checkpointing: nothing extra (already counted).
-    Training adapters adds what the frozen base makes on the fly (`frozen_base_peak_bytes`).
+    Trained with checkpointing: one block's full activations while it is recomputed, with what its
+    adapters' dropout keeps (the block whose adapters keep the most). Frozen: the working set of the
+    block that runs. Trained without checkpointing: nothing extra (already counted). Training adapters
+    adds what the frozen base makes on the fly (`frozen_base_peak_bytes`).
     """
     if not mm.trainable:
         return mm.tokens * working_set_bytes_per_token(shape, mm.compute)
     peak = frozen_base_peak_bytes(shape, mm) if mm.lora_r else 0
     if mm.activation_checkpointing:
-        return peak + mm.tokens * block_activation_bytes_per_token(shape, mm.compute)
+        dropout = max((adapter_dropout_bytes_per_token(u, shape, mm) for u in units(shape) if u.kind == BLOCK),
+                      default=0)
+        return peak + mm.tokens * (block_activation_bytes_per_token(shape, mm.compute) + dropout)
     return peak
 
 
@@ -334,20 +375,22 @@ def trains_adapters(config: Any, stage: str) -> bool:
 
 
 def lora_memory_model(mm: MemoryModel, settings: Any, shape: ModelShape, full: tuple[str, ...] = (),
-                      where: str = "lora") -> MemoryModel:
+                      where: str = "lora", dropout: bool = True) -> MemoryModel:
     """`mm` training the adapters `settings` (a `LoraConfig`) describes on `shape`, with the units named in
     `full` and `settings.modules_to_save` (by name or dotted suffix) trained in full beside them; a
-    `modules_to_save` entry inside a decoder block is not counted."""
+    `modules_to_save` entry inside a decoder block is not counted. `dropout=False`: the stage switches
+    `settings.dropout` off (`DROPOUT_OFF_STAGES`)."""
     names = [*settings.modules_to_save, *full]
     saved = {u.name for u in units(shape) for n in names if u.name == n or u.name.endswith("." + n)}
     targets = lora_targets(shape, list(settings.target_modules), f"{where}.target_modules")
     return replace(mm, lora_r=settings.r, lora_targets=targets, full_modules=frozenset(saved),
-                   quantize=settings.quantize)
+                   quantize=settings.quantize, lora_dropout=settings.dropout if dropout else 0.0)
 
 
 def full_memory_model(mm: MemoryModel) -> MemoryModel:
     """`mm` with every parameter trained (no adapters)."""
-    return replace(mm, lora_r=0, lora_targets=frozenset(), full_modules=frozenset(), quantize="none")
+    return replace(mm, lora_r=0, lora_targets=frozenset(), full_modules=frozenset(), quantize="none",
+                   lora_dropout=0.0)
 
 
 def reference_memory_model(mm: MemoryModel) -> MemoryModel:
@@ -367,19 +410,21 @@ def adapter_stage(config: Any, stage: str, shape: ModelShape,
                   mm: MemoryModel) -> tuple[ModelShape, MemoryModel, list[Role]]:
     """A stage that trains adapters (`trains_adapters`): the trained model's shape (a scalar head for the
     reward model) and memory model, and its other models: the reference (`reference_memory_model`) and
-    PPO's value model, its own frozen backbone with an adapter (`lora.value = "adapter"`) or trained in full."""
+    PPO's value model, its own frozen backbone with an adapter (`lora.value = "adapter"`) or trained in full.
+    PPO and GRPO train without dropout (`DROPOUT_OFF_STAGES`), the other stages with `lora.dropout`."""
     settings = stage_lora(config, stage)
     where = f"{'train' if stage == 'pretrain' else stage}.lora"
+    dropout = stage not in DROPOUT_OFF_STAGES
     if stage == "rm":
         shape = shape.with_scalar_head()
-    trained = lora_memory_model(mm, settings, shape, SCORE if stage == "rm" else (), where)
+    trained = lora_memory_model(mm, settings, shape, SCORE if stage == "rm" else (), where, dropout)
     roles = []
     if has_reference(config, stage):
         roles.append(Role("reference", shape, reference_memory_model(trained), "reference: the policy, adapter off"))
     if stage == "ppo":
         value_shape = shape.with_scalar_head()
         if settings.value == "adapter":
-            value = Role("value", value_shape, lora_memory_model(mm, settings, value_shape, SCORE, where),
+            value = Role("value", value_shape, lora_memory_model(mm, settings, value_shape, SCORE, where, dropout),
                          "value: own frozen backbone + adapter")
         else:
             value = Role("value", value_shape, full_memory_model(mm), "value: trained in full")

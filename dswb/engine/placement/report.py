@@ -285,6 +285,7 @@ def lora_dict(plan: Plan) -> dict:
     """The adapters of `plan` as JSON-ready data (`lora_line` in numbers)."""
     shape, mm = plan.shape, plan.memory
     model_units = [u for d in plan.devices + plan.phantom for u in d.units]
-    return {"r": mm.lora_r, "modules": len(mm.lora_targets), "quantize": mm.quantize, "base_dtype": base_dtype(mm),
+    return {"r": mm.lora_r, "modules": len(mm.lora_targets), "dropout": mm.lora_dropout, "quantize": mm.quantize,
+            "base_dtype": base_dtype(mm),
             "trainable_params": trainable_params(shape, mm, model_units),
             "base_weight_bytes": sum(frozen_weight_bytes(u, shape, mm) for u in model_units)}
