@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # GPU checks for a lent CUDA machine (not part of CI, which has no GPU). Run from the repo root:
-#   OUT=/tmp/gpu-out bash .ci/gpu-check.sh [all|base|fp8|rl]   (default: all)
+#   OUT=/tmp/gpu-out bash .ci/gpu-check.sh [all|base|fp8|rl|lora]   (default: all)
 # base: sections 1-6 (training on CUDA, events, final model, bench loop).
 # rl:   sections 11-12 (PPO and GRPO iteration by phase on CUDA, the rollout sampler vs generate).
+# lora: section 13 (peak allocated VRAM of SFT on a random base-size Llama: full vs LoRA vs QLoRA NF4);
+#       needs peft and bitsandbytes (carry their wheels and `pip install --no-deps` them first; without
+#       bitsandbytes QLoRA is left out, without peft the section is skipped). About 2 min.
 # fp8:  sections 7-10 (FP8 numerics on CUDA, FP8 + compile training and resume, MFU, bench fp8 --quick);
 #       estimated 6-9 min on an H100/H200 (not yet measured: most of it is torch.compile).
 # Every section has its own timeout, so one hang cannot eat the machine's time. With a 10-minute
 # limit per command, run `base` and `fp8` as two commands, or set FP8_BENCH=full for the full bench.
 # Uses the machine's own torch/transformers; dswb runs from the source tree (PYTHONPATH). torchao is
 # compared when importable (carry its wheel and `pip install --no-deps` it first if wanted).
-# CHECK_DEVICE=cpu bash .ci/gpu-check.sh fp8 is a dry run of the fp8 sections on a CPU (toy timings).
+# CHECK_DEVICE=cpu bash .ci/gpu-check.sh fp8 is a dry run of the fp8 sections on a CPU (toy timings);
+# CHECK_DEVICE=cpu bash .ci/gpu-check.sh lora one of the lora section (the small model, RSS only).
 set -uo pipefail
 WHAT=${1:-all}
 OUT=${OUT:-/tmp/dswb-gpu}
@@ -198,4 +202,17 @@ timeout 240 $py -m dswb bench rl --quick --json "$OUT/bench-rl-gpu.json"
 
 echo "== 12. bench rollout on CUDA (sampler vs model.generate, batch 1/16/64)"
 timeout 180 $py -m dswb bench rollout --quick --json "$OUT/bench-rollout-gpu.json"
+fi
+
+if [[ $WHAT == all || $WHAT == lora ]]; then
+echo "== 13. LoRA and QLoRA memory: peak allocated VRAM (and RSS) of 5 SFT steps on a random base-size Llama"
+if ! $py -c "import peft" 2>/dev/null; then
+  echo "skipped: peft is not installed (pip install --no-deps a carried peft wheel)"
+elif [[ $CHECK_DEVICE == cuda ]] && ! $py -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+  echo "skipped: no CUDA device (CHECK_DEVICE=cpu for a dry run on the CPU)"
+else
+  # run.device is "auto": the runs train on the GPU where there is one; the dry run takes the small model
+  if [[ $CHECK_DEVICE == cuda ]]; then lora_args=(); else lora_args=(--quick); fi
+  timeout 420 $py -m dswb bench lora --parts memory "${lora_args[@]}" --json "$OUT/bench-lora-memory.json"
+fi
 fi

@@ -7,10 +7,18 @@ by the same greedy exact match on the task's 500 held-out test sums:
 16 prompts x 8 completions, lr 5e-5 with 10 warmup steps, beta 0, the `dapo` loss, temperature 1,
 4 new tokens (3 digits and eos), a 0/1 exact-match reward, fp32 on the CPU.
 
+Both sides train on the same prompts whatever the seed: the task's split of run seed 0 (the start
+model's), which dswb reads from a prompt file (`grpo.data`), since its task split follows
+`run.seed`: a run with seed 1 would train on most of the seed-0 test sums and be scored on others.
+A seed changes the prompt order and the sampling only.
+
 TRL is an optional extra: `pip install "trl==1.16.0"` in the environment that runs the bench
-(without it, only dswb's side runs). TRL's time is its training loop's wall time; dswb's is the
-`max_seconds` limit of the stage (training steps only, as TRL's `train()` minus nothing: both
-exclude the final evaluation).
+(without it, only dswb's side runs). TRL's time is its training loop's wall time (from the start of
+training to the end of its last step); dswb's is the `max_seconds` limit of the stage (training
+steps only): both exclude the set-up and the final evaluation.
+
+Shared with `dswb bench lora`: running a dswb stage and reading its result (`train_stage`), the
+task's files (`task_files`), TRL's time limit and scoring (`time_limit`, `trl_result`), the tables.
 """
 
 from __future__ import annotations
@@ -29,44 +37,139 @@ DSWB_VARIANTS = {
 }
 
 
-def dswb_side(init: Path, seed: int, seconds: float, workdir: Path, extra: list[str] = (), name: str = "dswb") -> dict:
+class StepClock:
+    """A run's reporter (`dswb.engine.telemetry.monitor.Reporter`) that takes the process's CPU seconds
+    from the start of the stage to its last step: on a shared machine a steadier measure than wall time."""
+
+    def __init__(self) -> None:
+        self.started = time.process_time()
+        self.cpu_s = 0.0
+
+    def on_event(self, event: dict) -> None:
+        if event.get("kind") == "stage_start":
+            self.started = time.process_time()
+
+    def on_metrics(self, stage: str, step: int, total: int, metrics: dict, eta_s) -> None:
+        self.cpu_s = time.process_time() - self.started
+
+    def on_stage_start(self, *args) -> None:
+        pass
+
+    def on_stage_end(self, *args) -> None:
+        pass
+
+
+def stage_result(run_dir: Path, stage: str, cpu_s: float) -> dict:
+    """What a finished dswb stage scored on the held-out test sums (its final model, re-read) and how
+    long its steps took, from its events: the steps, their summed time, its median and mean per step,
+    and the CPU time per step (`cpu_s` over the steps)."""
+    from dswb.rundir import RunPaths
+    from dswb.rundir.events import read_events
+
+    paths = RunPaths(run_dir)
+    steps = [e["metrics"]["step_time_s"] for e in read_events(paths.events, ("metrics",)) if e.get("stage") == stage]
+    return {"test_acc": held_out_score(paths.final(stage)), "iterations": len(steps), "seconds": sum(steps),
+            "iteration_s": statistics.median(steps), "mean_iteration_s": sum(steps) / len(steps),
+            "cpu_iteration_s": cpu_s / len(steps)}
+
+
+def train_stage(stage: str, overrides: list[str], run_dir: Path, clock: StepClock | None = None) -> dict:
+    """Run one dswb stage in this process (`overrides` on the defaults) and return its `stage_result`;
+    `clock`: a `StepClock` (or a subclass that measures more) as the run's reporter."""
     from dswb.config import load_config
     from dswb.engine.runner import run_training
     from dswb.rundir import create_run_dir
-    from dswb.rundir.events import read_events
 
-    s = SETTINGS
-    config = load_config(None, [
+    clock = clock or StepClock()
+    paths = create_run_dir(run_dir)
+    if run_training(load_config(None, overrides), paths, reporter=clock) != 0:
+        raise RuntimeError(f"dswb {stage} failed (see {paths.log})")
+    return stage_result(run_dir, stage, clock.cpu_s)
+
+
+def dswb_side(init: Path, seed: int, seconds: float, workdir: Path, extra: list[str] = (), name: str = "dswb",
+              settings: dict = SETTINGS) -> dict:
+    s = settings
+    return train_stage("grpo", [
         'run.stages=["grpo"]', f"run.seed={seed}", f'grpo.init="{init}"', "grpo.steps=100000",
+        f'grpo.data=["{task_files(workdir)["grpo"]}"]', "grpo.val_fraction=0.0",
         f"grpo.max_seconds={seconds}", f"grpo.lr={s['lr']}", f"grpo.warmup_steps={s['warmup_steps']}",
         f"grpo.prompts_per_step={s['prompts_per_step']}", f"grpo.group_size={s['group_size']}",
         f"grpo.max_new_tokens={s['max_new_tokens']}", 'grpo.rewards=["exact_match"]', "grpo.beta=0.0",
-        'grpo.loss_type="dapo"', 'grpo.schedule="constant"', "grpo.samples_every=0", "run.threads=1",
-        "eval.every=0", "eval.task_samples=0", "checkpoint.every=0", *extra])
-    paths = create_run_dir(workdir / f"{name}-{seed}")
-    if run_training(config, paths) != 0:
-        raise RuntimeError(f"dswb GRPO failed (see {paths.log})")
-    events = read_events(paths.events)
-    steps = [e for e in events if e.get("kind") == "metrics" and e.get("stage") == "grpo"]
-    test = [e["metrics"]["test_acc"] for e in events if e.get("kind") == "eval" and "test_acc" in e.get("metrics", {})]
-    trained = sum(e["metrics"]["step_time_s"] for e in steps)
-    return {"test_acc": test[-1], "iterations": len(steps), "seconds": trained,
-            "iteration_s": statistics.median(e["metrics"]["step_time_s"] for e in steps)}
+        'grpo.loss_type="dapo"', 'grpo.schedule="constant"', "grpo.samples_every=0", f"run.threads={THREADS}",
+        "eval.every=0", "eval.task_samples=0", "checkpoint.every=0", *extra], workdir / f"{name}-{seed}")
 
 
-def trl_side(init: Path, seed: int, seconds: float, workdir: Path) -> dict:
+def task_files(workdir: Path) -> dict[str, Path]:
+    """The task's training split of seed 0 as dswb's record files, written once into `workdir`:
+    prompts with answers (`grpo`) and prompt/completion pairs (`sft`)."""
+    from dswb.engine.data.records.posttrain import write_jsonl
+
+    files = {"grpo": workdir / "task-prompts.jsonl", "sft": workdir / "task-sft.jsonl"}
+    if not all(f.is_file() for f in files.values()):
+        train = task_splits().train
+        write_jsonl(files["grpo"], [{"prompt": e.prompt, "answer": e.answer} for e in train])
+        write_jsonl(files["sft"], [{"prompt": e.prompt, "completion": e.answer} for e in train])
+    return files
+
+
+def task_splits():
+    """The built-in task's splits as every side of these comparisons reads them (2 digits, run seed 0)."""
+    from dswb.engine.data.records.task import AdditionTask
+
+    return AdditionTask(2, 0).split(9000, 500, 500)
+
+
+def time_limit(seconds: float):
+    """A `TrainerCallback` that stops training once its steps have run `seconds` of wall time; it
+    counts the steps (`steps`), their wall time and the process's CPU time from the start of training
+    (`elapsed`, `cpu_s`)."""
+    from transformers import TrainerCallback
+
+    class TimeLimit(TrainerCallback):
+        def __init__(self) -> None:
+            self.started, self.cpu_started, self.steps, self.elapsed, self.cpu_s = None, None, 0, 0.0, 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.steps += 1
+            self.elapsed = time.perf_counter() - self.started
+            self.cpu_s = time.process_time() - self.cpu_started
+            if self.elapsed >= seconds:
+                control.should_training_stop = True
+
+    return TimeLimit()
+
+
+def trl_result(model, tokenizer, splits, limit) -> dict:
+    """A TRL side's held-out accuracy (the same greedy exact match as dswb's) and its steps' time."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
-    from dswb.engine.data.records.task import AdditionTask, score
-    from dswb.engine.data.records.tokenizer import load_tokenizer
     from dswb.engine.eval.task import task_accuracy
 
+    prompts, answers = [e.prompt for e in splits.test], [e.answer for e in splits.test]
+    acc = task_accuracy(model, tokenizer, prompts, answers, torch.device("cpu"))
+    steps = max(1, limit.steps)
+    return {"test_acc": acc, "iterations": limit.steps, "seconds": limit.elapsed, "iteration_s": limit.elapsed / steps,
+            "mean_iteration_s": limit.elapsed / steps, "cpu_iteration_s": limit.cpu_s / steps}
+
+
+def trl_side(init: Path, seed: int, seconds: float, workdir: Path, settings: dict = SETTINGS, peft_config=None,
+             name: str = "trl", **config) -> dict:
+    """TRL's `GRPOTrainer` from `init` for `seconds` (with `peft_config`: its LoRA); `config`: more
+    `GRPOConfig` fields."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from dswb.engine.data.records.task import score
+    from dswb.engine.data.records.tokenizer import load_tokenizer
+
     tokenizer = load_tokenizer(init)
-    task = AdditionTask(2, 0)
-    splits = task.split(9000, 500, 500)
+    splits = task_splits()
     # TRL tokenizes plain prompts with the tokenizer's special tokens on: dswb's tokenizers then
     # prepend bos themselves, which is the format the model was trained on.
     data = Dataset.from_list([{"prompt": e.prompt, "answer": e.answer} for e in splits.train])
@@ -74,38 +177,21 @@ def trl_side(init: Path, seed: int, seconds: float, workdir: Path) -> dict:
     def exact_match(completions, answer, **_):
         return [float(score(c, a)) for c, a in zip(completions, answer)]
 
-    class TimeLimit(TrainerCallback):
-        def __init__(self) -> None:
-            self.started = None
-            self.steps = 0
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.started = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            self.steps += 1
-            if time.perf_counter() - self.started >= seconds:
-                control.should_training_stop = True
-
-    s = SETTINGS
-    args = GRPOConfig(output_dir=str(workdir / f"trl-{seed}"), seed=seed, learning_rate=s["lr"],
+    s = settings
+    args = GRPOConfig(output_dir=str(workdir / f"{name}-{seed}"), seed=seed, learning_rate=s["lr"],
                       warmup_steps=s["warmup_steps"], lr_scheduler_type="constant_with_warmup",
                       per_device_train_batch_size=s["prompts_per_step"] * s["group_size"],
                       num_generations=s["group_size"], max_completion_length=s["max_new_tokens"], temperature=1.0,
                       beta=0.0, loss_type="dapo", max_steps=100000, logging_steps=1000, save_strategy="no",
-                      report_to=[], use_cpu=True, bf16=False, disable_tqdm=True, dataloader_num_workers=0)
+                      report_to=[], use_cpu=True, bf16=False, disable_tqdm=True, dataloader_num_workers=0, **config)
     torch.set_num_threads(THREADS)   # as dswb's side (run.threads): the same CPU for both
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(init, local_files_only=True, dtype=torch.float32)
-    limit = TimeLimit()
+    limit = time_limit(seconds)
     trainer = GRPOTrainer(model=model, reward_funcs=exact_match, args=args, train_dataset=data,
-                          processing_class=tokenizer, callbacks=[limit])
-    started = time.perf_counter()
+                          processing_class=tokenizer, callbacks=[limit], peft_config=peft_config)
     trainer.train()
-    elapsed = time.perf_counter() - started
-    prompts, answers = [e.prompt for e in splits.test], [e.answer for e in splits.test]
-    acc = task_accuracy(trainer.model, tokenizer, prompts, answers, torch.device("cpu"))
-    return {"test_acc": acc, "iterations": limit.steps, "seconds": elapsed, "iteration_s": elapsed / max(1, limit.steps)}
+    return trl_result(trainer.model, tokenizer, splits, limit)
 
 
 def _start(workdir: Path) -> Path:
@@ -125,7 +211,7 @@ def run(quick: bool = False, init: str | None = None, trials: int | None = None)
     with tempfile.TemporaryDirectory(prefix="dswb-bench-grpo-") as tmp:
         workdir = Path(tmp)
         start = Path(init) if init else _start(workdir)
-        start_acc = _score(start)
+        start_acc = held_out_score(start)
         rows = []
         for seed in seeds:
             row = {"seed": seed}
@@ -138,29 +224,51 @@ def run(quick: bool = False, init: str | None = None, trials: int | None = None)
             "trl_installed": have_trl}
 
 
-def _score(model_dir: Path) -> float:
+def held_out_score(model_dir: Path) -> float:
+    """The held-out exact match of a saved model (or adapter) on the task's test sums."""
     from dswb.engine.eval.saved_model import evaluate_model
 
     return evaluate_model(model_dir, device="cpu")["exact_match"]
 
 
+PER_STEP_HEADS = {"iteration_s": "s/iteration", "mean_iteration_s": "s/iteration", "cpu_iteration_s": "CPU s/it"}
+
+
+def trial_lines(rows: list[dict], systems: list[str], start_acc: float,
+                per_step: tuple[str, ...] = ("iteration_s",)) -> list[str]:
+    """The per-seed lines and the mean line of each system in `rows` (`{"seed": n, system: result}`):
+    held-out accuracy, its gain over `start_acc`, steps and seconds per step (the `per_step` keys)."""
+    heads = " ".join(f"{PER_STEP_HEADS[k]:>12s}" for k in per_step)
+    lines = [f"  {'seed':>4s}  {'system':11s} {'test acc':>9s} {'gain':>8s} {'iterations':>10s} {heads}"]
+    for row in rows:
+        for name in (n for n in systems if n in row):
+            lines.append(_trial_line(str(row["seed"]), name, row[name], start_acc, per_step, row[name]["iterations"]))
+    for name, mean in system_means(rows, systems, per_step).items():
+        lines.append(_trial_line("mean", name, mean, start_acc, per_step))
+    return lines
+
+
+def _trial_line(seed: str, name: str, r: dict, start_acc: float, per_step: tuple[str, ...],
+                iterations: int | None = None) -> str:
+    steps = f"{iterations:>10d}" if iterations is not None else f"{'':>10s}"
+    return (f"  {seed:>4s}  {name:11s} {100 * r['test_acc']:8.1f}% {100 * (r['test_acc'] - start_acc):+7.1f}  {steps} "
+            + " ".join(f"{r[k]:12.4f}" for k in per_step))
+
+
+def system_means(rows: list[dict], systems: list[str], per_step: tuple[str, ...] = ("iteration_s",)) -> dict[str, dict]:
+    """Each system's mean held-out accuracy and seconds per step (the `per_step` keys) over the seeds it ran."""
+    means = {}
+    for name in systems:
+        runs = [row[name] for row in rows if name in row]
+        if runs:
+            means[name] = {k: statistics.mean(r[k] for r in runs) for k in ("test_acc", *per_step)}
+    return means
+
+
 def format_table(result: dict) -> str:
     lines = [f"start model {result['init']}: held-out exact match {100 * result['start_acc']:.1f}%",
-             f"{result['seconds']:.0f} s of training per run; settings {result['settings']}", "",
-             f"  {'seed':>4s}  {'system':9s} {'test acc':>9s} {'gain':>8s} {'iterations':>10s} {'s/iteration':>12s}"]
-    for row in result["rows"]:
-        for name in (*DSWB_VARIANTS, "trl"):
-            if name in row:
-                r = row[name]
-                lines.append(f"  {row['seed']:>4d}  {name:9s} {100 * r['test_acc']:8.1f}% "
-                             f"{100 * (r['test_acc'] - result['start_acc']):+7.1f}  {r['iterations']:>10d} "
-                             f"{r['iteration_s']:12.4f}")
-    for name in (*DSWB_VARIANTS, "trl"):
-        accs = [row[name]["test_acc"] for row in result["rows"] if name in row]
-        its = [row[name]["iteration_s"] for row in result["rows"] if name in row]
-        if accs:
-            lines.append(f"  mean  {name:9s} {100 * statistics.mean(accs):8.1f}% "
-                         f"{100 * (statistics.mean(accs) - result['start_acc']):+7.1f}  {'':>10s} {statistics.mean(its):12.4f}")
+             f"{result['seconds']:.0f} s of training per run; settings {result['settings']}", ""]
+    lines += trial_lines(result["rows"], [*DSWB_VARIANTS, "trl"], result["start_acc"])
     if not result["trl_installed"]:
         lines.append("  (TRL not installed here: pip install 'trl==1.16.0' to run its side)")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ BENCHES = {
     "fp8": "dswb.bench.fp8",
     "rl": "dswb.bench.rl",
     "grpo-vs-trl": "dswb.bench.grpo_vs_trl",
+    "lora": "dswb.bench.lora",
     "tui": "dswb.bench.tui",
 }
 
@@ -33,17 +34,21 @@ def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}.")
           json_path: JsonOut = None,
           quick: bool = typer.Option(False, "--quick", help="Smaller sizes, for a fast check."),
           trials: int | None = typer.Option(None, "--trials", min=1,
-                                            help="Trials, for benchmarks that repeat a scenario (faults)."),
+                                            help="Trials, for benchmarks that repeat a scenario "
+                                                 "(faults, grpo-vs-trl, lora)."),
           init: str | None = typer.Option(None, "--init", help="Start model directory (rl: a causal LM trained on the task)."),
           live: bool = typer.Option(False, "--live", help="tui: what watching a live training costs it "
                                                            "(throughput, viewer CPU, terminal bytes/s)."),
           threads: int | None = typer.Option(None, "--threads", min=0,
                                              help="tui --live: the training's torch threads (0: every core; "
                                                   "default: as the preset sets)."),
+          parts: str | None = typer.Option(None, "--parts", help="Measurements to run, comma-separated, for "
+                                           "benchmarks made of parts (lora: memory,sft,grpo,trl-grpo,trl-sft)."),
           ) -> None:
     """Run a benchmark and print its table.
 
-    Examples: `dswb bench batching --json bench-results/batching.json`, `dswb bench faults --trials 20`
+    Examples: `dswb bench batching --json bench-results/batching.json`, `dswb bench faults --trials 20`,
+    `dswb bench lora --parts memory`
     """
     if name not in BENCHES:
         raise UserError(f"unknown benchmark '{name}' (choose from {', '.join(BENCHES)})")
@@ -65,6 +70,10 @@ def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}.")
         if "threads" not in inspect.signature(module.run).parameters or not live:
             raise UserError(f"--threads is for `dswb bench tui --live`, not '{name}'")
         extra["threads"] = threads
+    if parts is not None:
+        if "parts" not in inspect.signature(module.run).parameters:
+            raise UserError(f"benchmark '{name}' takes no --parts")
+        extra["parts"] = parts
     result = module.run(quick=quick, **extra)
     typer.echo(module.format_table(result))
     if json_path is not None:
