@@ -168,12 +168,17 @@ def describe(settings: LoraConfig, model: torch.nn.Module) -> str:
         own = found.peft_config["default"]
         settings = replace(settings, r=own.r, alpha=float(own.lora_alpha), dropout=float(own.lora_dropout))
     trainable, total = parameter_counts(model)
-    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
-    base = settings.quantize + " (QLoRA)" if settings.quantize != "none" else str(frozen.dtype).replace("torch.", "") \
-        if frozen is not None else "fp32"
-    quant = f", base in {base}"
-    return (f"LoRA r={settings.r} alpha={settings.alpha:g} dropout={settings.dropout:g}{quant}: "
+    return (f"LoRA r={settings.r} alpha={settings.alpha:g} dropout={settings.dropout:g}, "
+            f"base in {base_precision(settings, model)}: "
             f"{trainable:,} of {total:,} parameters train ({100.0 * trainable / max(total, 1):.2f}%)")
+
+
+def base_precision(settings: LoraConfig, model: torch.nn.Module) -> str:
+    """How the frozen base is held: 'nf4 (QLoRA)', 'int8 (QLoRA)', or its dtype ('bfloat16', 'float32')."""
+    if settings.quantize != "none":
+        return f"{settings.quantize} (QLoRA)"
+    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+    return str(frozen.dtype).replace("torch.", "") if frozen is not None else "float32"
 
 
 def peft_of(model: Any):

@@ -5,8 +5,8 @@ earlier adapter merged first) that is the base with the adapter switched off (`d
 when the stage continues an earlier adapter (`lora.chain = "continue"`) it is that adapter as it
 was loaded, kept frozen beside the trained one as a second adapter named `reference` (as TRL does).
 A reference used only before the stage trains (DPO's precomputed log-probs) is the model as it is
-(`current=True`): no second adapter is loaded. Either way the reference pass runs in eval mode (no dropout) and without gradients; its outputs
-equal the start model's exactly.
+(`current=True`): no second adapter is loaded. Either way the reference pass runs in eval mode (no
+dropout) and without gradients; its outputs equal the start model's exactly.
 
 `AdapterReference` is called like a model (`sequence_logprobs(ref, ...)`, `pair_logprobs(ref, ...)`).
 """

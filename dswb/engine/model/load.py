@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from dswb.errors import UserError
-from dswb.rundir.layout import ADAPTER_CONFIG, is_adapter_dir, is_model_dir  # noqa: F401 - re-exported
+from dswb.rundir.layout import ADAPTER_CONFIG, is_adapter_dir, is_model_dir
 
 STAGE_INFO = "dswb_stage.json"   # written by dswb beside every final model: stage, step, prompt format, task
 
@@ -27,8 +27,6 @@ def stage_info(path: Path) -> dict:
         return json.loads((path / STAGE_INFO).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-
-
 
 
 def adapter_base(path: Path, where: str) -> Path:
@@ -42,7 +40,7 @@ def adapter_base(path: Path, where: str) -> Path:
     except (OSError, ValueError) as exc:
         raise UserError(f"{where}: {path / ADAPTER_CONFIG} is unreadable: {exc}") from None
     base = Path(recorded.get("base") or peft_cfg.get("base_model_name_or_path") or "")
-    if not str(base) or not ((base / "config.json").is_file() or is_adapter_dir(base)):
+    if not str(base) or not is_model_dir(base):
         raise UserError(f"{where}: the adapter {path} was trained on {base or 'an unrecorded base'}, which is not "
                         f"a model directory here (moved or deleted?)")
     expected = recorded.get("base_fingerprint")

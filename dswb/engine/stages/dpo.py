@@ -89,8 +89,8 @@ def run(ctx: StageContext) -> str:
         policy = prepare_model(policy, cfg, ctx.device, adapters=adapters.transform(grown_vocab=grown))
     if adapters is not None and not sec.ref:
         ref = adapters.reference(policy, before_training=sec.precompute_ref)
-        how = ("before it trains" if sec.precompute_ref else
-               "with its adapter frozen at its start (a second adapter)" if adapters.continued else "with its adapter off")
+        how = ("before it trains" if sec.precompute_ref else "with its adapter frozen at its start (a second adapter)"
+               if adapters.continued else "with its adapter off")
         mon.log(f"reference: the start model, as the policy {how}", stage=STAGE)
     else:
         ref = load_causal_lm(ref_start.path, "dpo.ref")

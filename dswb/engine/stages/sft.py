@@ -55,7 +55,8 @@ def _start(ctx: StageContext, task: TaskData | None):
     if start is not None:
         tokenizer = load_tokenizer(start.path, "sft.init")
         if adapters is not None:
-            return adapters.load_lm(start.path, "sft.init", ctx.device, ctx.amp_dtype), tokenizer, f"{start.path}", adapters
+            model = adapters.load_lm(start.path, "sft.init", ctx.device, ctx.amp_dtype)
+            return model, tokenizer, f"{start.path}", adapters
         return load_causal_lm(start.path, "sft.init"), tokenizer, f"{start.path}", None
     if cfg.model.tokenizer:
         tokenizer = load_tokenizer(cfg.model.tokenizer, "model.tokenizer")
