@@ -103,7 +103,12 @@ def _with_adapter(base: torch.nn.Module, path: Path, where: str, merge: bool) ->
     if saved_vocab and base.get_input_embeddings().num_embeddings < saved_vocab:
         base.resize_token_embeddings(saved_vocab)
     model = load_adapter(base, path, trainable=not merge, where=where)
-    return model.merge_and_unload() if merge else model
+    if not merge:
+        return model
+    merged = model.merge_and_unload()
+    if hasattr(merged, "peft_config"):     # peft leaves its record on the merged model: a plain model now
+        del merged.peft_config
+    return merged
 
 
 def _saved_vocab(path: Path) -> int:
