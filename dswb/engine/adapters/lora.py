@@ -143,11 +143,9 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
 
 def adapter_norm(model: torch.nn.Module) -> float:
     """The L2 norm of the adapters' delta-carrying weights (B of every LoRA pair), over all of them."""
-    sq = 0.0
-    for name, p in model.named_parameters():
-        if p.requires_grad and ".lora_B." in name:
-            sq += float(p.detach().float().pow(2).sum())
-    return sq ** 0.5
+    squares = [p.detach().float().pow(2).sum() for name, p in model.named_parameters()
+               if p.requires_grad and ".lora_B." in name]
+    return float(torch.stack(squares).sum()) ** 0.5 if squares else 0.0     # one read from the device
 
 
 def disable_dropout(model: torch.nn.Module) -> int:

@@ -15,6 +15,7 @@ adapter on the merged model; the result's base is that earlier adapter's directo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -69,17 +70,21 @@ class StageAdapters:
         `before_training`: used only before the first step, so `model` as it is."""
         return AdapterReference(model, continued_from=self.continued, current=before_training)
 
+    @cached_property
+    def base_fingerprint(self) -> str | None:
+        """The base's fingerprint, read once a stage (None for an adapter base: its own base is checked)."""
+        return None if is_adapter_dir(self.base) else model_fingerprint(self.base)
+
     def record(self) -> dict:
         """What `final/<stage>/dswb_stage.json` keeps about the adapter (`adapter`)."""
-        base = self.base
-        return {"base": str(base), "base_fingerprint": None if is_adapter_dir(base) else model_fingerprint(base),
+        return {"base": str(self.base), "base_fingerprint": self.base_fingerprint,
                 "continued": str(self.continued) if self.continued else None, "chain": self.settings.chain,
                 "r": self.settings.r, "alpha": self.settings.alpha, "quantize": self.settings.quantize,
                 "target_modules": self.settings.target_modules, "merge_final": self.settings.merge_final}
 
     def checkpoint_state(self) -> dict:
         """Saved in every checkpoint: a resume onto a different base is refused."""
-        return {"base": str(self.base), "base_fingerprint": self.record()["base_fingerprint"]}
+        return {"base": str(self.base), "base_fingerprint": self.base_fingerprint}
 
     def check_resume(self, state: dict, where: str) -> None:
         saved = state.pop("adapter", None)
