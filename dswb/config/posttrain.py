@@ -30,6 +30,8 @@ class StageSettings(OptimSettings):
     eval_every: int = doc(-1, "Evaluate every N steps; 0 = only at the end; -1 = `eval.every`.", min=-1)
     stop_at_task_acc: float = doc(0.0, "End the stage early once an evaluation's held-out task accuracy reaches "
                                   "this (built-in task; 0 = off): lands a model in a target band.", min=0.0, max=1.0)
+    max_records: int = doc(0, "Train on the first N training records only (0 = all): e.g. a cold start on a few "
+                           "worked answers.", min=0)
 
 
 @dataclass
@@ -75,9 +77,10 @@ class DPOConfig(StageSettings):
     min_lr_ratio: float = doc(0.0, "Final learning rate as a fraction of `lr`.", min=0.0, max=1.0)
     batch_size: int = doc(16, "Preference pairs per micro-batch.", min=1)
     beta: float = doc(0.1, "Strength of the implicit KL to the reference.", min=1e-6)
-    loss: str = doc("sigmoid", "sigmoid (DPO) or ipo.", choices=("sigmoid", "ipo"))
-    label_smoothing: float = doc(0.0, "Assumed share of flipped labels (robust / conservative DPO; sigmoid only).",
-                                 min=0.0, max=0.49)
+    loss: str = doc("sigmoid", "sigmoid (DPO), ipo, or robust (rDPO: an unbiased loss under `label_smoothing` "
+                    "flipped labels).", choices=("sigmoid", "ipo", "robust"))
+    label_smoothing: float = doc(0.0, "Assumed share of flipped labels: conservative DPO (cDPO) with the sigmoid "
+                                 "loss, rDPO's noise rate with the robust loss.", min=0.0, max=0.49)
     ref: str = doc("", "Reference model: empty = the stage's starting model; else as `init`.")
     precompute_ref: bool = doc(True, "Compute the reference log-probs once before training (no reference model "
                                "in memory while training).")
@@ -88,10 +91,24 @@ class DPOConfig(StageSettings):
 class RLSettings(StageSettings):
     """What PPO and GRPO share: reward sources, rollouts, KL to the reference, health thresholds."""
 
-    rewards: list[str] = doc(None, "Reward sources: `exact_match` (built-in task), `rm` (this run's reward model), "
-                             "`rm:DIR` (a reward-model directory), `module:function` or `file.py:function`.",
+    rewards: list[str] = doc(None, "Reward sources: `exact_match` (the answer equals the record's `answer`), "
+                             "`format` (think/answer format), `math` (the answer equals `answer` mathematically, "
+                             "math-verify), `length` (overlong shaping), `rm` (this run's reward model), `rm:DIR` "
+                             "(a reward-model directory), `module:function` or `file.py:function`.",
                              factory=list)
     reward_weights: list[float] = doc(None, "Weight of each reward source (empty: 1.0 each).", factory=list)
+    rewards_workers: int = doc(1, "Worker processes (spawned) that run reward functions and the format / math "
+                               "rules under `rewards_timeout_s`; 0 = in the trainer, with no time limit.", min=0)
+    rewards_timeout_s: float = doc(60.0, "Time limit of one reward call in a worker: a call that hangs, raises or "
+                                   "crashes leaves its completions unscorable (left out of the update).", min=0.1)
+    think_tags: list[str] = doc(None, "Opening and closing tags of the thinking (format reward, answer "
+                                "extraction, reasoning metrics).", factory=lambda: ["<think>", "</think>"])
+    format_regex: str = doc("", "The format reward: a completion must also match this regex in full (DOTALL); "
+                            "empty = the tags rule alone.")
+    length_reward: str = doc("overlong", "The `length` source: overlong (DAPO's soft overlong punishment) or "
+                             "linear (-length / max_new_tokens).", choices=("overlong", "linear"))
+    overlong_buffer: int = doc(0, "DAPO's buffer: the last N tokens before max_new_tokens where the length reward "
+                               "falls linearly from 0 to -1 (0 = a quarter of max_new_tokens).", min=0)
     prompts_per_step: int = doc(16, "Prompts sampled per iteration.", min=1)
     max_new_tokens: int = doc(64, "Longest completion; one that reaches it without eos is truncated.", min=1)
     temperature: float = doc(1.0, "Sampling temperature (log-probs are taken at the same temperature).", min=0.0)
@@ -154,15 +171,23 @@ class GRPOConfig(RLSettings):
                          choices=("grpo", "rloo", "reinforce_pp"))
     mask_truncated: bool = doc(False, "Exclude completions that hit max_new_tokens from the loss.")
     drop_zero_variance: bool = doc(False, "Skip groups whose rewards are all equal (no signal) in the update.")
+    dynamic_sampling: bool = doc(False, "DAPO's dynamic sampling: keep generating until the batch holds "
+                                 "`prompts_per_step` groups whose raw rewards vary.")
+    dynamic_sampling_tries: int = doc(4, "Most generation rounds per iteration with dynamic_sampling (then the "
+                                      "iteration trains on the groups it has).", min=1)
 
 
 # -- cross-field checks (called by `dswb.config.load.validate`) ---------------------------------
 
+RULE_SOURCES = ("exact_match", "format", "math", "length")
+
+
 def parse_reward_source(spec: str) -> tuple[str, str]:
-    """`exact_match` -> ("rule", "exact_match"); `rm` -> ("rm", ""); `rm:DIR` -> ("rm", DIR);
-    `module:function` / `path/file.py:function` -> ("python", spec). Raises ValueError otherwise."""
+    """A built-in rule (`exact_match`, `format`, `math`, `length`) -> ("rule", name); `rm` -> ("rm", "");
+    `rm:DIR` -> ("rm", DIR); `module:function` / `path/file.py:function` -> ("python", spec).
+    Raises ValueError otherwise."""
     spec = spec.strip()
-    if spec == "exact_match":
+    if spec in RULE_SOURCES:
         return "rule", spec
     if spec == "rm":
         return "rm", ""
@@ -173,7 +198,7 @@ def parse_reward_source(spec: str) -> tuple[str, str]:
     module, sep, function = spec.rpartition(":")
     if sep and module and function.isidentifier():
         return "python", spec
-    raise ValueError("expected exact_match, rm, rm:DIR, module:function or file.py:function")
+    raise ValueError("expected exact_match, format, math, length, rm, rm:DIR, module:function or file.py:function")
 
 
 def check_stage_order(stages: list[str], order: tuple[str, ...]) -> str | None:
@@ -203,7 +228,7 @@ def validate_posttrain(config, where: str) -> None:
         if section.data == [] and config.data.source != "task":
             raise UserError(f"{where}: {name}.data: give this stage's JSONL files (data.source is not 'task')")
     if "dpo" in stages and config.dpo.loss == "ipo" and config.dpo.label_smoothing > 0:
-        raise UserError(f"{where}: dpo.label_smoothing applies to the sigmoid loss only (dpo.loss = 'ipo')")
+        raise UserError(f"{where}: dpo.label_smoothing applies to the sigmoid and robust losses, not ipo")
     for name in ("ppo", "grpo"):
         if name not in stages:
             continue
@@ -219,12 +244,22 @@ def validate_posttrain(config, where: str) -> None:
             if kind == "rm" and not arg and "rm" not in stages[:stages.index(name)]:
                 raise UserError(f"{where}: {name}.rewards[{i}]: 'rm' is this run's reward model, but the rm "
                                 f"stage does not run before {name} (add it to run.stages or use rm:DIR)")
-            if kind == "rule" and config.data.source != "task":
+            if kind == "rule" and arg == "exact_match" and config.data.source != "task":
                 raise UserError(f"{where}: {name}.rewards[{i}]: exact_match needs the built-in task "
                                 f"(data.source = 'task') or records with an `answer` field: use a function")
         if section.reward_weights and len(section.reward_weights) != len(section.rewards):
             raise UserError(f"{where}: {name}.reward_weights: {len(section.reward_weights)} weights for "
                             f"{len(section.rewards)} reward sources")
+        if len(section.think_tags) != 2 or not all(t.strip() for t in section.think_tags) \
+                or section.think_tags[0] == section.think_tags[1]:
+            raise UserError(f"{where}: {name}.think_tags: expected two different non-empty tags "
+                            f"(opening, closing), got {section.think_tags}")
+        if section.format_regex:
+            import re
+            try:
+                re.compile(section.format_regex)
+            except re.error as exc:
+                raise UserError(f"{where}: {name}.format_regex: not a regular expression: {exc}") from None
         if section.temperature == 0 and name == "grpo":
             raise UserError(f"{where}: grpo.temperature: 0 (greedy) makes every completion of a group the same: "
                             f"no signal")

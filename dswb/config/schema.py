@@ -76,6 +76,9 @@ class TaskConfig:
     n_train: int = doc(9000, "Training examples.", min=1)
     n_val: int = doc(500, "Validation examples (loss and accuracy during training).", min=1)
     n_test: int = doc(500, "Held-out test examples (final exact-match accuracy).", min=1)
+    seed: int = doc(-1, "Seed of the train / validation / test split (-1: run.seed).", min=-1)
+    think: bool = doc(False, "Worked answers: the completion writes the column sums and carries in a "
+                      "<think>...</think> block before the answer (a reasoning task).")
 
 
 @dataclass
