@@ -32,8 +32,8 @@ class EncodedPair:
 
 def encode_pair(tokenizer: Any, record: PreferenceRecord) -> EncodedPair:
     if record.is_chat:
-        c, cm = encode_chat(tokenizer, list(record.prompt) + list(record.chosen))
-        r, rm = encode_chat(tokenizer, list(record.prompt) + list(record.rejected))
+        c, cm = encode_chat(tokenizer, list(record.prompt) + list(record.chosen), where=record.where)
+        r, rm = encode_chat(tokenizer, list(record.prompt) + list(record.rejected), where=record.where)
     else:
         c, cm = encode_plain(tokenizer, record.prompt, record.chosen)  # type: ignore[arg-type]
         r, rm = encode_plain(tokenizer, record.prompt, record.rejected)  # type: ignore[arg-type]
