@@ -16,7 +16,7 @@ import torch
 from dswb.engine.data.records.posttrain import task_preferences
 from dswb.engine.data.records.task import AdditionTask
 from dswb.engine.data.records.tokenizer import load_tokenizer
-from dswb.engine.eval.task import task_accuracy
+from dswb.engine.eval.task import generation_budget, task_accuracy
 from dswb.engine.model.device import select_device
 from dswb.engine.model.load import is_model_dir, is_reward_model, load_causal_lm, load_scalar_model, stage_info
 from dswb.errors import UserError
@@ -38,7 +38,7 @@ def evaluate_model(model_dir: Path, n: int | None = None, device: str = "auto", 
     t = task_settings(model_dir, task_overrides)
     if t["kind"] != "addition":
         raise UserError(f"--task: unknown task {t['kind']!r} (built in: addition)")
-    task = AdditionTask(int(t["digits"]), int(t["seed"]))
+    task = AdditionTask(int(t["digits"]), int(t["seed"]), bool(t.get("think", False)))
     test = task.split(int(t["n_train"]), int(t["n_val"]), int(t["n_test"])).test[: n or None]
     dev = select_device(device)
     tokenizer = load_tokenizer(model_dir, str(model_dir))
@@ -60,6 +60,7 @@ def evaluate_model(model_dir: Path, n: int | None = None, device: str = "auto", 
         model = load_causal_lm(model_dir, str(model_dir)).to(dev).eval()
         prompts, answers = [e.prompt for e in test], [e.answer for e in test]
         result.update(kind="causal_lm", exact_match=task_accuracy(model, tokenizer, prompts, answers, dev,
+                                                                  max_new_tokens=generation_budget(tokenizer, task),
                                                                   prompt_format=info.get("prompt_format", "plain")))
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result

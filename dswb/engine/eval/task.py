@@ -1,4 +1,5 @@
-"""Exact-match accuracy of a causal LM on the built-in task, by greedy generation.
+"""Exact-match accuracy of a causal LM on the built-in task, by greedy generation (the answer part,
+after `</think>`, of a model that thinks).
 
 Prompts are encoded as `[bos] + prompt` (the training format; no special tokens from the
 tokenizer itself), or as a user turn of the chat template for a model trained on chats
@@ -54,9 +55,21 @@ def greedy_completions(model: Any, tokenizer: Any, prompts: list[str], device: A
     return out
 
 
+THINK_SLACK = 4   # tokens beyond the worked answer's length that a thinking model may use at evaluation
+
+
+def generation_budget(tokenizer: Any, task: Any) -> int | None:
+    """Tokens to generate at evaluation for the built-in `task`: None (the answers decide) unless the
+    task thinks, then its longest worked completion, eos and a little slack."""
+    if task is None or not getattr(task, "think", False):
+        return None
+    longest = tokenizer(task.longest_completion(), add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return len(longest) + 1 + THINK_SLACK
+
+
 def task_accuracy(model: Any, tokenizer: Any, prompts: list[str], answers: list[str], device: Any,
                   batch_size: int = 256, max_new_tokens: int | None = None, prompt_format: str = "plain") -> float:
-    """Fraction of prompts whose greedy completion equals the answer exactly (0.0 for none)."""
+    """Fraction of prompts whose greedy completion's answer part equals the answer exactly (0.0 for none)."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
     if not prompts:

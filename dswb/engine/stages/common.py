@@ -33,7 +33,7 @@ from dswb.engine.data.batches.loader import Prefetcher
 from dswb.engine.data.batches.pairs import EncodedPair, encode_pair
 from dswb.engine.data.records.chat import install_chat_template
 from dswb.engine.data.records.posttrain import read_preferences, split_records, task_preferences
-from dswb.engine.data.records.task import AdditionTask, TaskSplits
+from dswb.engine.data.records.task import AdditionTask, TaskSplits, task_seed
 from dswb.engine.distributed.sharding import load_stream_state
 from dswb.engine.model.load import is_model_dir, stage_info
 from dswb.engine.train.loop import LoopParts, StepFn, lm_step, run_loop
@@ -206,7 +206,7 @@ class TaskData:
 
     @classmethod
     def from_config(cls, config: Any) -> "TaskData":
-        task = AdditionTask(config.task.digits, config.run.seed)
+        task = AdditionTask(config.task.digits, task_seed(config), config.task.think)
         return cls(task, task.split(config.task.n_train, config.task.n_val, config.task.n_test))
 
     def val(self, n: int) -> tuple[list[str], list[str]]:
@@ -246,6 +246,8 @@ def load_pairs(ctx: StageContext, section, stage: str, tokenizer) -> tuple[list[
     else:
         train, val = split_records(read_preferences(section.data, f"{stage}.data"), section.val_fraction, cfg.run.seed)
         records = train, val, []
+    if section.max_records:
+        records = (records[0][:section.max_records], *records[1:])
     is_chat = bool(records[0]) and records[0][0].is_chat
     if is_chat and install_chat_template(tokenizer, "auto"):
         ctx.monitor.log(f"added chat tokens; vocabulary now {len(tokenizer)}", stage=stage)
@@ -258,4 +260,4 @@ def task_info(config: Any) -> dict | None:
         return None
     t = config.task
     return {"kind": t.kind, "digits": t.digits, "n_train": t.n_train, "n_val": t.n_val, "n_test": t.n_test,
-            "seed": config.run.seed}
+            "seed": task_seed(config), "think": t.think}

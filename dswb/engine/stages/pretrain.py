@@ -21,7 +21,7 @@ from dswb.engine.distributed.pipeline import pipeline_of
 from dswb.engine.distributed.sharding import stream_shard
 from dswb.engine.distributed.world import active
 from dswb.engine.eval.loss import held_out_loss, validation_batches, validation_loss
-from dswb.engine.eval.task import task_accuracy
+from dswb.engine.eval.task import generation_budget, task_accuracy
 from dswb.engine.model.build import build_model
 from dswb.engine.model.load import fit_vocab
 from dswb.engine.stages.adapters import final_extra, stage_adapters
@@ -89,16 +89,18 @@ def run(ctx: StageContext) -> str:
     val = validation_batches(data.val, cfg, pad_id)
     pipelined = pipeline_of(model) is not None
     n_task = cfg.eval.task_samples if data.task is not None and not pipelined else 0
+    budget = generation_budget(data.tokenizer, data.task)
 
     def evaluate(step: int) -> dict:
         metrics = held_out_loss(model, val, ctx.device, ctx.amp_dtype)
         if n_task:
             metrics["task_acc"] = task_accuracy(model, data.tokenizer, data.eval_prompts[:n_task],
-                                                data.eval_answers[:n_task], ctx.device)
+                                                data.eval_answers[:n_task], ctx.device, max_new_tokens=budget)
         return metrics
 
     def test_score() -> dict:
-        return {"test_acc": task_accuracy(model, data.tokenizer, data.test_prompts, data.test_answers, ctx.device)}
+        return {"test_acc": task_accuracy(model, data.tokenizer, data.test_prompts, data.test_answers, ctx.device,
+                                          max_new_tokens=budget)}
 
     probe = (lambda: validation_loss(model, val[:1], ctx.device, ctx.amp_dtype)["val_loss"]) if val else None
     packed = cfg.batching.mode == "pack"

@@ -21,7 +21,7 @@ from dswb.engine.data.records.tokenizer import build_char_tokenizer, load_tokeni
 from dswb.engine.distributed.pipeline import pipeline_of
 from dswb.engine.distributed.sharding import stream_shard
 from dswb.engine.eval.loss import held_out_loss, masked_validation_batches, validation_loss
-from dswb.engine.eval.task import task_accuracy
+from dswb.engine.eval.task import generation_budget, task_accuracy
 from dswb.engine.model.build import build_model
 from dswb.engine.model.load import fit_vocab, load_causal_lm
 from dswb.engine.stages.adapters import final_extra, stage_adapters
@@ -38,7 +38,7 @@ def encode_records(tokenizer, records: list[SFTRecord], loss_on: str) -> tuple[l
     samples, masks = [], []
     for r in records:
         if r.is_chat:
-            ids, mask = encode_chat(tokenizer, r.conversation(), loss_on)
+            ids, mask = encode_chat(tokenizer, r.conversation(), loss_on, where=r.where)
         else:
             ids, mask = encode_plain(tokenizer, r.prompt, r.completion, loss_on)  # type: ignore[arg-type]
         samples.append(ids)
@@ -61,7 +61,7 @@ def _start(ctx: StageContext, task: TaskData | None):
     if cfg.model.tokenizer:
         tokenizer = load_tokenizer(cfg.model.tokenizer, "model.tokenizer")
     elif task is not None:
-        tokenizer = build_char_tokenizer(task.task.alphabet)
+        tokenizer = build_char_tokenizer(task.task.alphabet, task.task.tags)
     else:
         raise UserError("sft: training from scratch on files needs model.tokenizer (or start from model.path / sft.init)")
     torch.manual_seed(cfg.run.seed)
@@ -77,6 +77,9 @@ def run(ctx: StageContext) -> str:
     else:
         records = read_sft(sec.data, "sft.data")
         train_records, val_records = split_records(records, sec.val_fraction, cfg.run.seed)
+    if sec.max_records and len(train_records) > sec.max_records:
+        mon.log(f"training on the first {sec.max_records} of {len(train_records)} records (sft.max_records)", stage=STAGE)
+        train_records = train_records[:sec.max_records]
     model, tokenizer, source, adapters = _start(ctx, task)
     chat = train_records[0].is_chat
     if chat and install_chat_template(tokenizer, sec.template):
@@ -106,12 +109,13 @@ def run(ctx: StageContext) -> str:
                                     cfg.eval.max_batches, max_len)
     pipelined = pipeline_of(model) is not None
     n_task = cfg.eval.task_samples if task is not None and not pipelined else 0
+    budget = generation_budget(tokenizer, task.task if task else None)
 
     def evaluate(step: int) -> dict:
         metrics = held_out_loss(model, val, ctx.device, ctx.amp_dtype)
         if n_task:
             prompts, answers = task.val(n_task)
-            metrics["task_acc"] = task_accuracy(model, tokenizer, prompts, answers, ctx.device,
+            metrics["task_acc"] = task_accuracy(model, tokenizer, prompts, answers, ctx.device, max_new_tokens=budget,
                                                 prompt_format=prompt_format)
         return metrics
 
@@ -125,7 +129,8 @@ def run(ctx: StageContext) -> str:
 
     def test_score() -> dict:
         prompts, answers = task.test()
-        return {"test_acc": task_accuracy(model, tokenizer, prompts, answers, ctx.device, prompt_format=prompt_format)}
+        return {"test_acc": task_accuracy(model, tokenizer, prompts, answers, ctx.device, max_new_tokens=budget,
+                                          prompt_format=prompt_format)}
 
     return finish_lm(ctx, STAGE, model, tokenizer, end_step, prompt_format,
                      test_score if task and not pipelined else None, extra=final_extra(adapters))

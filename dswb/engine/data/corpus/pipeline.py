@@ -46,7 +46,7 @@ from dswb.engine.data.corpus.sources import expand_paths
 from dswb.engine.data.corpus.store import Store, open_store
 from dswb.engine.data.corpus.store_views import SampleView
 from dswb.engine.data.corpus.store_write import StoreWriter
-from dswb.engine.data.records.task import AdditionTask, TaskSplits
+from dswb.engine.data.records.task import AdditionTask, TaskSplits, task_seed
 from dswb.engine.data.records.tokenizer import (build_char_tokenizer, encode_batch, has_tokenizer, load_tokenizer,
                                                 tokenizer_from_json, tokenizer_identity, tokenizer_json,
                                                 train_bpe_tokenizer)
@@ -186,10 +186,10 @@ def _bpe_vocab_size(config: Any, log: Callable[[str], None]) -> int:
 # -- the built-in task -----------------------------------------------------------------------
 
 def _prepare_task(config: Any, cache_dir: Path, log: Callable[[str], None]) -> PreparedData:
-    task = AdditionTask(config.task.digits, config.run.seed)
+    task = AdditionTask(config.task.digits, task_seed(config), config.task.think)
     splits = task.split(config.task.n_train, config.task.n_val, config.task.n_test)
     given = _given_tokenizer(config)
-    tokenizer, tok_name = given if given else (build_char_tokenizer(task.alphabet), "task characters")
+    tokenizer, tok_name = given if given else (build_char_tokenizer(task.alphabet, task.tags), "task characters")
     plan = chunk_plan(config.data.chunk_size, config.data.chunk_overlap, config.data.min_chunk,
                       config.model.max_seq_len, tokenizer.bos_token_id is not None)
     train_texts, val_texts = task.pretrain_texts(splits.train), task.pretrain_texts(splits.val)

@@ -3,6 +3,7 @@
 Formats, one JSON object per line (`.jsonl` files, or directories of them):
 - SFT: `{"prompt": str, "completion": str}` (plain), `{"messages": [{"role", "content"}, ...]}`
   (chat), or `{"prompt": [messages], "completion": [messages]}` (conversational prompt/completion).
+  An assistant message may carry `reasoning_content` (its thinking, written by the chat template).
 - Preference (reward model, DPO): `{"prompt", "chosen", "rejected"}` with strings (plain) or message
   lists (chat), or chat `{"chosen": [...], "rejected": [...]}` whose shared leading turns are the
   prompt; optional `"margin"` (a number).
@@ -215,9 +216,10 @@ def split_records(records: list, val_fraction: float, seed: int) -> tuple[list, 
 def task_sft(examples: list[TaskExample], chat: bool = False) -> list[SFTRecord]:
     if chat:
         return [SFTRecord(prompt=[{"role": "user", "content": e.prompt}],
-                          messages=[{"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.answer}],
+                          messages=[{"role": "user", "content": e.prompt},
+                                    {"role": "assistant", "content": e.completion}],
                           where=f"task:{e.prompt}") for e in examples]
-    return [SFTRecord(prompt=e.prompt, completion=e.answer, where=f"task:{e.prompt}") for e in examples]
+    return [SFTRecord(prompt=e.prompt, completion=e.completion, where=f"task:{e.prompt}") for e in examples]
 
 
 def task_preferences(task: AdditionTask, examples: list[TaskExample], near_fraction: float,

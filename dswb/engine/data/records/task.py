@@ -2,7 +2,14 @@
 
 Format (fixed, for every stage): prompt `"37+48="`, answer `"085"`: operands zero-padded to
 `digits`, the sum zero-padded to `digits + 1` characters, so every answer has the same length.
-Pretraining text is prompt + answer (`"37+48=085"`); the pipeline adds bos/eos around it.
+Pretraining text is prompt + completion (`"37+48=085"`); the pipeline adds bos/eos around it.
+
+With `think=True` (the reasoning task) the completion works the sum out column by column, ones
+first, in a `<think>` block before the answer: `"457+386="` -> `"<think>7+6=13,5+8+1=14,4+3+1=8</think>0843"`
+(each column: its digits, `+1` when a carry comes in, and their sum). The answer, and how it is
+scored, stay the same: exact match of the part after `</think>` (`dswb.engine.data.records.thinking`).
+`<think>` and `</think>` are single tokens of the task's character vocabulary, added as normal (not
+special) tokens so that decoding keeps them.
 
 Splits are disjoint sets of ordered operand pairs drawn without replacement, deterministically
 from `seed`. The test split is drawn first, then val, then train, so the test (and val) sets do
@@ -13,9 +20,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from dswb.engine.data.records.thinking import DEFAULT_TAGS, split_thinking
 from dswb.errors import UserError
 
 EOS_TEXT = "<|eos|>"
@@ -28,10 +37,11 @@ class TaskExample:
     b: int
     prompt: str
     answer: str
+    completion: str = ""   # what the model writes: the answer, or the worked answer with think=True
 
     @property
     def text(self) -> str:
-        return self.prompt + self.answer
+        return self.prompt + (self.completion or self.answer)
 
 
 @dataclass(frozen=True)
@@ -50,23 +60,49 @@ class TaskSplits:
 
 
 def score(completion: str, answer: str) -> bool:
-    """Exact match, ignoring surrounding whitespace and anything from an eos marker on."""
+    """Exact match of the answer part (after `</think>` when the completion thinks), ignoring
+    surrounding whitespace and anything from an eos marker on."""
     text = completion.split(EOS_TEXT, 1)[0]
-    return text.strip() == answer.strip()
+    return split_thinking(text).answer == answer.strip()
+
+
+def task_seed(config: Any) -> int:
+    """The seed of the task's split: `task.seed`, or the run's seed when it is -1."""
+    return config.run.seed if config.task.seed < 0 else config.task.seed
+
+
+def column_steps(a: int, b: int, digits: int) -> str:
+    """The worked sum, ones first: `7+6=13,5+8+1=14,4+3+1=8` for 457+386."""
+    steps, carry = [], 0
+    for _ in range(digits):
+        x, y = a % 10, b % 10
+        total = x + y + carry
+        steps.append(f"{x}+{y}{'+1' if carry else ''}={total}")
+        a, b, carry = a // 10, b // 10, total // 10
+    return ",".join(steps)
 
 
 class AdditionTask:
     """`a+b=` with `digits`-digit operands; see the module docstring for the format."""
 
     name = "addition"
-    alphabet = "0123456789+="
 
-    def __init__(self, digits: int = 2, seed: int = 0) -> None:
+    def __init__(self, digits: int = 2, seed: int = 0, think: bool = False) -> None:
         if not 1 <= digits <= 9:
             raise UserError(f"task.digits: must be between 1 and 9, got {digits}")
         self.digits = digits
         self.seed = seed
+        self.think = think
         self.base = 10**digits
+
+    @property
+    def alphabet(self) -> str:
+        return "0123456789+=," if self.think else "0123456789+="
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """Tokens beyond the characters: the think tags of the reasoning task."""
+        return DEFAULT_TAGS if self.think else ()
 
     @property
     def n_pairs(self) -> int:
@@ -78,7 +114,14 @@ class AdditionTask:
 
     def example(self, a: int, b: int) -> TaskExample:
         d = self.digits
-        return TaskExample(a, b, f"{a:0{d}d}+{b:0{d}d}=", self.format_answer(a + b))
+        answer = self.format_answer(a + b)
+        completion = f"{DEFAULT_TAGS[0]}{column_steps(a, b, d)}{DEFAULT_TAGS[1]}{answer}" if self.think else answer
+        return TaskExample(a, b, f"{a:0{d}d}+{b:0{d}d}=", answer, completion)
+
+    def longest_completion(self) -> str:
+        """A completion of the greatest length (every column carries)."""
+        top = self.base - 1
+        return self.example(top, top).completion
 
     def format_answer(self, value: int) -> str:
         return f"{value:0{self.answer_len}d}"
@@ -116,7 +159,7 @@ class AdditionTask:
 
     def sft_pairs(self, examples: list[TaskExample]) -> list[tuple[str, str]]:
         """(prompt, completion) pairs; the loss belongs on the completion (and eos)."""
-        return [(e.prompt, e.answer) for e in examples]
+        return [(e.prompt, e.completion) for e in examples]
 
     def rl_prompts(self, examples: list[TaskExample]) -> list[tuple[str, str]]:
         """(prompt, reference answer) pairs; reward with `score(completion, answer)`."""
@@ -137,8 +180,16 @@ class AdditionTask:
                 wrong, kind = rng.choice(near), "near"
             else:
                 wrong, kind = self._random_wrong(e.a + e.b, rng), "random"
-            out.append(PreferencePair(e.prompt, e.answer, self.format_answer(wrong), kind))
+            out.append(PreferencePair(e.prompt, e.completion, self.rejected_completion(e, wrong), kind))
         return out
+
+    def rejected_completion(self, example: TaskExample, wrong: int) -> str:
+        """A wrong completion: the wrong answer (after the right working, with think=True: the
+        mistake is in the answer, where a thinking model also makes it)."""
+        answer = self.format_answer(wrong)
+        if not self.think:
+            return answer
+        return example.completion[:len(example.completion) - len(example.answer)] + answer
 
     def near_misses(self, a: int, b: int) -> list[int]:
         """Wrong sums close to the right one: +-1, +-10, +-100, a dropped carry, swapped digits."""

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -62,8 +62,10 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
     return _wrap(tok)
 
 
-def build_char_tokenizer(alphabet: str = TASK_ALPHABET) -> PreTrainedTokenizerFast:
-    """One token per character of `alphabet` after pad/bos/eos and `<|unk|>` (16 tokens for the task).
+def build_char_tokenizer(alphabet: str = TASK_ALPHABET, words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """One token per character of `alphabet` after pad/bos/eos and `<|unk|>` (16 tokens for the task),
+    then one per entry of `words` (e.g. `<think>`), added as normal tokens: one id each, and
+    decoding keeps them (`skip_special_tokens` drops only special ones).
 
     Characters outside the alphabet (spaces included) encode as `<|unk|>`; decoding joins the
     characters with nothing in between.
@@ -71,12 +73,14 @@ def build_char_tokenizer(alphabet: str = TASK_ALPHABET) -> PreTrainedTokenizerFa
     chars = list(dict.fromkeys(alphabet))
     if not chars:
         raise ValueError("empty alphabet")
-    vocab = {token: i for i, token in enumerate(SPECIALS + [UNK] + chars)}
+    vocab = {token: i for i, token in enumerate(SPECIALS + [UNK] + chars + list(words))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok.decoder = decoders.Fuse()
     tok.post_processor = _bos_post_processor()
     tok.add_special_tokens(SPECIALS + [UNK])
+    if words:
+        tok.add_tokens([AddedToken(w, special=False, normalized=False) for w in words])
     return _wrap(tok)
 
 
