@@ -7,10 +7,11 @@ by the same greedy exact match on the task's 500 held-out test sums:
 16 prompts x 8 completions, lr 5e-5 with 10 warmup steps, beta 0, the `dapo` loss, temperature 1,
 4 new tokens (3 digits and eos), a 0/1 exact-match reward, fp32 on the CPU.
 
-Both sides train on the same prompts whatever the seed: the task's split of run seed 0 (the start
-model's), which dswb reads from a prompt file (`grpo.data`), since its task split follows
-`run.seed`: a run with seed 1 would train on most of the seed-0 test sums and be scored on others.
-A seed changes the prompt order and the sampling only.
+Both sides train on the same prompts whatever the seed: the task's split of seed 0 (the start
+model's), which dswb reads from a prompt file (`grpo.data`), and both are scored on that split's
+test sums: dswb's side holds `task.seed = 0`, which its final model records and the scoring reads
+(without it, the split follows `run.seed`, and a seed-1 model would be scored on other sums, most of
+them in the seed-0 training split). A seed changes the prompt order and the sampling only.
 
 TRL is an optional extra: `pip install "trl==1.16.0"` in the environment that runs the bench
 (without it, only dswb's side runs). TRL's time is its training loop's wall time (from the start of
@@ -91,7 +92,7 @@ def dswb_side(init: Path, seed: int, seconds: float, workdir: Path, extra: list[
               settings: dict = SETTINGS) -> dict:
     s = settings
     return train_stage("grpo", [
-        'run.stages=["grpo"]', f"run.seed={seed}", f'grpo.init="{init}"', "grpo.steps=100000",
+        'run.stages=["grpo"]', f"run.seed={seed}", "task.seed=0", f'grpo.init="{init}"', "grpo.steps=100000",
         f'grpo.data=["{task_files(workdir)["grpo"]}"]', "grpo.val_fraction=0.0",
         f"grpo.max_seconds={seconds}", f"grpo.lr={s['lr']}", f"grpo.warmup_steps={s['warmup_steps']}",
         f"grpo.prompts_per_step={s['prompts_per_step']}", f"grpo.group_size={s['group_size']}",

@@ -209,7 +209,8 @@ def measure_memory(workdir: Path, size: str, steps: int, batch: int, variants: d
 def dswb_sft(init: Path, seed: int, seconds: float, workdir: Path, lora: bool) -> dict:
     s = SFT_LORA if lora else SFT_FULL
     return train_stage("sft", [
-        'run.stages=["sft"]', f"run.seed={seed}", f'sft.init="{init}"', f'sft.data=["{task_files(workdir)["sft"]}"]',
+        'run.stages=["sft"]', f"run.seed={seed}", "task.seed=0", f'sft.init="{init}"',
+        f'sft.data=["{task_files(workdir)["sft"]}"]',
         "sft.val_fraction=0.0", "sft.steps=100000", f"sft.max_seconds={seconds}", f"sft.lr={s['lr']}",
         f"sft.warmup_steps={s['warmup_steps']}", 'sft.schedule="constant"', "sft.grad_accum=1",
         f"sft.betas={s['betas']}", "sft.weight_decay=0.0", f"batching.max_tokens={s['max_tokens']}",
