@@ -178,8 +178,9 @@ class DswbApp(App):
             return
         screen = self.screen
         sections = []
-        if getattr(screen, "HELP", None):
-            sections.append((_screen_title(screen), dict(screen.HELP)))
+        keys = screen.help_keys() if hasattr(screen, "help_keys") else getattr(screen, "HELP", None)
+        if keys:
+            sections.append((_screen_title(screen), dict(keys)))
         sections.append(("Settings", {
             "refresh": f"a dashboard redraws at most every {self.refresh_s:g} s "
                        "(dswb tui --refresh SECONDS; longer is lighter over SSH)"}))

@@ -1,12 +1,14 @@
 """Post-training (RL) in the model: the metric names that make a stage an RL stage (the RL tab
-shows only then), and `samples` events, the latest rollouts (prompt, completion, rewards,
-advantage), kept as a bounded tail.
+shows only then) or the stage of a reasoning run (the RL tab adds its reasoning panel), and
+`samples` events, the latest rollouts (prompt, completion, rewards, advantage; thinking and
+answer in a reasoning run), kept as a bounded tail.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dswb.tui.reasoning import has_reasoning
 from dswb.tui.sanitize import clean_samples, name_text, step_value, time_value
 
 if TYPE_CHECKING:
@@ -19,6 +21,20 @@ RL_METRICS = ("reward", "kl", "entropy", "clip_ratio", "clip_frac", "completions
 
 def has_rl_metrics(stage: StageModel) -> bool:
     return any(k in stage.series for k in RL_METRICS)
+
+
+def has_reasoning_metrics(stage: StageModel) -> bool:
+    return has_reasoning(stage.series)
+
+
+def unscorable_totals(stage: StageModel) -> dict[str, int]:
+    """Completions each reward source could not score over the stage (`rewards/<source>/unscorable`
+    summed over its iterations), by source."""
+    totals = {}
+    for name, history in stage.series.items():
+        if name.startswith("rewards/") and name.endswith("/unscorable") and history.n:
+            totals[name[len("rewards/"):-len("/unscorable")]] = round(history.mean * history.n)
+    return totals
 
 
 def on_samples(model: RunModel, event: dict) -> None:

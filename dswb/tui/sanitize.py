@@ -19,6 +19,7 @@ LINE_LIMIT = 300  # one-line fields: paths, codes
 ALERT_LIMIT = 1000  # alert messages and explanations, run errors
 LOG_LIMIT = 1000  # one log line or message
 SAMPLE_TEXT_LIMIT = 1000  # a prompt or completion of a `samples` event
+THINK_TEXT_LIMIT = 2000  # the thinking of a `samples` row (the engine writes up to 2000 characters)
 # Widgets cut what they are given again (they also take values from elsewhere) at these limits
 # plus room for the marker, so text the model already cut keeps its marker.
 MAX_KEYS = 256  # metrics per event
@@ -186,7 +187,7 @@ def clean_layers(layers: dict) -> dict[str, dict[str, float | None]]:
 
 def clean_samples(value: Any) -> list[dict]:
     """The rollouts of a `samples` event (prompt, completion, reward, rewards per source,
-    advantage, length, ended), at most MAX_SAMPLES."""
+    advantage, length, ended; in a reasoning run think, answer, think_tokens), at most MAX_SAMPLES."""
     if value.__class__ is not list:
         raise ValueError("samples is not a list")
     out = []
@@ -203,8 +204,18 @@ def clean_samples(value: Any) -> list[dict]:
             "advantage": number(sample.get("advantage")),
             "length": int(length) if length is not None and abs(length) < 2 ** 53 else None,
             "ended": ended if ended.__class__ is bool else None,
+            **_reasoning_fields(sample),
         })
     return out
+
+
+def _reasoning_fields(sample: dict) -> dict:
+    """`think` and `answer` (text or None) and `think_tokens` (int or None) of a samples row."""
+    think, answer = sample.get("think"), sample.get("answer")
+    tokens = sample.get("think_tokens")
+    return {"think": text_value(think, THINK_TEXT_LIMIT) if think.__class__ is str else None,
+            "answer": text_value(answer, SAMPLE_TEXT_LIMIT) if answer.__class__ is str else None,
+            "think_tokens": tokens if tokens.__class__ is int and 0 <= tokens < STEP_LIMIT else None}
 
 
 def clean_status(value: Any) -> dict | None:

@@ -40,6 +40,7 @@ class RunSpec:
     gpu: bool = False
     posttrain: bool = False  # stages log what the post-training contract names (`synthetic_rl`)
     samples_every: int = 10  # with posttrain: a `samples` event every N iterations of PPO/GRPO
+    reasoning: bool = False  # with posttrain: PPO/GRPO completions think first (`<think>...</think>answer`)
     disk: bool = False  # system events carry disk_free_gb
     pid: int = 4242
     host: str = FIXTURE_HOST
@@ -130,15 +131,24 @@ def run_events(spec: RunSpec) -> list[dict]:
         emit("log", stage, 0, level="info", message=f"[{stage}] {total} steps, batching bucket, max_tokens 8192")
         for step in range(1, total + 1):
             t += spec.step_s
+            reasoning = spec.posttrain and spec.reasoning and stage in synthetic_rl.RL_STAGES
             if spec.posttrain and stage in synthetic_rl.RL_STAGES:
                 metrics = synthetic_rl.rl_metrics(stage, step, total, rng)
+                if reasoning:
+                    metrics.pop("rewards/exact_match/mean")
+                    metrics.update(synthetic_rl.reasoning_metrics(step, total, rng))
             elif spec.posttrain and stage == "rm":
                 metrics = synthetic_rl.rm_metrics(step, total, rng)
             else:
                 metrics = _metrics(spec, stage, step, total, rng)
             emit("metrics", stage, step, metrics=metrics)
             if spec.posttrain and stage in synthetic_rl.RL_STAGES and step % spec.samples_every == 0:
-                emit("samples", stage, step, samples=synthetic_rl.samples(step, rng))
+                rows = synthetic_rl.reasoning_samples(step, rng) if reasoning else synthetic_rl.samples(step, rng)
+                emit("samples", stage, step, samples=rows)
+            if reasoning and step == synthetic_rl.unscorable_steps(total)[0]:
+                code, message, explain = synthetic_rl.REASONING_ALERT
+                emit("alert", stage, step, level="warning", code=code, message=message.format(step=step),
+                     explain=explain)
             if spec.posttrain and step == total // 2 and stage in synthetic_rl.ALERTS:
                 code, message, explain = synthetic_rl.ALERTS[stage]
                 emit("alert", stage, step, level="warning", code=code, message=message.format(step=step),

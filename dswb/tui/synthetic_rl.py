@@ -3,7 +3,9 @@
 What the engine writes per docs/run-directory.md (the events) and docs/post-training.md (the
 metrics and alerts of each stage): RL metrics named as TRL names them, reward-model and DPO
 metrics, `test_acc` at the end of each LM stage, `pair_acc` for the reward model, bounded `samples`
-events and the RL alerts.
+events and the RL alerts; for a reasoning run (`<think>...</think>answer`), the `reasoning/*`
+metrics, a format and an accuracy reward (the accuracy reward failing for a few iterations) with
+DAPO's dynamic sampling, and samples with their thinking.
 Deterministic for a given `random.Random`. Standard library only.
 """
 
@@ -105,3 +107,54 @@ ALERTS = {
              "Groups whose samples all get the same reward give no learning signal; raise grpo.num_generations "
              "or the sampling temperature, or use a graded reward."),
 }
+
+
+def unscorable_steps(total: int) -> range:
+    """The iterations at which a reasoning run's accuracy reward fails for some completions."""
+    return range(total // 2, total // 2 + 3)
+
+
+def reasoning_metrics(step: int, total: int, rng: random.Random) -> dict:
+    """What a reasoning run's RL stage adds to (or changes in) an iteration's metrics."""
+    frac = step / max(total, 1)
+    format_rate = min(1.0, 0.4 + 0.55 * frac + rng.uniform(-0.03, 0.03))
+    accuracy = max(0.0, 0.2 + 0.5 * frac ** 1.2 + rng.gauss(0, 0.03))
+    think = 40 + 140 * frac + rng.uniform(-5, 5)
+    unscorable = 3 if step in unscorable_steps(total) else 0
+    return {"reward": round(0.2 * format_rate + accuracy, 4),
+            "rewards/format/mean": round(format_rate, 4), "rewards/format/unscorable": 0,
+            "rewards/accuracy/mean": round(accuracy, 4), "rewards/accuracy/unscorable": unscorable,
+            "reasoning/format_rate": round(format_rate, 4), "reasoning/accuracy": round(accuracy, 4),
+            "reasoning/think_mean_tokens": round(think, 1), "reasoning/think_max_tokens": int(2.5 * think),
+            "dynamic_sampling/rounds": 1 + int(rng.random() < 0.3 * (1 - frac)), "dynamic_sampling/groups_kept": 8}
+
+
+def reasoning_samples(step: int, rng: random.Random) -> list[dict]:
+    """A reasoning run's `samples` rows: thinking then answer; the third never closes its thinking,
+    the fourth does not think at all."""
+    out = []
+    for i in range(4):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        right = rng.random() < 0.7
+        answer = str(a + b if right else a + b + rng.choice((-10, -1, 1, 10)))
+        tens_a, tens_b = a // 10 * 10, b // 10 * 10
+        think = (f"We need {a}+{b}. Add the units first: {a % 10}+{b % 10}={a % 10 + b % 10}.\n"
+                 f"Then the tens: {tens_a}+{tens_b}={tens_a + tens_b}.\nSo the sum is {answer}.")
+        if i == 2:
+            think, answer = think + " Let me check again: " + think, None
+        completion = f"<think>{think}</think>{answer}" if answer is not None else f"<think>{think}"
+        reward = 1.2 if right and answer is not None else 0.2 if answer is not None else 0.0
+        row = {"prompt": f"What is {a}+{b}?", "completion": completion, "reward": reward,
+               "rewards": {"format": 1.0 if answer is not None else 0.0, "accuracy": reward - 0.2 if answer else 0.0},
+               "advantage": round((reward - 0.7) / 0.46, 3), "length": len(think.split()) + 4, "ended": i != 2,
+               "think": think, "answer": answer, "think_tokens": len(think.split()) + 2}
+        if i == 3:
+            row.update(completion=answer, think=None, answer=answer, think_tokens=None,
+                       rewards={"format": 0.0, "accuracy": 1.0 if right else 0.0}, reward=1.0 if right else 0.0)
+        out.append(row)
+    return out
+
+
+REASONING_ALERT = ("reward_unscorable", "reward accuracy could not score 3 of 32 completions at step {step}",
+                   ("The reward function raised or timed out; those completions are left out of the update. "
+                    "Check the reward's code or its timeout."))

@@ -9,7 +9,8 @@ the rows that did, so a live run costs a few lines of terminal output per refres
 Controls write the run's `control.jsonl`; stop asks first.
 
 The tabs' layout is in `dashboard_tabs`, their plots in `dashboard_plots`, what each tab shows
-in `dashboard_views`, and the keys in `dashboard_keys`.
+in `dashboard_views`, and the keys in `dashboard_keys`. The key that unfolds the thinking of a
+reasoning run's samples is offered (footer, help) only where there is thinking to unfold.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent
 
 from dswb.rundir import RunPaths
-from dswb.util.fmt import fmt_age
 from dswb.tui.model import RunModel
+from dswb.tui.reasoning import any_think
 from dswb.tui.screens import dashboard_keys
 from dswb.tui.screens.dashboard_plots import TAB_PLOTS
 from dswb.tui.screens.dashboard_tabs import OPTIONAL_TABS, compose_tabs, label_alert_tab, toggle_tab
 from dswb.tui.screens.dashboard_views import TAB_VIEWS
 from dswb.tui.widgets import HeaderInfo, RunHeader, RunProgress
+from dswb.util.fmt import fmt_age
 
 if TYPE_CHECKING:
     from dswb.tui.follower import RunFollower
@@ -56,6 +58,8 @@ class DashboardScreen(Screen):
         self._error_shown = False
         self._retry_scheduled = False
         self._retries = 0  # redraws scheduled because a lazily mounted widget was not there yet
+        self.run_has_thinking = False  # the latest samples have a thinking to unfold (`t`)
+        self.thinking_shown = False  # ... and they are on screen
 
     @property
     def run_id(self) -> str:
@@ -138,7 +142,24 @@ class DashboardScreen(Screen):
             show = TAB_VIEWS.get(active)
             if show is not None:
                 show(self._widget, model, stage)
+            self.run_has_thinking = any_think(model.samples[-1]["samples"]) if model.samples else False
+        self._offer_think_key(active == "samples" and self.run_has_thinking)
         self.replot_visible(active)
+
+    def _offer_think_key(self, shown: bool) -> None:
+        """Show the `t` key in the footer while samples with a thinking are on screen."""
+        if shown != self.thinking_shown:
+            self.thinking_shown = shown
+            self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "toggle_think":
+            return self.thinking_shown
+        return True
+
+    def help_keys(self) -> dict[str, str]:
+        """The keys the help lists for this run (`t` when its samples have a thinking)."""
+        return self.HELP | dashboard_keys.THINK_HELP if self.run_has_thinking else dict(self.HELP)
 
     def replot_visible(self, active_tab: str) -> None:
         """Rebuild the plots of the shown tab (the others replot when they are shown)."""
@@ -230,3 +251,7 @@ class DashboardScreen(Screen):
 
     def action_restart(self) -> None:
         self.app.resume_run(self.paths)
+
+    def action_toggle_think(self) -> None:
+        if panel := self._widget("samples-panel"):
+            panel.toggle_think()

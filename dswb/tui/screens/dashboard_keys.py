@@ -1,4 +1,5 @@
-"""The dashboard's keys: its bindings (controls, stages, a digit per tab) and their help."""
+"""The dashboard's keys: its bindings (controls, stages, a digit per tab, unfolding the thinking of
+a reasoning run's samples) and their help."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ BINDINGS = [
     Binding("R", "restart", "Resume run", show=False),
     Binding("left_square_bracket", "stage(-1)", "Prev stage", show=False, key_display="["),
     Binding("right_square_bracket", "stage(1)", "Next stage", show=False, key_display="]"),
+    Binding("t", "toggle_think", "Thinking"),  # shown only on samples that have a thinking
 ] + [Binding(TAB_KEYS[tab], f"tab('{tab}')", tab.capitalize(), show=False) for tab in TABS]
 
 HELP = {
@@ -28,3 +30,4 @@ HELP = {
     "1-9": "tabs: overview, RL, eval (pipeline table), stats, system, log, alerts, batching, FP8",
     "0": "samples: the latest RL rollouts (prompt, completion, rewards, advantage)",
 }
+THINK_HELP = {"t": "samples of a reasoning run: unfold the thinking of each completion in full, or fold it again"}

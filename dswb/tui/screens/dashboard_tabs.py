@@ -2,7 +2,7 @@
 
 Only the overview is built before the first frame; the other panes mount right after (`Lazy`)
 and get their data when shown. The RL, FP8 and samples tabs are hidden until the run has what
-they show; the alerts tab's label counts the alerts.
+they show, and so is the RL tab's reasoning panel; the alerts tab's label counts the alerts.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.lazy import Lazy
 from textual.widgets import TabbedContent, TabPane
 
-from dswb.tui.screens.dashboard_plots import EVAL_PLOTS, OVERVIEW_PLOTS, RL_PLOTS, SYSTEM_PLOTS, metric_plots
-from dswb.tui.widgets import (AlertsPanel, BatchingPanel, EvalTable, Fp8Panel, LogTail, PipelineTable, RlFacts,
-                              SamplesPanel, StatsTable, SystemPanel)
+from dswb.tui.screens.dashboard_plots import (EVAL_PLOTS, OVERVIEW_PLOTS, REASONING_PLOTS, RL_PLOTS, SYSTEM_PLOTS,
+                                              metric_plots)
+from dswb.tui.widgets import (AlertsPanel, BatchingPanel, EvalTable, Fp8Panel, LogTail, PipelineTable, ReasoningFacts,
+                              RlFacts, SamplesPanel, StatsTable, SystemPanel)
 
 if TYPE_CHECKING:
     from dswb.tui.screens.dashboard import DashboardScreen
@@ -41,6 +42,9 @@ def compose_tabs(screen: DashboardScreen) -> ComposeResult:
             with Lazy(Grid(id="rl-plots", classes="plot-grid")):
                 yield from metric_plots(screen, RL_PLOTS)
                 yield RlFacts(id="rl-facts", classes="panel")
+            with Lazy(Grid(id="rl-reasoning", classes="plot-grid")):  # a reasoning run's stage only
+                yield from metric_plots(screen, REASONING_PLOTS)
+                yield ReasoningFacts(id="reasoning-facts", classes="panel")
         with TabPane("Eval", id="eval"):
             with Lazy(Vertical()):
                 yield PipelineTable(id="pipeline-table")

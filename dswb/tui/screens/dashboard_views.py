@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dswb.tui.model_rl import has_reasoning_metrics, unscorable_totals
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
@@ -33,6 +35,11 @@ def show_overview(find: Find, model: RunModel, stage: StageModel | None) -> None
 def show_rl(find: Find, model: RunModel, stage: StageModel | None) -> None:
     if facts := find("rl-facts"):
         facts.show(stage.last_metrics if stage else {})
+    reasoning = stage is not None and has_reasoning_metrics(stage)
+    if panel := find("rl-reasoning"):
+        panel.display = reasoning
+    if reasoning and (facts := find("reasoning-facts")):
+        facts.show(stage.last_metrics, unscorable_totals(stage))
 
 
 def show_eval(find: Find, model: RunModel, stage: StageModel | None) -> None:

@@ -7,6 +7,7 @@ from dswb.tui.widgets.fp8_panel import Fp8Panel
 from dswb.tui.widgets.log_tail import LogTail
 from dswb.tui.widgets.metric_plot import MetricPlot
 from dswb.tui.widgets.pipeline_table import PipelineTable
+from dswb.tui.widgets.reasoning_facts import ReasoningFacts
 from dswb.tui.widgets.rl_facts import RlFacts
 from dswb.tui.widgets.run_header import HeaderInfo, RunHeader
 from dswb.tui.widgets.run_progress import RunProgress
@@ -17,5 +18,5 @@ from dswb.tui.widgets.stats_table import StatsTable
 from dswb.tui.widgets.system_panel import SystemPanel
 
 __all__ = ["AlertsPanel", "BatchingPanel", "EvalTable", "Fp8Panel", "HeaderInfo", "LogTail", "MetricPlot",
-           "PipelineTable", "RlFacts", "RunHeader", "RunProgress", "RunSummary", "RunsTable", "SamplesPanel",
-           "StatsTable", "SystemPanel"]
+           "PipelineTable", "ReasoningFacts", "RlFacts", "RunHeader", "RunProgress", "RunSummary", "RunsTable",
+           "SamplesPanel", "StatsTable", "SystemPanel"]

@@ -1,6 +1,7 @@
 """The RL stage at a glance: where an iteration's time goes, and the latest values of the RL
-metrics that are not plotted (reward per source, zero-variance groups, eos rate, PPO's value
-loss...). Names follow docs/run-directory.md and TRL's."""
+metrics that are not plotted (reward per source with the completions it could not score,
+zero-variance groups, eos rate, PPO's value loss, DAPO's dynamic sampling...). Names follow
+docs/run-directory.md and TRL's."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from dswb.util.fmt import cut_text, finite_or_none, fmt_num
 
 PHASES = (("generation", "timing/generation_s"), ("scoring", "timing/scoring_s"),
           ("ref log-probs", "timing/ref_logprobs_s"), ("update", "timing/update_s"))
-FACTS = (("zero-std groups", "frac_reward_zero_std"), ("eos rate", "eos_rate"),
+FACTS = (("zero-std groups", "frac_reward_zero_std"), ("sampling rounds", "dynamic_sampling/rounds"),
+         ("groups kept", "dynamic_sampling/groups_kept"), ("eos rate", "eos_rate"),
          ("clipped completions", "completions/clipped_ratio"), ("approx KL", "approx_kl"),
          ("ratio mean", "ratio_mean"), ("ratio max", "ratio_max"), ("policy loss", "policy_loss"),
          ("value loss", "value_loss"), ("explained var", "explained_variance"),
          ("completion tok/s", "completion_tokens_per_s"))
+UNSCORABLE_STYLE = "bold red"
 
 
 def timing_shares(metrics: dict) -> list[tuple[str, float, float]]:
@@ -41,6 +44,12 @@ def reward_sources(metrics: dict) -> list[tuple[str, object]]:
     return out[:8]
 
 
+def unscorable_now(metrics: dict, source: str) -> int:
+    """Completions `source` could not score at the last iteration (`rewards/<source>/unscorable`), 0 if none."""
+    count = finite_or_none(metrics.get(f"rewards/{source}/unscorable"))
+    return int(count) if count is not None and count > 0 else 0
+
+
 class RlFacts(Static):
     """`show(last_metrics)` of the shown RL stage."""
 
@@ -55,7 +64,7 @@ class RlFacts(Static):
     def show(self, metrics: dict) -> None:
         metrics = metrics if isinstance(metrics, dict) else {}
         key = tuple((k, fmt_num(metrics.get(k))) for _, k in PHASES + FACTS) + tuple(
-            (k, fmt_num(v)) for k, v in reward_sources(metrics))
+            (k, fmt_num(v), unscorable_now(metrics, k)) for k, v in reward_sources(metrics))
         if key == self._shown:
             return
         self._shown = key
@@ -75,7 +84,9 @@ def render_rl_facts(metrics: object) -> Group | str:
     facts = Table.grid(padding=(0, 1))
     shown = False
     for source, value in reward_sources(metrics):
-        facts.add_row(f"reward {cut_text(source, 50, one_line=True)}", fmt_num(value))
+        unscorable = unscorable_now(metrics, source)
+        facts.add_row(f"reward {cut_text(source, 50, one_line=True)}", fmt_num(value),
+                      *([Text(f"{fmt_num(unscorable)} unscorable", style=UNSCORABLE_STYLE)] if unscorable else []))
         shown = True
     for label, key in FACTS:
         if key in metrics:
