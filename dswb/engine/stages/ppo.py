@@ -1,12 +1,15 @@
-"""PPO for language models, as TRL implements it (docs/post-training.md), one readable module.
+"""PPO for language models, TRL's algorithm and defaults (docs/post-training.md), one readable module.
 
 One iteration = one `run_loop` step:
 1. generation: `prompts_per_step` completions at `temperature` (KV-cached sampler);
 2. scoring: the reward sources; the sequence score, minus `missing_eos_penalty` for a completion
-   that never ended;
+   that never ended; a completion without a score (NaN: unscorable, docs/rewards.md) is left out of
+   the loss and of the whitening;
 3. old log-probs (policy), reference log-probs (frozen starting model) and old values, on the SAME
    sampled tokens; per-token KL (k1 or k3) -> token rewards `-kl_coef * KL`, plus the score on the
-   last token; GAE (gamma, lam) -> advantages (whitened) and returns;
+   last completion token (the eos token when it ended), as OpenRLHF places it (TRL adds it one
+   token later, on the first padding position, which TRL's issue 3750 reports as a bug); GAE
+   (gamma, lam) -> advantages (whitened) and returns;
 4. update: `epochs` passes, each over the batch in a seeded order cut into `minibatches`, each
    minibatch in `grad_accum` micro-batches: clipped policy loss on the ratio of new to old
    log-probs of the same tokens, clipped value loss, total `pg + vf_coef * vf` (token means).
@@ -19,6 +22,7 @@ generates its share of the prompts; the whitening and the token means are over e
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,7 @@ from dswb.engine.rl.advantages import explained_variance, gae
 from dswb.engine.rl.global_batch import global_sum, global_whiten
 from dswb.engine.rl.losses import (approx_kl_per_token, clipped_policy_loss, clipped_value_loss, kl_per_token,
                                    per_token_rewards)
+from dswb.engine.rl.rewards import nan_mean
 from dswb.engine.rl.rollout import Rollouts, positions, sequence_logprobs
 from dswb.engine.rl.update import MicroLoss, UpdateStats, run_updates
 from dswb.engine.stages.adapters import base_dtype
@@ -55,7 +60,7 @@ class PPOBatch:
     rollouts: Rollouts
     ids: torch.Tensor            # [B, T] completion tokens
     mask: torch.Tensor           # [B, T] completion mask
-    scores: torch.Tensor         # [B] sequence scores (missing-eos penalty included)
+    scores: torch.Tensor         # [B] sequence scores (missing-eos penalty included; NaN: unscorable)
     old_logp: torch.Tensor       # [B, T] under the policy that sampled them
     old_values: torch.Tensor     # [B, T]
     kl: torch.Tensor             # [B, T] per-token KL to the reference (0 where masked)
@@ -158,17 +163,19 @@ def ppo_batch(policy: torch.nn.Module, value: torch.nn.Module, ref: torch.nn.Mod
               scores: torch.Tensor, sec, device: torch.device, amp_dtype, pad_id: int) -> PPOBatch:
     """Old log-probs (policy), reference log-probs and old values on the SAME sampled tokens; the
     per-token KL penalty and the score on the last token as token rewards; GAE -> advantages (whitened
-    over every rank's tokens when asked) and returns."""
+    over every rank's tokens when asked) and returns. An unscorable row (NaN score) has no tokens in
+    the mask: out of the loss, the whitening and the token means."""
     scores = scores - sec.missing_eos_penalty * (~r.ended).float()
-    ids, mask = r.completion_ids.to(device), r.completion_mask.to(device)
-    old_logp, _ = sequence_logprobs(policy, r.prompt_ids, ids, mask, sec.temperature, amp_dtype, pad_id)
+    ids, sampled = r.completion_ids.to(device), r.completion_mask.to(device)
+    old_logp, _ = sequence_logprobs(policy, r.prompt_ids, ids, sampled, sec.temperature, amp_dtype, pad_id)
     ref_device = next(ref.parameters()).device   # the embedding's: inputs go there
-    ref_logp, _ = sequence_logprobs(ref, r.prompt_ids, ids.to(ref_device), mask.to(ref_device),
+    ref_logp, _ = sequence_logprobs(ref, r.prompt_ids, ids.to(ref_device), sampled.to(ref_device),
                                     sec.temperature, amp_dtype, pad_id)
     ref_logp = ref_logp.to(device)
-    old_values = sequence_values(value, r.prompt_ids, ids, mask, amp_dtype, pad_id)
+    old_values = sequence_values(value, r.prompt_ids, ids, sampled, amp_dtype, pad_id)
+    mask = sampled * (~torch.isnan(scores)).to(device).unsqueeze(1).to(sampled.dtype)   # unscorable rows: none
     kl = kl_per_token(old_logp, ref_logp, sec.kl_estimator) * mask
-    token_rewards = per_token_rewards(scores.to(device), kl, mask, sec.kl_coef)
+    token_rewards = per_token_rewards(torch.nan_to_num(scores, nan=0.0).to(device), kl, mask, sec.kl_coef)
     advantages, returns = gae(token_rewards, old_values, mask, sec.gamma, sec.lam)
     if sec.whiten_advantages:
         advantages = global_whiten(advantages, mask)
@@ -182,7 +189,8 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, batch: P
     token means over the whole global minibatch."""
     r, ids, mask = batch.rollouts, batch.ids, batch.mask
     policy, value = model.policy, model.value
-    passes = (torch.randperm(len(r), generator=order).tolist() for _ in range(sec.epochs))
+    scorable = (~torch.isnan(batch.scores)).tolist()   # an unscorable row has no tokens in the loss: left out
+    passes = ([i for i in torch.randperm(len(r), generator=order).tolist() if scorable[i]] for _ in range(sec.epochs))
 
     def micro_loss(micro: list[int], total_tokens: float) -> MicroLoss:
         width = int(mask[micro].sum(dim=1).max())
@@ -213,9 +221,10 @@ def ppo_update(model: PolicyAndValue, optimizer: torch.optim.Optimizer, batch: P
 def update_metrics(stats: UpdateStats, batch: PPOBatch, sec) -> dict:
     """TRL's PPO metrics of one iteration."""
     mask, kl = batch.mask, batch.kl
+    scorable = ~torch.isnan(batch.scores)
     return {
-        "score": float(batch.scores.mean()), "kl": float(kl.sum() / mask.sum().clamp(min=1)),
-        "non_score_reward": float((-sec.kl_coef * kl).sum(dim=1).mean()),
+        "score": nan_mean(batch.scores), "kl": float(kl.sum() / mask.sum().clamp(min=1)),
+        "non_score_reward": nan_mean(torch.where(scorable.to(kl.device), (-sec.kl_coef * kl).sum(dim=1), math.nan)),
         "policy_loss": stats.step_mean("pg"), "value_loss": stats.step_mean("vf"),
         "entropy": stats.token_mean("entropy"), "clip_ratio/low": stats.token_mean("clip_low"),
         "clip_ratio/high": stats.token_mean("clip_high"),
