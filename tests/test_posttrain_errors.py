@@ -24,7 +24,7 @@ from tests.test_cli_errors import assert_one_line_error, dswb
     (['run.stages=["pretrain","grpo"]', 'grpo.rewards=["exact_match"]', "grpo.temperature=0"], "no signal"),
     (['run.stages=["pretrain","grpo"]', 'grpo.rewards=["exact_match"]', "grpo.epsilon_high=0.1"],
      "grpo.epsilon_high (0.1) must be >= grpo.epsilon"),
-    (['run.stages=["pretrain","dpo"]', 'dpo.loss="ipo"', "dpo.label_smoothing=0.1"], "sigmoid loss only"),
+    (['run.stages=["pretrain","dpo"]', 'dpo.loss="ipo"', "dpo.label_smoothing=0.1"], "sigmoid and robust losses"),
     (['run.stages=["pretrain","grpo"]', 'grpo.loss_type="mean"'], "grpo.loss_type: 'mean' is not one of"),
     (["grpo.lossType=1"], "unknown key 'grpo.lossType' (did you mean 'grpo.loss_type'?)"),
     (['run.stages=["sft"]', 'data.source="files"', 'data.paths=["x.txt"]'], "sft.data: give this stage's JSONL"),

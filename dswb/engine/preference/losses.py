@@ -2,10 +2,19 @@
 
 - Reward model (Bradley-Terry, as TRL's RewardTrainer): L = -mean(log sigmoid(r_c - r_r - margin))
   plus an optional centering term coef * mean((r_c + r_r)^2) that keeps rewards near zero.
-- DPO (Rafailov et al. 2023): with h = (log pi(y_c) - log pi(y_r)) - (log ref(y_c) - log ref(y_r)),
-  sigmoid loss -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h) (eps = label smoothing,
-  the robust/conservative variant); IPO (Azar et al. 2023): (h - 1 / (2 beta))^2 on log-probs
-  averaged over the completion's tokens (as TRL does for ipo). Implicit rewards beta * (log pi - log ref).
+- DPO (Rafailov et al. 2023): with h = (log pi(y_c) - log pi(y_r)) - (log ref(y_c) - log ref(y_r))
+  and eps = `label_smoothing`:
+  - sigmoid: -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h). With eps > 0 this is
+    conservative DPO (cDPO, Mitchell 2023): the cross-entropy against labels smoothed by eps, as
+    TRL's sigmoid loss up to 0.28 (TRL 1.x's sigmoid ignores label smoothing). Its minimum is at a
+    finite margin (beta h = log((1 - eps) / eps)), so it stops pushing there.
+  - robust: rDPO (Chowdhury et al. 2024), TRL 1.x's formula
+    ((1 - eps) * -log sigmoid(beta h) - eps * -log sigmoid(-beta h)) / (1 - 2 eps): unbiased under
+    labels flipped with probability eps (its expectation over the flip is the clean DPO loss);
+    equal to sigmoid at eps = 0.
+  - ipo (Azar et al. 2023): (h - 1 / (2 beta))^2 on log-probs averaged over the completion's tokens
+    (as TRL does for ipo).
+  Implicit rewards beta * (log pi - log ref).
 """
 
 from __future__ import annotations
@@ -30,10 +39,16 @@ def reward_model_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid",
              label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
-    """Per-pair DPO losses `[B]` and implicit rewards; inputs are sequence log-probs `[B]`."""
+    """Per-pair DPO losses `[B]` and implicit rewards; inputs are sequence log-probs `[B]`
+    (`label_smoothing`: cDPO's smoothing with sigmoid, rDPO's flip rate with robust)."""
     h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    eps = label_smoothing
     if loss_type == "sigmoid":
-        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+        losses = -(1 - eps) * F.logsigmoid(beta * h) - eps * F.logsigmoid(-beta * h)
+    elif loss_type == "robust":
+        if not 0 <= eps < 0.5:
+            raise ValueError(f"the robust DPO loss needs label_smoothing in [0, 0.5), got {eps}")
+        losses = (-(1 - eps) * F.logsigmoid(beta * h) + eps * F.logsigmoid(-beta * h)) / (1 - 2 * eps)
     elif loss_type == "ipo":
         losses = (h - 1 / (2 * beta)) ** 2
     else:

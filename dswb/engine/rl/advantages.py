@@ -7,7 +7,9 @@ rows `g*G .. g*G+G-1` are the G completions of prompt g.
 - `gae`: PPO's generalised advantage estimation (Schulman et al. 2016), TRL's recursion.
 - `group_advantages`: one switch for the critic-free estimators: GRPO's group-normalised
   advantage (DeepSeekMath), RLOO's leave-one-out baseline (Ahmadian et al. 2024) and REINFORCE++
-  with a group baseline and batch normalisation (OpenRLHF's `reinforce_baseline`).
+  with a group baseline and batch normalisation (after OpenRLHF's `reinforce_baseline`, per sequence
+  rather than per token). Unscorable completions (NaN reward) are left out of every statistic and
+  get advantage 0, as in TRL >= 1.6.
 """
 
 from __future__ import annotations
@@ -76,44 +78,70 @@ def group_view(values: torch.Tensor, group_size: int) -> torch.Tensor:
     return values.view(-1, group_size)
 
 
-def zero_std_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """`[num_groups]` bool: groups whose rewards are all equal (no learning signal)."""
-    groups = group_view(rewards, group_size)
-    return (groups.max(dim=1).values - groups.min(dim=1).values).abs() <= 1e-9 * (1 + groups.abs().max(dim=1).values)
+def nan_std(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """Bessel-corrected std over the entries that are not NaN (TRL's `nanstd`); NaN where fewer than 2."""
+    mean = torch.nanmean(x, dim=dim, keepdim=True)
+    count = (~torch.isnan(x)).sum(dim=dim, keepdim=True).to(x.dtype)
+    squares = torch.nansum((x - mean) ** 2, dim=dim, keepdim=True)
+    var = torch.where(count > 1, squares / (count - 1).clamp(min=1), torch.full_like(count, float("nan")))
+    std = var.sqrt()
+    if keepdim:
+        return std
+    return std.squeeze() if dim is None else std.squeeze(dim)
+
+
+def zero_std_groups(rewards: torch.Tensor, group_size: int, rtol: float = 1e-9) -> torch.Tensor:
+    """`[num_groups]` bool: groups without learning signal: fewer than 2 scorable (non-NaN) rewards,
+    or scorable rewards that are all equal (max - min <= rtol * (1 + max |r|) over them)."""
+    groups = group_view(rewards.float(), group_size)
+    scorable = ~torch.isnan(groups)
+    hi = torch.where(scorable, groups, -torch.inf).max(dim=1).values
+    lo = torch.where(scorable, groups, torch.inf).min(dim=1).values
+    size = torch.where(scorable, groups.abs(), 0.0).max(dim=1).values
+    return (scorable.sum(dim=1) < 2) | ((hi - lo) <= rtol * (1 + size))
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, estimator: str = "grpo",
                      scale: str = "group") -> torch.Tensor:
     """Per-sequence advantages `[B]` from per-sequence rewards `[B]` grouped by prompt.
 
-    - grpo: A = r - mean_group, divided by (std + 1e-4) of the group (`scale="group"`), of the
-      whole batch (`"batch"`), or not at all (`"none"`, Dr. GRPO). std is Bessel-corrected, as torch.std.
-    - rloo: A_i = r_i - mean of the other G-1 rewards of the group (`scale` ignored).
-    - reinforce_pp: A = r - mean_group, then normalised over the batch: (A - mean) / (std + 1e-8).
-    A group whose rewards are all equal gets A = 0 under every estimator.
+    A NaN reward marks an unscorable completion (as TRL >= 1.6): it is left out of every mean and std
+    and gets A = 0. Means are over a group's scorable rewards, stds are Bessel-corrected over the
+    scorable rewards they cover (`nan_std`).
+    - grpo: A = r - mean_group, divided by (std + 1e-4) of the group (`scale="group"`), of the whole
+      batch (`"batch"`), or not at all (`"none"`, Dr. GRPO).
+    - rloo: A_i = r_i - mean of the group's other scorable rewards (`scale` ignored).
+    - reinforce_pp: A = r - mean_group, divided by (std + 1e-8) of those values over the batch's
+      scorable rows, not shifted: their batch mean is 0 up to rounding, and a shift would move the
+      groups without signal off 0. Per sequence with Bessel's std; OpenRLHF's `reinforce_baseline`
+      instead whitens per token (shifting by the token mean, dividing by the biased std), so long
+      completions weigh more in its statistics and zero-variance groups come out non-zero.
+    A group without signal (`zero_std_groups`: all scorable rewards equal, or fewer than 2) gets
+    exactly A = 0 under every estimator.
     """
     groups = group_view(rewards.float(), group_size)
-    mean = groups.mean(dim=1, keepdim=True)
+    unscorable = torch.isnan(groups)
+    silent = zero_std_groups(rewards, group_size).unsqueeze(1) | unscorable
+    centred = groups - torch.nanmean(groups, dim=1, keepdim=True)
     if estimator == "grpo":
-        adv = groups - mean
         if scale == "group":
-            adv = adv / (groups.std(dim=1, keepdim=True) + GRPO_STD_EPS)
+            centred = centred / (nan_std(groups, dim=1, keepdim=True) + GRPO_STD_EPS)
         elif scale == "batch":
-            adv = adv / (rewards.float().std() + GRPO_STD_EPS)
+            centred = centred / (nan_std(groups) + GRPO_STD_EPS)
         elif scale != "none":
             raise ValueError(f"unknown reward scaling {scale!r}")
-        return adv.reshape(-1)
-    if estimator == "rloo":
+        adv = centred
+    elif estimator == "rloo":
         if group_size < 2:
             raise ValueError("rloo needs at least 2 samples per prompt")
-        others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
-        return (groups - others).reshape(-1)
-    if estimator == "reinforce_pp":
-        adv = (groups - mean).reshape(-1)
-        if adv.numel() < 2 or adv.std() == 0:
-            return adv - adv.mean()
-        return (adv - adv.mean()) / (adv.std() + WHITEN_EPS)
-    raise ValueError(f"unknown advantage estimator {estimator!r}")
+        others = (torch.nansum(groups, dim=1, keepdim=True) - groups) / ((~unscorable).sum(dim=1, keepdim=True) - 1)
+        adv = groups - others
+    elif estimator == "reinforce_pp":
+        centred = torch.where(silent & ~unscorable, 0.0, centred)
+        adv = centred / (nan_std(centred) + WHITEN_EPS)
+    else:
+        raise ValueError(f"unknown advantage estimator {estimator!r}")
+    return torch.where(silent, 0.0, adv).reshape(-1)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

@@ -3,8 +3,9 @@
 The policy starts from `dpo.init` (default: the run's latest language model); the reference is
 `dpo.ref` (default: the same starting model), frozen. With `precompute_ref` the reference's
 sequence log-probs of every pair are computed once before training and the reference is freed.
-Loss: sigmoid (with optional label smoothing) or IPO on length-averaged log-probs
-(`dswb.engine.preference.losses.dpo_loss`). Metrics as TRL names them: `rewards/chosen`,
+Loss (`dswb.engine.preference.losses.dpo_loss`): sigmoid, which with `label_smoothing` is
+conservative DPO (cDPO); robust, rDPO with `label_smoothing` as the rate of flipped labels; or IPO on
+length-averaged log-probs. Metrics as TRL names them: `rewards/chosen`,
 `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`. In a distributed run
 every rank holds the reference log-probs of every pair and trains on its share of the micro-batches
 (as the reward model does).
@@ -21,7 +22,7 @@ from dswb.engine.data.batches.pairs import EncodedPair, PairStream, mean_pair_le
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.distributed.sharding import shard_pairs
 from dswb.engine.eval.pairs import preference_accuracy
-from dswb.engine.eval.task import task_accuracy
+from dswb.engine.eval.task import generation_budget, task_accuracy
 from dswb.engine.model.load import fit_vocab, load_causal_lm
 from dswb.engine.preference.losses import dpo_loss
 from dswb.engine.preference.scoring import pair_logprobs, reference_logprobs
@@ -122,13 +123,14 @@ def run(ctx: StageContext) -> str:
                           metrics={**metrics, "grad_norm": grad_norm})
 
     td = TaskData.from_config(cfg) if cfg.data.source == "task" and not sec.data else None
+    budget = generation_budget(tokenizer, td.task if td else None)
 
     def evaluate(step: int) -> dict:
         metrics = {"val_rewards/accuracies": preference_accuracy(policy, ref_val, val, pad_id, ctx.device,
                                                                          ctx.amp_dtype, average)}
         if td is not None and cfg.eval.task_samples:
             prompts, answers = td.val(cfg.eval.task_samples)
-            metrics["task_acc"] = task_accuracy(policy, tokenizer, prompts, answers, ctx.device,
+            metrics["task_acc"] = task_accuracy(policy, tokenizer, prompts, answers, ctx.device, max_new_tokens=budget,
                                                 prompt_format=prompt_format)
         return metrics
 
@@ -140,7 +142,8 @@ def run(ctx: StageContext) -> str:
 
     def test_score() -> dict:
         prompts, answers = td.test()
-        return {"test_acc": task_accuracy(policy, tokenizer, prompts, answers, ctx.device, prompt_format=prompt_format)}
+        return {"test_acc": task_accuracy(policy, tokenizer, prompts, answers, ctx.device, max_new_tokens=budget,
+                                          prompt_format=prompt_format)}
 
     return finish_lm(ctx, STAGE, policy, tokenizer, end_step, prompt_format, test_score if td else None,
                      extra=final_extra(adapters, reference=str(ref_start.path)))

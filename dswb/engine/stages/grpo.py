@@ -1,22 +1,29 @@
 """GRPO (DeepSeekMath's group-relative policy optimisation), with RLOO and REINFORCE++ advantages.
 
 One iteration = one `run_loop` step:
-1. generation: `prompts_per_step` prompts x `group_size` completions (KV-cached sampler);
-2. scoring: the reward sources, summed with their weights;
-3. advantages per completion from its group (`grpo.advantage`, `grpo.scale_rewards`); groups with
-   zero reward variance are counted and, with `drop_zero_variance`, left out of the update;
+1. generation: `prompts_per_step` prompts x `group_size` completions (KV-cached sampler); with
+   `dynamic_sampling`, more rounds until `prompts_per_step` groups carry signal
+   (`dswb.engine.rl.dynamic_sampling`);
+2. scoring: the reward sources, summed with their weights (NaN: an unscorable completion);
+3. advantages per completion from its group (`grpo.advantage`, `grpo.scale_rewards`); unscorable
+   completions are left out of the group statistics and of the loss; groups with zero reward
+   variance are counted and, with `drop_zero_variance`, left out of the loss;
 4. old / reference log-probs, only when needed: old ones when the batch is reused (`num_iterations`
    > 1 or several `minibatches`; else the ratio is exactly 1 and the gradient is -A * grad log p),
-   reference ones when `beta` > 0 (k3 KL added to the per-token loss, as TRL does);
+   reference ones when `beta` > 0 (a per-token KL estimate, `kl_estimator` k1 or k3, added to the
+   per-token loss, as TRL does);
 5. update: `num_iterations` passes over the batch in `minibatches` optimizer steps, each split
    into `grad_accum` micro-batches; the per-token clipped loss (clip 1 - epsilon, 1 + epsilon_high)
    is aggregated by `loss_type` over the whole minibatch (`dswb.engine.rl.losses.loss_weights`).
-Kept from the paper: group normalisation, clipped ratio, k3 KL. Differences, as in TRL: beta 0 by
-default (no reference model), token-level "dapo" aggregation by default, truncated completions
-optionally masked. Under DDP each rank generates its share of the prompts; advantages and loss
-normalisers are computed over every rank's rows (`dswb.engine.rl.global_batch`), so the update is the
-one-process update on the same global batch (with `minibatches = 1`; with more, each global
-minibatch is the union of the ranks' k-th parts).
+   Its sequence normaliser counts every generated row of the minibatch: a row out of the loss
+   (truncated with `mask_truncated`, in a dropped group, unscorable, empty) adds 0 to the sum, as a
+   row with a zero mask does in TRL; its token normaliser counts the tokens in the loss.
+Kept from the paper: group normalisation, clipped ratio, a KL term to the reference. Differences,
+as in TRL: beta 0 by default (no reference model), token-level "dapo" aggregation by default,
+truncated completions optionally masked. Under DDP each rank generates its share of the prompts;
+advantages and loss normalisers are computed over every rank's rows
+(`dswb.engine.rl.global_batch`), so the update is the one-process update on the same global batch
+(with `minibatches = 1`; with more, each global minibatch is the union of the ranks' k-th parts).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 
 from dswb.engine.context import StageContext
 from dswb.engine.rl.advantages import group_advantages, zero_std_groups
+from dswb.engine.rl.dynamic_sampling import Sampled, dynamic_sample
 from dswb.engine.rl.global_batch import global_advantages, global_sum
 from dswb.engine.rl.losses import approx_kl_per_token, clipped_policy_loss, kl_per_token, loss_weights
 from dswb.engine.rl.rollout import Rollouts, sequence_logprobs
@@ -48,9 +56,9 @@ class PolicyBatch:
 
     rollouts: Rollouts
     ids: torch.Tensor                    # [B, T] completion tokens
-    mask: torch.Tensor                   # [B, T] tokens in the loss (truncated rows masked when asked)
+    mask: torch.Tensor                   # [B, T] tokens in the loss (`loss_mask`)
     advantages: torch.Tensor             # [B]
-    rows: list[int]                      # rows in the update: they count in every normaliser
+    rows: list[int]                      # every generated row: each counts in the sequence normaliser
     active: set[int]                     # rows that carry signal: the only ones through forward and backward
     old_logp: torch.Tensor | None = None   # [len(scored), T], rows in `scored` order
     ref_logp: torch.Tensor | None = None
@@ -61,7 +69,7 @@ class PolicyBatch:
 
 
 def run(ctx: StageContext) -> str:
-    cfg, sec = ctx.config, ctx.config.grpo
+    sec = ctx.config.grpo
     rl = setup(ctx, STAGE, sec, need_ref=sec.beta > 0)
     policy = prepare_policy(ctx, STAGE, rl, need_ref=sec.beta > 0)
     optimizer = build_optimizer(policy, sec, ctx.device)
@@ -73,14 +81,29 @@ def run(ctx: StageContext) -> str:
                 data={"prompts": len(rl.prompts), "val_prompts": len(rl.val_prompts), "rewards": rl.reward.names,
                       "completions_per_step": sec.prompts_per_step * G})
 
+    def experience(index: int) -> Sampled:
+        def generate(attempt: int):
+            return make_experience(ctx, rl, sampler, sec, index, G, attempt=attempt)
+
+        if not sec.dynamic_sampling:
+            return Sampled.single(generate(0), G)
+        sampled = dynamic_sample(generate, G, sec.prompts_per_step, sec.dynamic_sampling_tries, pad_id)
+        if sampled.groups_kept < sec.prompts_per_step:
+            rounds = f"{sampled.rounds} round{'s' if sampled.rounds > 1 else ''}"
+            ctx.monitor.log(f"dynamic sampling: {sampled.groups_kept} of {sec.prompts_per_step} groups with signal "
+                            f"after {rounds} (grpo.dynamic_sampling_tries); groups without signal fill the batch",
+                            stage=STAGE, step=index + 1)
+        return sampled
+
     def step(index: int) -> StepOutput:
-        exp = make_experience(ctx, rl, sampler, sec, index, G)
+        sampled = experience(index)
+        exp = sampled.experience
         r, timings, rewards = exp.rollouts, exp.timings, exp.scores.total
         adv = global_advantages(rewards, lambda everything: group_advantages(everything, G, sec.advantage,
                                                                              sec.scale_rewards))
         zero = zero_std_groups(rewards, G)
         batch = update_rows(r, adv, zero, sec, skip_zero_advantage=SKIP_ZERO_ADVANTAGE and rl.ref is None,
-                            device=ctx.device)
+                            device=ctx.device, unscorable=torch.isnan(rewards))
 
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -93,36 +116,46 @@ def run(ctx: StageContext) -> str:
 
         metrics = {**experience_metrics(exp), **update_metrics(stats), "grad_norm": stats.grad_norm,
                    "frac_reward_zero_std": float(zero.float().mean()), "rows_trained": len(batch.scored)}
+        if sec.dynamic_sampling:
+            metrics.update(sampled.metrics())
         for phase, seconds in timings.items():
             metrics[f"timing/{phase}_s"] = seconds
-        completion_tokens = int(r.lengths.sum())
-        metrics["completion_tokens_per_s"] = completion_tokens / max(timings["generation"], 1e-9)
+        metrics["completion_tokens_per_s"] = sampled.completion_tokens / max(timings["generation"], 1e-9)
         iteration_end(ctx, STAGE, index + 1, rl, sec, metrics, state, exp, batch.advantages.cpu)
         return StepOutput(loss=stats.step_mean("loss"), finite=stats.finite_everywhere(), metrics=metrics,
-                          tokens=completion_tokens + sum(len(p) for p in r.prompt_ids))
+                          tokens=sampled.completion_tokens + sampled.prompt_tokens)
 
     return run_rl_loop(ctx, STAGE, model=policy, policy=policy, optimizer=optimizer, step=step, section=sec, rl=rl,
                        start_step=start_step, state=state)
 
 
 def update_rows(r: Rollouts, advantages: torch.Tensor, zero_groups: torch.Tensor, sec, *, skip_zero_advantage: bool,
-                device: torch.device) -> PolicyBatch:
-    """The rows the update trains on: all but the dropped ones (zero-variance groups with
-    `drop_zero_variance`, truncated completions with `mask_truncated`, empty ones).
-
-    Without a KL term a zero-advantage row adds nothing to the loss or its gradient, whatever its
-    ratio: with `skip_zero_advantage` it is left out of every forward and backward (it still counts
-    in the normalisers, so the update is exactly the one over all rows).
-    """
-    G = sec.group_size
-    keep_row = ~zero_groups.repeat_interleave(G) if sec.drop_zero_variance else torch.ones(len(r), dtype=torch.bool)
-    mask = r.completion_mask.clone()
-    if sec.mask_truncated:
-        mask[~r.ended] = 0
-    rows = [i for i in range(len(r)) if keep_row[i] and mask[i].any()]
-    active = {i for i in rows if float(advantages[i]) != 0.0} if skip_zero_advantage else set(rows)
+                device: torch.device, unscorable: torch.Tensor | None = None) -> PolicyBatch:
+    """Every generated row, with the tokens in the loss (`loss_mask`) and the rows that go through
+    forward and backward: those with tokens in the loss and, with `skip_zero_advantage`, a non-zero
+    advantage. Without a KL term a zero-advantage row adds nothing to the loss or its gradient,
+    whatever its ratio: skipping it is exact (it still counts in the normalisers)."""
+    mask = loss_mask(r, zero_groups, unscorable, sec)
+    rows = list(range(len(r)))
+    carries = mask.any(dim=1) & ((advantages.to(mask.device) != 0) if skip_zero_advantage else True)
+    active = {i for i, c in enumerate(carries.tolist()) if c}
     return PolicyBatch(rollouts=r, ids=r.completion_ids.to(device), mask=mask.to(device),
                        advantages=advantages.to(device), rows=rows, active=active)
+
+
+def loss_mask(r: Rollouts, zero_groups: torch.Tensor, unscorable: torch.Tensor | None, sec) -> torch.Tensor:
+    """`[B, T]` the completion tokens in the loss: none of a row that is truncated (with
+    `mask_truncated`), in a group without signal (with `drop_zero_variance`), or unscorable."""
+    mask = r.completion_mask.clone()
+    out = torch.zeros(len(r), dtype=torch.bool, device=mask.device)
+    if sec.mask_truncated:
+        out |= ~r.ended.to(mask.device)
+    if sec.drop_zero_variance:
+        out |= zero_groups.to(mask.device).repeat_interleave(sec.group_size)
+    if unscorable is not None:
+        out |= unscorable.to(mask.device)
+    mask[out] = 0
+    return mask
 
 
 def attach_logprobs(batch: PolicyBatch, policy: torch.nn.Module, ref: torch.nn.Module | None, sec, amp_dtype,
@@ -141,7 +174,7 @@ def grpo_update(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, batch
                 pad_id: int) -> UpdateStats:
     """`num_iterations` passes over the batch's rows in `minibatches` optimizer steps, each over
     `grad_accum` micro-batches: the clipped per-token loss (+ beta * KL), weighted by `loss_type`
-    over the whole global minibatch."""
+    over the whole global minibatch (sequences: every row of it; tokens: those in the loss)."""
     r, ids, mask, adv = batch.rollouts, batch.ids, batch.mask, batch.advantages
     position = {row: k for k, row in enumerate(batch.scored)}   # row -> index into old/ref log-prob tensors
 

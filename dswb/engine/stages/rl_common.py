@@ -25,10 +25,11 @@ from dswb.engine.data.records.posttrain import PromptRecord, read_prompts, split
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.distributed.sharding import prompt_block, skip_rows
 from dswb.engine.distributed.world import active
-from dswb.engine.eval.task import task_accuracy
+from dswb.engine.eval.task import generation_budget, task_accuracy
 from dswb.engine.model.load import fit_vocab, load_causal_lm
 from dswb.engine.placement.roles import Placement
 from dswb.engine.rl.health import RLHealth
+from dswb.engine.rl.reward_rules import DEFAULT_TAGS, format_score, split_think
 from dswb.engine.rl.rewards import CombinedReward, RewardInputs, RewardScores, build_rewards, nan_mean
 from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
 from dswb.engine.stages.adapters import StageAdapters, final_extra, stage_adapters
@@ -39,22 +40,40 @@ from dswb.errors import UserError
 
 SAMPLES_PER_EVENT = 8
 SAMPLE_TEXT_LIMIT = 300
+THINK_TEXT_LIMIT = 2000
+CORRECTNESS_SOURCES = ("math", "exact_match")   # the first one a stage has is its accuracy
+UNSCORABLE_EXPLAIN = ("A reward source could not score some completions (its function raised, ran past "
+                      "rewards_timeout_s, or its worker died). They are left out of the update (NaN reward: out of "
+                      "the group's mean and std, advantage 0), so they bias nothing, but they teach nothing either. "
+                      "rewards/<source>/unscorable counts them every iteration; fix the function, or raise "
+                      "rewards_timeout_s if it is only slow.")
 
 
-def select_prompts(n_prompts: int, per_step: int, seed: int, step: int) -> list[int]:
+def select_prompts(n_prompts: int, per_step: int, seed: int, step: int, attempt: int = 0) -> list[int]:
     """Indices of the prompts of iteration `step`: consecutive slices of a seeded permutation per
-    epoch (an iteration that crosses an epoch boundary takes the rest from the next epoch)."""
+    epoch (an iteration that crosses an epoch boundary takes the rest from the next epoch).
+    Attempt k > 0 (dynamic sampling's k-th extra round) draws its own, seeded by (seed, step, k),
+    prompts that no earlier attempt of the iteration drew first."""
     out: list[int] = []
     start = step * per_step
     while len(out) < per_step:
         epoch, offset = divmod(start + len(out), n_prompts)
         order = np.random.default_rng([seed, 7919, epoch]).permutation(n_prompts)
         out.extend(order[offset:offset + per_step - len(out)].tolist())
+    drawn = set(out)
+    for k in range(1, attempt + 1):
+        rng = np.random.default_rng([seed, 7927, step, k])
+        candidates = rng.choice(n_prompts, size=min(n_prompts, per_step + len(drawn)), replace=False).tolist()
+        ranked = [i for i in candidates if i not in drawn] + [i for i in candidates if i in drawn]
+        out = [ranked[j % len(ranked)] for j in range(per_step)]
+        drawn.update(out)
     return out
 
 
-def iteration_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.default_rng([seed, 104729, step]).integers(2**62)))
+def iteration_generator(seed: int, step: int, attempt: int = 0) -> torch.Generator:
+    """The sampling generator of iteration `step` (of its `attempt`-th extra round when > 0)."""
+    salt = [seed, 104729, step] if attempt == 0 else [seed, 104723, step, attempt]
+    return torch.Generator().manual_seed(int(np.random.default_rng(salt).integers(2**62)))
 
 
 @dataclass
@@ -74,6 +93,11 @@ class RLSetup:
     val_prompts: list[PromptRecord] = field(default_factory=list)
     adapters: StageAdapters | None = None
     grown_vocab: bool = False
+    think_open: list[bool] = field(default_factory=list)   # per prompt: it ends inside an open thinking
+    think_tags: tuple[str, str] = DEFAULT_TAGS
+    format_regex: str = ""
+    reasoning: bool = False     # reasoning metrics and samples (think / answer)
+    alerted: set[str] = field(default_factory=set)   # reward sources whose failures were alerted
 
 
 def prepare_policy(ctx: StageContext, stage: str, rl: RLSetup, need_ref: bool) -> torch.nn.Module:
@@ -99,9 +123,11 @@ def load_prompt_records(ctx: StageContext, section: Any, stage: str) -> tuple[li
     cfg = ctx.config
     if cfg.data.source == "task" and not section.data:
         td = TaskData.from_config(cfg)
-        return task_prompts(td.splits.train), task_prompts(td.splits.val), td
-    train, val = split_records(read_prompts(section.data, f"{stage}.data"), section.val_fraction, cfg.run.seed)
-    return train, val, None
+        train, val = task_prompts(td.splits.train), task_prompts(td.splits.val)
+    else:
+        td = None
+        train, val = split_records(read_prompts(section.data, f"{stage}.data"), section.val_fraction, cfg.run.seed)
+    return (train[:section.max_records] if section.max_records else train), val, td
 
 
 def setup(ctx: StageContext, stage: str, section: Any, *, need_ref: bool) -> RLSetup:
@@ -119,9 +145,10 @@ def setup(ctx: StageContext, stage: str, section: Any, *, need_ref: bool) -> RLS
         raise UserError(f"{stage}.data: chat prompts, but the starting model {start.path} was not trained on chats "
                         f"(run sft on chat records first)")
     prompt_format = start.prompt_format
-    if any("answer" not in p.fields for p in prompts) and "exact_match" in section.rewards:
-        raise UserError(f"{stage}.rewards: exact_match needs an 'answer' field in every prompt record "
-                        f"({next(p.where for p in prompts if 'answer' not in p.fields)} has none)")
+    for rule in ("exact_match", "math"):
+        if rule in section.rewards and any("answer" not in p.fields for p in prompts):
+            raise UserError(f"{stage}.rewards: {rule} needs an 'answer' field in every prompt record "
+                            f"({next(p.where for p in prompts if 'answer' not in p.fields)} has none)")
     world = active()
     if world is not None and section.prompts_per_step < world.size:
         raise UserError(f"{stage}.prompts_per_step: {section.prompts_per_step} prompts for {world.size} processes: "
@@ -136,16 +163,28 @@ def setup(ctx: StageContext, stage: str, section: Any, *, need_ref: bool) -> RLS
     def place_reward_model(model: torch.nn.Module) -> torch.nn.Module:
         return placement.place(model, role="reward", trainable=False).eval()
 
-    reward = build_rewards(section.rewards, section.reward_weights, f"{stage}.rewards",
-                           run_rm=ctx.finals.get("rm") or ctx.paths.final("rm"), place=place_reward_model,
-                           amp_dtype=ctx.amp_dtype)
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    tags = (section.think_tags[0], section.think_tags[1])
+    think_open = opens_thinking(tokenizer, prompt_ids, tags[0])
     health = RLHealth(alert_kl=section.alert_kl, alert_clip_ratio=section.alert_clip_ratio,
                       alert_approx_kl=section.alert_approx_kl, alert_ratio_max=section.alert_ratio_max,
                       kl_estimator=section.kl_estimator)
+    reward = build_rewards(section.rewards, section.reward_weights, f"{stage}.rewards",   # last: it starts workers
+                           run_rm=ctx.finals.get("rm") or ctx.paths.final("rm"), place=place_reward_model,
+                           amp_dtype=ctx.amp_dtype, section=section)
+    reasoning = "format" in section.rewards or any(think_open) or bool(cfg.task.think and task is not None)
     return RLSetup(start=start, policy=policy, tokenizer=tokenizer, prompt_format=prompt_format, ref=ref,
                    placement=placement, adapters=adapters, grown_vocab=grown,
-                   reward=reward, prompts=prompts, prompt_ids=encode_prompts(tokenizer, prompts),
-                   stop_ids=stop_ids(tokenizer, prompt_format), task=task, health=health, val_prompts=val_prompts)
+                   reward=reward, prompts=prompts, prompt_ids=prompt_ids,
+                   stop_ids=stop_ids(tokenizer, prompt_format), task=task, health=health, val_prompts=val_prompts,
+                   think_open=think_open, think_tags=tags, format_regex=section.format_regex, reasoning=reasoning)
+
+
+def opens_thinking(tokenizer: Any, prompt_ids: list[list[int]], open_tag: str) -> list[bool]:
+    """Per prompt: whether it ends inside an open thinking (its text, trailing whitespace aside, ends
+    with the opening tag, as DeepSeek-R1's and Qwen3's templates end the generation prompt)."""
+    tails = tokenizer.batch_decode([ids[-32:] for ids in prompt_ids], skip_special_tokens=False)
+    return [tail.rstrip().endswith(open_tag) for tail in tails]
 
 
 def encode_prompts(tokenizer: Any, records: list[PromptRecord]) -> list[list[int]]:
@@ -167,13 +206,14 @@ class Experience:
 
 
 def make_experience(ctx: StageContext, rl: RLSetup, sampler: HFRolloutSampler, section: Any, step: int,
-                    samples_per_prompt: int) -> Experience:
-    """Generation then scoring for iteration `step` (timed)."""
+                    samples_per_prompt: int, attempt: int = 0) -> Experience:
+    """Generation then scoring for iteration `step` (timed); `attempt` k > 0 is dynamic sampling's
+    k-th extra round, with prompts and random numbers of its own."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    chosen = select_prompts(len(rl.prompts), section.prompts_per_step, ctx.config.run.seed, step)
+    chosen = select_prompts(len(rl.prompts), section.prompts_per_step, ctx.config.run.seed, step, attempt)
     lo, hi = prompt_block(len(chosen))     # all of them in one process
-    generator = iteration_generator(ctx.config.run.seed, step)
+    generator = iteration_generator(ctx.config.run.seed, step, attempt)
     if section.temperature > 0:
         skip_rows(generator, lo * samples_per_prompt, section.max_new_tokens)
     chosen = chosen[lo:hi]
@@ -187,10 +227,27 @@ def make_experience(ctx: StageContext, rl: RLSetup, sampler: HFRolloutSampler, s
     ids = [row[:int(n)] for row, n in zip(rollouts.completion_ids.tolist(), rollouts.lengths.tolist())]
     completions = rl.tokenizer.batch_decode(ids, skip_special_tokens=True)
     columns = {k: [r.fields.get(k) for r in records] for k in sorted({k for r in records for k in r.fields})}
+    opened = [rl.think_open[chosen[int(k)]] for k in rollouts.prompt_index]
     scores = rl.reward(RewardInputs(prompts=[r.prompt for r in records], completions=completions, completion_ids=ids,
-                                    ended=rollouts.ended.tolist(), columns=columns))
+                                    ended=rollouts.ended.tolist(), columns=columns, think_open=opened,
+                                    max_new_tokens=section.max_new_tokens))
+    if rl.reasoning:
+        scores.reasoning = reasoning_rows(rl, completions, opened)
     timings["scoring"] = time.perf_counter() - t0
     return Experience(rollouts, records, completions, scores, timings)
+
+
+def reasoning_rows(rl: RLSetup, completions: list[str], opened: list[bool]) -> dict[str, torch.Tensor]:
+    """Per completion of a reasoning stage: whether its prompt opened the thinking, whether it is in
+    the think/answer format, and the tokens of its thinking (counted with the policy's tokenizer;
+    -1: no thinking)."""
+    thinks = [split_think(c, rl.think_tags, o)[0] for c, o in zip(completions, opened)]
+    counted = rl.tokenizer([t or "" for t in thinks], add_special_tokens=False, return_attention_mask=False)
+    tokens = [len(ids) if t is not None else -1 for t, ids in zip(thinks, counted["input_ids"])]
+    return {"think_open": torch.tensor(opened, dtype=torch.bool),
+            "in_format": torch.tensor([format_score(c, rl.think_tags, o, rl.format_regex)
+                                       for c, o in zip(completions, opened)]),
+            "think_tokens": torch.tensor(tokens, dtype=torch.long)}
 
 
 def _sync(ctx: StageContext) -> None:
@@ -199,35 +256,74 @@ def _sync(ctx: StageContext) -> None:
 
 
 def experience_metrics(exp: Experience) -> dict:
-    """TRL-named reward and completion statistics of one iteration."""
+    """TRL-named reward and completion statistics of one iteration (the reward's over the scorable
+    rows), the unscorable count of each source and, in a reasoning stage, `reasoning/*`."""
     r = exp.rollouts
     lengths = r.lengths.float()
-    total = exp.scores.total
+    scored = exp.scores.total[~torch.isnan(exp.scores.total)]
     metrics = {
-        "reward": float(total.mean()), "reward_std": float(total.std()) if total.numel() > 1 else 0.0,
+        "reward": nan_mean(exp.scores.total), "reward_std": float(scored.std()) if scored.numel() > 1 else 0.0,
         "completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": float((~r.ended).float().mean()), "eos_rate": float(r.ended.float().mean()),
     }
+    unscorable = exp.scores.unscorable_counts()
     for name, values in exp.scores.per_source.items():
         metrics[f"rewards/{name}/mean"] = nan_mean(values)
+        metrics[f"rewards/{name}/unscorable"] = unscorable.get(name, 0)
+    if exp.scores.reasoning:
+        metrics.update(reasoning_metrics(exp.scores))
     return metrics
 
 
-def samples_event(ctx: StageContext, stage: str, step: int, exp: Experience, advantages: torch.Tensor) -> None:
-    """A bounded `samples` event: the first completions of the iteration with their rewards."""
-    def cut(text: str) -> str:
-        return text if len(text) <= SAMPLE_TEXT_LIMIT else text[:SAMPLE_TEXT_LIMIT - 1] + "…"
+def reasoning_metrics(scores: RewardScores) -> dict:
+    """Format rate, accuracy (the mean of `math`, else `exact_match`, when the stage has one) and the
+    thinking's length in tokens (over the completions that think; 0 when none does)."""
+    rows = scores.reasoning
+    thinking = rows["think_tokens"][rows["think_tokens"] >= 0].float()
+    metrics = {"reasoning/format_rate": float(rows["in_format"].float().mean()),
+               "reasoning/think_mean_tokens": float(thinking.mean()) if thinking.numel() else 0.0,
+               "reasoning/think_max_tokens": float(thinking.max()) if thinking.numel() else 0.0}
+    correct = next((scores.per_source[n] for n in CORRECTNESS_SOURCES if n in scores.per_source), None)
+    if correct is not None:
+        metrics["reasoning/accuracy"] = nan_mean(correct)
+    return metrics
 
+
+def reward_alerts(ctx: StageContext, stage: str, step: int, rl: RLSetup, scores: RewardScores) -> None:
+    """A `reward_unscorable` alert the first time a source fails in this stage (its counts are
+    metrics every iteration)."""
+    for name, count in scores.unscorable_counts().items():
+        if count and name not in rl.alerted:
+            rl.alerted.add(name)
+            error = scores.errors.get(name, "no error text")
+            ctx.monitor.alert(stage, step, "reward_unscorable", f"{name}: {count} completions unscorable: {error}",
+                              UNSCORABLE_EXPLAIN, "warning")
+
+
+def samples_event(ctx: StageContext, stage: str, step: int, exp: Experience, advantages: torch.Tensor,
+                  tags: tuple[str, str] = DEFAULT_TAGS) -> None:
+    """A bounded `samples` event: the first completions of the iteration with their rewards (in a
+    reasoning stage also their thinking, answer and thinking tokens)."""
     rows = []
     for i in range(min(SAMPLES_PER_EVENT, len(exp.completions))):
         prompt = exp.records[i].prompt
-        rows.append({"prompt": cut(prompt if isinstance(prompt, str) else prompt[-1]["content"]),
-                     "completion": cut(exp.completions[i]), "reward": float(exp.scores.total[i]),
-                     "rewards": {k: float(v[i]) for k, v in exp.scores.per_source.items()},
-                     "advantage": float(advantages[i]), "length": int(exp.rollouts.lengths[i]),
-                     "ended": bool(exp.rollouts.ended[i])})
+        row = {"prompt": cut(prompt if isinstance(prompt, str) else prompt[-1]["content"]),
+               "completion": cut(exp.completions[i]), "reward": float(exp.scores.total[i]),
+               "rewards": {k: float(v[i]) for k, v in exp.scores.per_source.items()},
+               "advantage": float(advantages[i]), "length": int(exp.rollouts.lengths[i]),
+               "ended": bool(exp.rollouts.ended[i])}
+        if exp.scores.reasoning:
+            reasoning = exp.scores.reasoning
+            think, answer = split_think(exp.completions[i], tags, bool(reasoning["think_open"][i]))
+            row.update(think=None if think is None else cut(think, THINK_TEXT_LIMIT), answer=cut(answer) or None,
+                       think_tokens=None if think is None else int(reasoning["think_tokens"][i]))
+        rows.append(row)
     ctx.monitor.emit("samples", stage, step, samples=rows)
+
+
+def cut(text: str, limit: int = SAMPLE_TEXT_LIMIT) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def evaluator(ctx: StageContext, stage: str, rl: RLSetup):
@@ -237,6 +333,7 @@ def evaluator(ctx: StageContext, stage: str, rl: RLSetup):
             return {}
         prompts, answers = rl.task.val(ctx.config.eval.task_samples)
         metrics = {"task_acc": task_accuracy(rl.policy, rl.tokenizer, prompts, answers, ctx.device,
+                                             max_new_tokens=generation_budget(rl.tokenizer, rl.task.task),
                                              prompt_format=rl.prompt_format)}
         for alert in rl.health.check_eval(step, metrics):
             ctx.monitor.alert(stage, step, alert.code, alert.message, alert.explain, alert.level)
@@ -251,6 +348,7 @@ def test_scorer(ctx: StageContext, rl: RLSetup):
     def score() -> dict:
         prompts, answers = rl.task.test()
         return {"test_acc": task_accuracy(rl.policy, rl.tokenizer, prompts, answers, ctx.device,
+                                          max_new_tokens=generation_budget(rl.tokenizer, rl.task.task),
                                           prompt_format=rl.prompt_format)}
     return score
 
@@ -265,9 +363,10 @@ def iteration_end(ctx: StageContext, stage: str, step: int, rl: RLSetup, section
     """What every RL iteration ends with: alerts, the health state for the checkpoint and, every
     `samples_every` iterations, a `samples` event (`sample_advantages()`: one advantage per row)."""
     emit_alerts(ctx, stage, step, rl, metrics)
+    reward_alerts(ctx, stage, step, rl, exp.scores)
     state["health"] = rl.health.state_dict()
     if section.samples_every and step % section.samples_every == 0:
-        samples_event(ctx, stage, step, exp, sample_advantages())
+        samples_event(ctx, stage, step, exp, sample_advantages(), rl.think_tags)
 
 
 def run_rl_loop(ctx: StageContext, stage: str, *, model: torch.nn.Module, policy: torch.nn.Module,
@@ -275,10 +374,14 @@ def run_rl_loop(ctx: StageContext, stage: str, *, model: torch.nn.Module, policy
                 extra: dict | None = None) -> str:
     """The training loop of an RL stage (`step` is one iteration) and, when it finishes, the policy's
     final model with its held-out accuracy. `model` is what the optimizer trains (PPO: policy and
-    value); FP8 statistics are the policy's; no MFU: an iteration is mostly generation."""
-    outcome, end_step = run_stage_loop(ctx, stage, model, optimizer, step, section, start_step=start_step,
-                                       state=state, evaluate=evaluator(ctx, stage, rl), hooks_of=policy,
-                                       eval_every=eval_every(ctx, section), stop_when=accuracy_target(section))
+    value); FP8 statistics are the policy's; no MFU: an iteration is mostly generation. The reward
+    workers stop when the loop ends, however it ends."""
+    try:
+        outcome, end_step = run_stage_loop(ctx, stage, model, optimizer, step, section, start_step=start_step,
+                                           state=state, evaluate=evaluator(ctx, stage, rl), hooks_of=policy,
+                                           eval_every=eval_every(ctx, section), stop_when=accuracy_target(section))
+    finally:
+        rl.reward.close()
     if outcome != "finished":
         return outcome
     return finish_lm(ctx, stage, policy, rl.tokenizer, end_step, rl.prompt_format, test_scorer(ctx, rl),
