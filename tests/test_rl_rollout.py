@@ -62,7 +62,8 @@ def test_logprobs_equal_sequence_logprobs_and_entropy_is_the_distributions(model
                   generator=torch.Generator().manual_seed(0))
     assert len(set(r.lengths.tolist())) > 2  # rows of different completion lengths, as well as prompts
     logp, entropy = sequence_logprobs(model, r.prompt_ids, r.completion_ids, r.completion_mask, temperature=0.7)
-    assert torch.allclose(logp, r.logprobs, atol=1e-5, rtol=0)
+    # the sampler's cached, token-by-token forward and one full forward sum in other orders (1.4e-5 seen)
+    assert torch.allclose(logp, r.logprobs, atol=5e-5, rtol=0)
     mask = r.completion_mask.bool()
     assert (logp[~mask] == 0).all() and (entropy[~mask] == 0).all() and (r.logprobs[~mask] == 0).all()
     for row in (0, 4, 10):  # each row alone, unpadded, scored directly
