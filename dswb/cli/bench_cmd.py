@@ -44,6 +44,9 @@ def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}.")
                                                   "default: as the preset sets)."),
           parts: str | None = typer.Option(None, "--parts", help="Measurements to run, comma-separated, for "
                                            "benchmarks made of parts (lora: memory,sft,grpo,trl-grpo,trl-sft)."),
+          task: str | None = typer.Option(None, "--task", help="grpo-vs-trl: the task, addition (default) or "
+                                          "reasoning (presets/reasoning.toml's worked sums, format + exact-match "
+                                          "rewards)."),
           ) -> None:
     """Run a benchmark and print its table.
 
@@ -74,6 +77,13 @@ def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}.")
         if "parts" not in inspect.signature(module.run).parameters:
             raise UserError(f"benchmark '{name}' takes no --parts")
         extra["parts"] = parts
+    if task is not None:
+        if "task" not in inspect.signature(module.run).parameters:
+            raise UserError(f"benchmark '{name}' takes no --task")
+        tasks = getattr(module, "TASKS", {})
+        if task not in tasks:
+            raise UserError(f"--task: unknown task '{task}' (choose from {', '.join(tasks)})")
+        extra["task"] = task
     result = module.run(quick=quick, **extra)
     typer.echo(module.format_table(result))
     if json_path is not None:

@@ -2,7 +2,8 @@
 
 Each section carries its own optimisation settings (`OptimSettings`, the same fields as `[train]`)
 with defaults for real models (SFT: those of the blog's sketch the project started from, see the
-README; TRL's for the rest), plus what the stage needs. The built-in task's presets set small-model
+README; TRL's for the rest, except `rm.lr`: 1e-5 here, 1e-4 in TRL's RewardConfig, a gentler start
+for a scalar head on a model already fine-tuned), plus what the stage needs. The built-in task's presets set small-model
 values. Standard library only.
 """
 
@@ -170,7 +171,9 @@ class GRPOConfig(RLSettings):
                          "reinforce_pp (REINFORCE++ with a group baseline, batch-normalised).",
                          choices=("grpo", "rloo", "reinforce_pp"))
     mask_truncated: bool = doc(False, "Exclude completions that hit max_new_tokens from the loss.")
-    drop_zero_variance: bool = doc(False, "Skip groups whose rewards are all equal (no signal) in the update.")
+    drop_zero_variance: bool = doc(False, "Leave groups without signal (all rewards equal, or fewer than 2 scorable) "
+                                   "out of the loss (their KL term too); they still count in the sequence "
+                                   "normaliser.")
     dynamic_sampling: bool = doc(False, "DAPO's dynamic sampling: keep generating until the batch holds "
                                  "`prompts_per_step` groups whose raw rewards vary.")
     dynamic_sampling_tries: int = doc(4, "Most generation rounds per iteration with dynamic_sampling (then the "

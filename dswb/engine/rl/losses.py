@@ -62,7 +62,9 @@ def loss_weights(mask: torch.Tensor, loss_type: str, total_seqs: int, total_toke
     - dapo, bnpo: mean over every token of the minibatch: w = 1 / total_tokens
     - dr_grpo: constant normaliser: w = 1 / (total_seqs * max_len)
     - token_mean (PPO): as dapo.
-    `total_seqs` / `total_tokens` count the whole minibatch, so micro-batches add up to it exactly.
+    `total_seqs` counts every generated row of the minibatch, masked ones included (as TRL, where a
+    masked row has a zero mask); `total_tokens` the tokens in the loss. Both cover the whole
+    minibatch, so micro-batches add up to it exactly.
     """
     m = mask.to(torch.float32)
     if loss_type == "grpo":
