@@ -56,34 +56,21 @@ def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}.")
     if name not in BENCHES:
         raise UserError(f"unknown benchmark '{name}' (choose from {', '.join(BENCHES)})")
     module = importlib.import_module(BENCHES[name])
+    accepted = inspect.signature(module.run).parameters
     extra = {}
-    if trials is not None:
-        if "trials" not in inspect.signature(module.run).parameters:
-            raise UserError(f"benchmark '{name}' takes no --trials")
-        extra["trials"] = trials
-    if init is not None:
-        if "init" not in inspect.signature(module.run).parameters:
-            raise UserError(f"benchmark '{name}' takes no --init")
-        extra["init"] = init
-    if live:
-        if "live" not in inspect.signature(module.run).parameters:
-            raise UserError(f"benchmark '{name}' takes no --live")
-        extra["live"] = True
+    for option, value in (("trials", trials), ("init", init), ("live", live or None), ("parts", parts),
+                          ("task", task)):
+        if value is None:
+            continue
+        if option not in accepted:
+            raise UserError(f"benchmark '{name}' takes no --{option}")
+        extra[option] = value
     if threads is not None:
-        if "threads" not in inspect.signature(module.run).parameters or not live:
+        if "threads" not in accepted or not live:
             raise UserError(f"--threads is for `dswb bench tui --live`, not '{name}'")
         extra["threads"] = threads
-    if parts is not None:
-        if "parts" not in inspect.signature(module.run).parameters:
-            raise UserError(f"benchmark '{name}' takes no --parts")
-        extra["parts"] = parts
-    if task is not None:
-        if "task" not in inspect.signature(module.run).parameters:
-            raise UserError(f"benchmark '{name}' takes no --task")
-        tasks = getattr(module, "TASKS", {})
-        if task not in tasks:
-            raise UserError(f"--task: unknown task '{task}' (choose from {', '.join(tasks)})")
-        extra["task"] = task
+    if task is not None and task not in getattr(module, "TASKS", {}):
+        raise UserError(f"--task: unknown task '{task}' (choose from {', '.join(module.TASKS)})")
     result = module.run(quick=quick, **extra)
     typer.echo(module.format_table(result))
     if json_path is not None:
