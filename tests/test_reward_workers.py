@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from dswb.config.posttrain import RLSettings
-from dswb.engine.rl.reward_workers import FunctionSpec, RewardPool, checked_values, chunk_bounds
+from dswb.engine.rl.reward_calls import FunctionSpec, checked_values
+from dswb.engine.rl.reward_workers import RewardPool, chunk_bounds
 from dswb.engine.rl.rewards import RewardInputs, build_rewards
 from dswb.errors import UserError
 
@@ -102,7 +103,8 @@ def test_scores_come_back_in_order_and_prints_do_not_corrupt_the_protocol(pool):
 
 def test_workers_never_import_torch(pool):
     assert pool.call("torch_loaded", batch(["a", "b"])).values == [0.0, 0.0]
-    code = "import sys, dswb.engine.rl.reward_workers, dswb.engine.rl.reward_rules; print('torch' in sys.modules)"
+    code = ("import sys, dswb.engine.rl.reward_calls, dswb.engine.rl.reward_workers, dswb.engine.rl.reward_rules; "
+            "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
@@ -203,7 +205,8 @@ def test_a_busy_worker_leaves_when_the_trainer_dies(hostile):
     gone and exits."""
     script = textwrap.dedent(f"""
         import os, sys
-        from dswb.engine.rl.reward_workers import FunctionSpec, RewardPool
+        from dswb.engine.rl.reward_calls import FunctionSpec
+        from dswb.engine.rl.reward_workers import RewardPool
         pool = RewardPool({{"sleeps": FunctionSpec("python", "{hostile}:sleeps", "w")}}, 1, 60.0, "w")
         worker = pool.workers[0]
         worker.send(("call", "sleeps", {{"completions": ["a"]}}, {{}}))

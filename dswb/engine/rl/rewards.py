@@ -40,9 +40,10 @@ import torch
 
 from dswb.config.posttrain import RLSettings, parse_reward_source
 from dswb.engine.data.records.task import score as exact_match_score
+from dswb.engine.rl.reward_calls import CallResult, FunctionSpec, call_rows, checked_values, load_function
 from dswb.engine.rl.reward_rules import (BATCH_RULES, DEFAULT_TAGS, MATH_INSTALL_HINT, answer_part, length_score,
                                          math_verify)
-from dswb.engine.rl.reward_workers import CallResult, FunctionSpec, RewardPool, call_rows, checked_values, load_function
+from dswb.engine.rl.reward_workers import RewardPool
 from dswb.errors import UserError
 
 
