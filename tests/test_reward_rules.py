@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from dswb.config.posttrain import RLSettings
+from dswb.engine.data.records.thinking import split_thinking
 from dswb.engine.rl.reward_rules import (format_rewards, format_score, length_score, linear_length_score, math_rewards,
-                                         math_score, overlong_score, split_think)
+                                         math_score, overlong_score)
 from dswb.engine.rl.rewards import RewardInputs, build_rewards, weighted_total
 
 
@@ -24,7 +25,8 @@ from dswb.engine.rl.rewards import RewardInputs, build_rewards, weighted_total
     ("<think>a</think>b</think> c", False, "a</think>b", "c"),          # the last closing tag ends it
 ])
 def test_think_answer_split(completion, opened, think, answer):
-    assert split_think(completion, ("<think>", "</think>"), opened) == (think, answer)
+    got = split_thinking(completion, ("<think>", "</think>"), opened)
+    assert (got.think, got.answer) == (think, answer)
 
 
 @pytest.mark.parametrize("completion, opened, regex, expected", [

@@ -25,16 +25,8 @@ WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 MATH_INSTALL_HINT = "pip install 'dswb[math]' (or pip install 'math-verify[antlr4_13_2]')"
 
 
-def split_think(completion: str, tags: tuple[str, str] | list[str] = DEFAULT_TAGS,
-                opened: bool = False) -> tuple[str | None, str]:
-    """(thinking, answer) of a completion: thinking None when it has none, answer "" when the
-    thinking never closed (`dswb.engine.data.records.thinking`, the rule the task's scoring uses too)."""
-    thought = split_thinking(completion, tags, opened)
-    return thought.think, thought.answer
-
-
 def answer_part(completion: str, tags: tuple[str, str] | list[str] = DEFAULT_TAGS, opened: bool = False) -> str:
-    return split_think(completion, tags, opened)[1]
+    return split_thinking(completion, tags, opened).answer
 
 
 def format_score(completion: str, tags: tuple[str, str] | list[str] = DEFAULT_TAGS, opened: bool = False,

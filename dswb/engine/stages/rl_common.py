@@ -22,6 +22,7 @@ from dswb.engine.context import StageContext
 from dswb.engine.data.records.chat import prompt_ids as encode_prompt
 from dswb.engine.data.records.chat import stop_ids
 from dswb.engine.data.records.posttrain import PromptRecord, read_prompts, split_records, task_prompts
+from dswb.engine.data.records.thinking import DEFAULT_TAGS, split_thinking
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.distributed.sharding import prompt_block, skip_rows
 from dswb.engine.distributed.world import active
@@ -29,7 +30,7 @@ from dswb.engine.eval.task import generation_budget, task_accuracy
 from dswb.engine.model.load import fit_vocab, load_causal_lm
 from dswb.engine.placement.roles import Placement
 from dswb.engine.rl.health import RLHealth
-from dswb.engine.rl.reward_rules import DEFAULT_TAGS, format_score, split_think
+from dswb.engine.rl.reward_rules import format_score
 from dswb.engine.rl.rewards import CombinedReward, RewardInputs, RewardScores, build_rewards, nan_mean
 from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
 from dswb.engine.stages.adapters import StageAdapters, final_extra, stage_adapters
@@ -241,7 +242,7 @@ def reasoning_rows(rl: RLSetup, completions: list[str], opened: list[bool]) -> d
     """Per completion of a reasoning stage: whether its prompt opened the thinking, whether it is in
     the think/answer format, and the tokens of its thinking (counted with the policy's tokenizer;
     -1: no thinking)."""
-    thinks = [split_think(c, rl.think_tags, o)[0] for c, o in zip(completions, opened)]
+    thinks = [split_thinking(c, rl.think_tags, o).think for c, o in zip(completions, opened)]
     counted = rl.tokenizer([t or "" for t in thinks], add_special_tokens=False, return_attention_mask=False)
     tokens = [len(ids) if t is not None else -1 for t, ids in zip(thinks, counted["input_ids"])]
     return {"think_open": torch.tensor(opened, dtype=torch.bool),
@@ -315,7 +316,8 @@ def samples_event(ctx: StageContext, stage: str, step: int, exp: Experience, adv
                "ended": bool(exp.rollouts.ended[i])}
         if exp.scores.reasoning:
             reasoning = exp.scores.reasoning
-            think, answer = split_think(exp.completions[i], tags, bool(reasoning["think_open"][i]))
+            thought = split_thinking(exp.completions[i], tags, bool(reasoning["think_open"][i]))
+            think, answer = thought.think, thought.answer
             row.update(think=None if think is None else cut(think, THINK_TEXT_LIMIT), answer=cut(answer) or None,
                        think_tokens=None if think is None else int(reasoning["think_tokens"][i]))
         rows.append(row)
