@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dswb.presets", "dswb.launch"),
     ("dswb.engine.data", "dswb.engine.fp8", "dswb.engine.telemetry", "dswb.engine.context"),
     ("dswb.engine.model", "dswb.engine.placement", "dswb.engine.preference"),
-    ("dswb.engine.adapters", "dswb.engine.distributed"),
+    ("dswb.engine.adapters", "dswb.engine.distributed", "dswb.engine.moe"),
     ("dswb.engine.checkpoint",),
     ("dswb.engine.train",),
     ("dswb.engine.eval", "dswb.engine.rl"),

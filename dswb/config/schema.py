@@ -2,7 +2,7 @@
 
 Sections map one-to-one to TOML tables: `[run]`, `[model]`, `[data]`, `[task]`, `[batching]`,
 `[train]`, `[eval]`, `[checkpoint]`, `[monitor]`, `[fp8]`, `[lora]` (in `adapters.py`), the post-training
-stages' `[sft]`, `[rm]`, `[dpo]`, `[ppo]`, `[grpo]` (in `posttrain.py`), and `[parallel]` (in `parallel.py`).
+stages' `[sft]`, `[rm]`, `[dpo]`, `[ppo]`, `[grpo]` (in `posttrain.py`), `[parallel]` (in `parallel.py`), `[moe]` and `[mtp]` (in `moe.py`).
 Each section is its own dataclass; a stage's `lora` field holds its `[<stage>.lora]` changes.
 """
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 
 from dswb.config.adapters import LoraConfig
 from dswb.config.fields import OptimSettings, doc
+from dswb.config.moe import MoeConfig, MtpConfig
 from dswb.config.parallel import ParallelConfig
 from dswb.config.posttrain import DPOConfig, GRPOConfig, PPOConfig, RMConfig, SFTConfig
 
@@ -35,8 +36,9 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    size: str = doc("tiny", "Built-in Llama size when `path` is empty: tiny (~1M), small (~10M), base (~100M).",
-                    choices=("tiny", "small", "base"))
+    size: str = doc("tiny", "Built-in size when `path` is empty: Llama tiny (~1M), small (~10M), base (~100M); "
+                    "moe-tiny: a DeepSeek-V3 Mixture-of-Experts (MLA, 1 shared + 8 routed experts, top-2).",
+                    choices=("tiny", "small", "base", "moe-tiny"))
     path: str = doc("", "Local Hugging Face model directory to start from (overrides `size`).")
     tokenizer: str = doc("", "Local tokenizer directory; empty: the model dir's, else train a byte-level BPE (or the task's character vocabulary).")
     vocab_size: int = doc(2048, "Vocabulary size of a BPE tokenizer trained on the run's corpus (byte-level: >= 259).", min=259)
@@ -171,6 +173,8 @@ class Config:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    moe: MoeConfig = field(default_factory=MoeConfig)
+    mtp: MtpConfig = field(default_factory=MtpConfig)
 
 
 def sections() -> dict[str, type]:

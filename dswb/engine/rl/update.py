@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from dswb.engine.distributed.wrap import grad_scale
+from dswb.engine.moe.share import loss_share
 from dswb.engine.rl.global_batch import global_all, global_sum, micro_plan, split_minibatches
 from dswb.engine.train.step import guarded_update
 
@@ -120,7 +121,8 @@ def run_updates(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimiz
                 if micro is None:   # another rank has more micro-batches: a pass that adds nothing
                     zero_pass()
                     continue
-                out = micro_loss(micro, norms)
+                with loss_share(len(micro) / len(work)):
+                    out = micro_loss(micro, norms)
                 (out.loss * scale).backward()
                 stats.add(out)
             grad_norm, _ = guarded_update(optimizer, params, clip_grad, global_all(stats.finite))

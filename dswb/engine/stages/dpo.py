@@ -24,6 +24,7 @@ from dswb.engine.distributed.sharding import shard_pairs
 from dswb.engine.eval.pairs import preference_accuracy
 from dswb.engine.eval.task import generation_budget, task_accuracy
 from dswb.engine.model.load import fit_vocab, load_causal_lm
+from dswb.engine.moe.share import loss_share
 from dswb.engine.preference.losses import dpo_loss
 from dswb.engine.preference.scoring import pair_logprobs, reference_logprobs
 from dswb.engine.stages.adapters import final_extra, stage_adapters
@@ -48,7 +49,8 @@ def dpo_backward(policy: torch.nn.Module, micro: list[torch.Tensor], pairs: list
     loss_total, tokens = 0.0, 0
     for idx in micro:
         batch = [pairs[i] for i in idx]
-        c, r = pair_logprobs(policy, batch, pad_id, device, amp_dtype, average)
+        with loss_share(len(idx) / n_pairs):
+            c, r = pair_logprobs(policy, batch, pad_id, device, amp_dtype, average)
         if ref is None:
             ref_batch = ref_lp[idx].to(c.device)
         else:

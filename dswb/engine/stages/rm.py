@@ -22,6 +22,7 @@ from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.distributed.sharding import shard_pairs
 from dswb.engine.eval.pairs import pair_accuracy
 from dswb.engine.model.load import fit_vocab, load_scalar_model
+from dswb.engine.moe.share import loss_share
 from dswb.engine.preference.losses import reward_model_loss
 from dswb.engine.preference.scoring import pair_rewards
 from dswb.engine.stages.adapters import final_extra, stage_adapters
@@ -44,7 +45,8 @@ def reward_backward(model: torch.nn.Module, micro: list[list[EncodedPair]], pad_
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "reward_chosen": 0.0, "reward_rejected": 0.0}
     tokens = 0
     for pairs in micro:
-        rc, rr = pair_rewards(model, pairs, pad_id, device, amp_dtype)
+        with loss_share(len(pairs) / n_pairs):
+            rc, rr = pair_rewards(model, pairs, pad_id, device, amp_dtype)
         m = margins(pairs)
         loss = reward_model_loss(rc, rr, None if m is None else m.to(rc.device), center_coef)
         (loss * len(pairs) / n_pairs).backward()

@@ -119,15 +119,17 @@ def transforms_for(config: Config, role: str, trainable: bool) -> list[ModelTran
 
 def prepare_model(model: torch.nn.Module, config: Config, device: torch.device,
                   transforms: Sequence[ModelTransform] | None = None, role: str = "policy", trainable: bool = True,
-                  placement: Placement | None = None, adapters: ModelTransform | None = None) -> torch.nn.Module:
+                  placement: Placement | None = None, adapters: ModelTransform | None = None,
+                  extras: Sequence[ModelTransform] = ()) -> torch.nn.Module:
     """Place the model, apply its transforms (`adapters`, the stage's `LoraTraining` when `[lora]` is on
-    for it, then `transforms_for(config, role, trainable)` unless given), distribute it and compile it
+    for it, then `transforms_for(config, role, trainable)` unless given, then the stage's own `extras`),
+    distribute it and compile it
     (see the module docstring). A stage that builds several models passes one `Placement` to every
     call, with each model's `role` and whether it is trained."""
     placement = placement or Placement(config, device)
     model = placement.place(model, role=role, trainable=trainable)
     applied = transforms_for(config, role, trainable) if transforms is None else list(transforms)
-    applied = ([adapters] if adapters is not None else []) + applied
+    applied = ([adapters] if adapters is not None else []) + applied + list(extras)
     for transform in applied:
         model = transform.apply(model, config, device)
     object.__setattr__(model, TRANSFORMS_ATTR, applied)   # read by `model_hooks`; not a submodule

@@ -28,6 +28,7 @@ from dswb.engine.distributed.pipeline import pipeline_of
 from dswb.engine.distributed.world import active
 from dswb.engine.distributed.wrap import grad_scale, gradient_sync
 from dswb.engine.model.device import autocast
+from dswb.engine.moe.share import loss_share
 from dswb.engine.train.losses import token_loss_sum
 
 
@@ -83,7 +84,7 @@ def lm_backward(model: torch.nn.Module, micro_batches: list, device: torch.devic
     scale = grad_scale()
     total = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
-        with gradient_sync(model, i == len(micro_batches) - 1):
+        with gradient_sync(model, i == len(micro_batches) - 1), loss_share(batch.n_target / max(1, local_target)):
             loss_sum = forward_loss_sum(model, batch, amp_dtype, device)
             (loss_sum * scale / max(1, n_target)).backward()
         total += loss_sum.detach()
@@ -96,7 +97,8 @@ def pipeline_backward(model: torch.nn.Module, micro_batches: list) -> float:
     n_target = sum(b.n_target for b in micro_batches)
     total = 0.0
     for batch in micro_batches:
-        total += pipe.run(batch, max(1, n_target), backward=True, loss_fn=token_loss_sum)
+        with loss_share(batch.n_target / max(1, n_target)):
+            total += pipe.run(batch, max(1, n_target), backward=True, loss_fn=token_loss_sum)
     return pipe.world.sum([total])[0]     # only the last stage has it
 
 
