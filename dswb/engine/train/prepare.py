@@ -8,8 +8,8 @@ model's role (policy, reference, value, reward) and whether it trains:
    trains and says what it adds to the loop (`hooks`: metrics, per-step events and alerts, log
    lines). `transforms_for` picks them from the config (today: FP8 linear layers for `[fp8]
    enabled`; LoRA adapters for `[lora]`, `LoraTraining`, which the stage passes since its settings
-   and the model's role are the stage's; Mixture-of-Experts router statistics or extra prediction
-   heads plug in here as further transforms);
+   and the model's role are the stage's; Mixture-of-Experts balancing and router statistics,
+   `MoeTraining`, on every trained model; the stage's own `extras`, e.g. multi-token prediction);
 3. in a distributed run (`[parallel] mode = "ddp" | "fsdp" | "pipeline"` under torchrun,
    `dswb.engine.distributed.wrap`) a trained model is made data parallel, sharded or cut to this
    rank's pipeline stage, in place; frozen models stay whole on every rank;
@@ -26,14 +26,14 @@ import torch
 
 from dswb.config.adapters import LoraConfig
 from dswb.config.schema import Config
-from dswb.engine.adapters.lora import (adapter_norm, apply_lora, describe, expert_parameters, peft_of,
-                                       upcast_trainable)
+from dswb.engine.adapters.lora import adapter_norm, apply_lora, describe, expert_parameters, peft_of, upcast_trainable
 from dswb.engine.distributed.pipeline import pipeline_of, stage_flops_per_token
 from dswb.engine.distributed.world import active
 from dswb.engine.distributed.wrap import describe_distribution, distribute
 from dswb.engine.fp8 import apply_fp8
 from dswb.engine.fp8.convert import fp8_info
 from dswb.engine.fp8.monitor import Fp8Monitor
+from dswb.engine.moe.monitor import MoeMonitor, describe_unsupported, plan_moe
 from dswb.engine.placement.roles import Placement
 from dswb.engine.telemetry.mfu import model_flops_per_token
 
@@ -112,9 +112,38 @@ class LoraTraining(ModelTransform):
         return hooks
 
 
+class MoeTraining(ModelTransform):
+    """Mixture-of-Experts models (`[moe]`): router losses and the aux-free bias through hooks on the
+    routers, routing statistics as `moe` events, metrics and alerts (`dswb.engine.moe`). Nothing on a
+    dense model."""
+
+    name = "moe"
+
+    def apply(self, model: torch.nn.Module, config: Config, device: torch.device) -> torch.nn.Module:
+        self.plan = plan_moe(model, config.moe)
+        return model
+
+    def hooks(self, model: torch.nn.Module, ctx, stage: str, probe: Callable[[], float] | None) -> ModelHooks:
+        hooks = ModelHooks()
+        if self.plan is None:
+            unsupported = describe_unsupported(model)
+            if unsupported:
+                ctx.monitor.log(unsupported, stage=stage)
+            return hooks
+        cfg = ctx.config.moe
+        every = f"statistics every {cfg.stats_every} steps" if cfg.stats_every else "statistics off"
+        ctx.monitor.log(f"{self.plan.describe()}; {every}", stage=stage)
+        moe = MoeMonitor(model, self.plan, cfg, ctx.monitor, stage)
+        hooks.metric_sources.append(moe.metrics)
+        hooks.step_hooks.append(moe.after_step)
+        return hooks
+
+
 def transforms_for(config: Config, role: str, trainable: bool) -> list[ModelTransform]:
     """The transforms the config asks for on a model of `role`, in the order they apply."""
-    return [Fp8Training()] if trainable and config.fp8.enabled else []
+    if not trainable:
+        return []
+    return ([Fp8Training()] if config.fp8.enabled else []) + [MoeTraining()]
 
 
 def prepare_model(model: torch.nn.Module, config: Config, device: torch.device,
