@@ -26,6 +26,7 @@ BENCHES = {
     "rl": "dswb.bench.rl",
     "grpo-vs-trl": "dswb.bench.grpo_vs_trl",
     "lora": "dswb.bench.lora",
+    "moe": "dswb.bench.moe",
     "tui": "dswb.bench.tui",
 }
 
@@ -35,7 +36,7 @@ def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}.")
           quick: bool = typer.Option(False, "--quick", help="Smaller sizes, for a fast check."),
           trials: int | None = typer.Option(None, "--trials", min=1,
                                             help="Trials, for benchmarks that repeat a scenario "
-                                                 "(faults, grpo-vs-trl, lora)."),
+                                                 "(faults, grpo-vs-trl, lora, moe: seeds)."),
           init: str | None = typer.Option(None, "--init", help="Start model directory (rl: a causal LM trained on the task)."),
           live: bool = typer.Option(False, "--live", help="tui: what watching a live training costs it "
                                                            "(throughput, viewer CPU, terminal bytes/s)."),

@@ -19,21 +19,28 @@ from __future__ import annotations
 import torch
 
 
-def expert_fraction(indices: torch.Tensor, n_experts: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """[E]: the fraction of (real) tokens that chose each expert; sums to K."""
-    if mask is not None:
-        indices = indices[mask]
-    counts = torch.bincount(indices.reshape(-1), minlength=n_experts).to(torch.float32)
-    return counts / max(1, indices.shape[0])
+def _weights(n: int, mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """[T] 1.0 for real tokens, 0.0 for padding (masks by weights, not indexing: no device sync)."""
+    if mask is None:
+        return torch.ones(n, dtype=torch.float32, device=like.device)
+    return mask.to(device=like.device, dtype=torch.float32)
+
+
+def expert_counts(indices: torch.Tensor, n_experts: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[E] int64: how many real tokens chose each expert."""
+    flat = indices.reshape(-1)
+    ones = (torch.ones_like(flat) if mask is None
+            else mask.to(flat.device).reshape(-1, 1).expand(-1, indices.shape[-1]).reshape(-1).to(flat.dtype))
+    return torch.zeros(n_experts, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, ones.long())
 
 
 def aux_loss(probs: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     n_experts = probs.shape[-1]
-    f = expert_fraction(indices, n_experts, mask)
-    p = probs[mask] if mask is not None else probs
-    if p.shape[0] == 0:
-        return probs.sum() * 0.0
-    return n_experts * (f * p.mean(dim=0)).sum()
+    w = _weights(probs.shape[0], mask, probs)
+    n_real = w.sum().clamp(min=1.0)
+    f = expert_counts(indices, n_experts, mask).to(probs.dtype) / n_real
+    p = (probs * w[:, None]).sum(dim=0) / n_real
+    return n_experts * (f * p).sum()
 
 
 def seq_aux_loss(probs: torch.Tensor, indices: torch.Tensor, batch: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -47,17 +54,14 @@ def seq_aux_loss(probs: torch.Tensor, indices: torch.Tensor, batch: int, mask: t
     chosen = torch.zeros_like(probs).scatter_(2, indices, 1.0) * real[..., None]   # [B, T, E]
     f = chosen.sum(dim=1) * n_experts / (top_k * n_real.clamp(min=1))[:, None]      # [B, E]
     p = (probs * real[..., None]).sum(dim=1) / n_real.clamp(min=1)[:, None]          # [B, E]
-    per_sequence = (f * p).sum(dim=1)
-    has_tokens = n_real > 0
-    if not bool(has_tokens.any()):
-        return probs.sum() * 0.0
-    return per_sequence[has_tokens].mean()
+    has_tokens = (n_real > 0).to(probs.dtype)
+    return ((f * p).sum(dim=1) * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
 
 
 def z_loss(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    w = _weights(logits.shape[0], mask, logits)
     z = torch.logsumexp(logits.float(), dim=-1) ** 2
-    z = z[mask] if mask is not None else z
-    return z.mean() if z.numel() else logits.sum() * 0.0
+    return (z * w).sum() / w.sum().clamp(min=1.0)
 
 
 def bias_update(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -75,6 +79,7 @@ def routing_probs(logits: torch.Tensor, scoring: str) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)
 
 
-def entropy_sum(probs: torch.Tensor) -> torch.Tensor:
-    """Sum over tokens of each token's routing entropy (nats)."""
-    return -(probs * torch.log(probs.clamp(min=1e-20))).sum()
+def entropy_sum(probs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over (real) tokens of each token's routing entropy (nats)."""
+    per_token = -(probs * torch.log(probs.clamp(min=1e-20))).sum(dim=-1)
+    return (per_token * _weights(probs.shape[0], mask, probs)).sum()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dswb.engine.moe.balance import aux_loss, entropy_sum, routing_probs, seq_aux_loss, z_loss
+from dswb.engine.moe.balance import aux_loss, entropy_sum, expert_counts, routing_probs, seq_aux_loss, z_loss
 from dswb.engine.moe.routers import Router, forward_owner
 from dswb.engine.moe.share import current_share
 
@@ -109,18 +109,13 @@ class RouterHooks:
         losses = self.weights.any() and logits.requires_grad
         probs = routing_probs(logits, router.scoring) if losses else None
         with torch.no_grad():
-            real = chosen[mask] if mask is not None else chosen
-            step = torch.bincount(real.reshape(-1), minlength=router.experts)
+            step = expert_counts(chosen, router.experts, mask)
             counts.step_load += step
             if self.collect:
                 counts.load += step
                 p = probs.detach() if probs is not None else routing_probs(logits.detach(), router.scoring)
-                p = p[mask] if mask is not None else p
-                g = gates.detach()
-                g = g[mask] if mask is not None else g
-                counts.stats += torch.stack([torch.tensor(float(real.shape[0]), dtype=torch.float64,
-                                                          device=counts.stats.device),
-                                             entropy_sum(p).double(), g.double().sum()])
+                w = mask.to(gates.dtype) if mask is not None else torch.ones_like(gates[:, 0])
+                counts.stats += torch.stack([w.sum(), entropy_sum(p, mask), (gates.detach() * w[:, None]).sum()]).double()
                 counts.forwards += 1
         if losses:
             w = self.weights
