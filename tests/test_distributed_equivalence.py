@@ -1,7 +1,8 @@
 """Two processes train what one process trains (gloo on the CPU, torchrun, real tiny models).
 
-One torchrun launch of this file (2 processes) runs five real runs in a row: pretraining under DDP,
-FSDP2 and a 2-stage pipeline, and SFT then GRPO under DDP, in full and on LoRA adapters. Against one process on the same global
+One torchrun launch of this file (2 processes) runs six real runs in a row: pretraining under DDP,
+FSDP2 and a 2-stage pipeline, pretraining a Mixture-of-Experts model with aux-free balancing under DDP,
+and SFT then GRPO under DDP, in full and on LoRA adapters. Against one process on the same global
 batch (grad_accum doubled where each rank takes its own batches): the same loss trajectory and
 final weights (float tolerance). Then the FSDP2 checkpoint of step 2 resumes on one process and
 finishes exactly as the two processes did.
@@ -26,11 +27,13 @@ RL = ['run.stages=["sft","grpo"]', "sft.steps=2", "sft.warmup_steps=1", "grpo.st
 REWARD = '''def digits(completions, **kwargs):
     return [sum(ch.isdigit() for ch in c) / 4.0 for c in completions]
 '''
+MOE = ["model.size=moe-tiny", "moe.balance=aux_free", "moe.bias_update_speed=0.01", "moe.stats_every=2"]
 # name -> overrides of the 2-process runs (per-rank batches: grad_accum as in one process / 2)
 RUNS = {
     "ddp": ["parallel.mode=ddp"],
     "fsdp": ["parallel.mode=fsdp"],
     "pipeline": ["parallel.mode=pipeline", "train.grad_accum=2", "parallel.microbatches=2"],  # every rank: all batches
+    "moe": ["parallel.mode=ddp", *MOE],
     "grpo": ["parallel.mode=ddp", "sft.grad_accum=4"],
     "lora-grpo": ["parallel.mode=ddp", "sft.grad_accum=4", "lora.enabled=true", "lora.r=4", "grpo.beta=0.04"],
 }
@@ -69,6 +72,7 @@ def runs(tmp_path_factory):
     try:
         # (in a directory of their own: their data cache is not the 2-process runs')
         assert run_in_process(tiny_config(*COMMON, "train.grad_accum=2"), root / "ref" / "one") == 0
+        assert run_in_process(tiny_config(*COMMON, "train.grad_accum=2", *MOE), root / "ref" / "one-moe") == 0
         assert run_in_process(tiny_config(*COMMON, *rl_overrides(root), "sft.grad_accum=8"), root / "ref" / "one-grpo") == 0
         assert run_in_process(tiny_config(*COMMON, *rl_overrides(root), "sft.grad_accum=8", *LORA),
                               root / "ref" / "one-lora-grpo") == 0
@@ -88,6 +92,22 @@ def test_ddp_two_processes_match_one_process(runs):
     # the ranks' tokens add up to the one process's tokens of the same global batch
     assert [m["metrics"]["tokens_real"] for m in ddp] == [m["metrics"]["tokens_real"] for m in one]
     a, b = final_weights(runs / "ref" / "one"), final_weights(runs / "ddp")
+    assert sorted(a) == sorted(b) and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_moe_balancing_under_ddp_sums_the_ranks_loads(runs):
+    """Each rank routes its own batches; the loads in the `moe` events and the bias updates are the
+    ranks' sums, so both equal one process's on the same global batch."""
+    one, ddp = runs / "ref" / "one-moe", runs / "moe"
+    assert same([m["metrics"]["loss"] for m in metrics(ddp)], [m["metrics"]["loss"] for m in metrics(one)])
+
+    def loads(run_dir):
+        events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        return [[(x["tokens"], x["load"], x["bias"]) for x in e["layers"]] for e in events if e["kind"] == "moe"]
+    assert len(loads(ddp)) == 2 and loads(ddp) == loads(one)
+    a, b = final_weights(one), final_weights(ddp)
+    bias = "model.layers.1.mlp.gate.e_score_correction_bias"
+    assert float(a[bias].abs().max()) > 0 and (a[bias] == b[bias]).all()
     assert sorted(a) == sorted(b) and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
 
 
