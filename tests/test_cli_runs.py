@@ -328,6 +328,14 @@ def test_format_event():
     assert format_event({"kind": "mystery", "stage": None, "step": None, "x": 1}).endswith("mystery     x=1")
 
 
+def test_format_moe_event():
+    event = {"t": 0, "kind": "moe", "stage": "pretrain", "step": 20, "family": "deepseek_v3", "balance": "aux_free",
+             "layers": [{"imbalance": 1.25, "dead": [3]}, {"imbalance": 2.5, "dead": []}, "junk"]}
+    assert format_event(event).endswith("moe         deepseek_v3 aux_free, 2 layers, max/mean load 1.25 2.5, "
+                                        "dead experts 1")
+    assert "0 layers" in format_event({"kind": "moe", "stage": "sft", "step": 1, "layers": "bad"})
+
+
 def test_watch_no_follow_prints_every_event(root):
     paths = make_run(root, "20250101-120000-a", state="running")
     n = len(read_events(paths.events))

@@ -25,7 +25,7 @@ from dswb.rundir.events import EVENT_KINDS
 from dswb.tui.sanitize import clean_status
 from dswb.util.fmt import cut_text, fmt_duration, is_number
 
-KNOWN_KINDS = tuple(dict.fromkeys(EVENT_KINDS + ("fp8", "samples")))
+KNOWN_KINDS = tuple(dict.fromkeys(EVENT_KINDS + ("fp8", "samples", "moe")))
 TEXT_LIMIT = 1000  # messages, errors: longer ones end with `… [cut, 1.9 MiB]`
 FIELD_LIMIT = 60  # names and other short fields
 # `metrics` events: these first, in this order; the rest follow unless listed in QUIET.
@@ -100,6 +100,13 @@ def describe(event: dict) -> str:
         shown = "; ".join(f"{_text(s.get('prompt'), 40)} -> {_text(s.get('completion'), 40)} "
                           f"(reward {fmt_num(s.get('reward'), missing='-')})" for s in samples[:3])
         return f"{len(samples)} rollouts" + (f": {shown}" if shown else "")
+    if kind == "moe":
+        layers = [x for x in event.get("layers") or [] if isinstance(x, dict)] \
+            if isinstance(event.get("layers"), list) else []
+        dead = sum(len(x["dead"]) for x in layers if isinstance(x.get("dead"), list))
+        return (f"{_text(event.get('family', '?'), 30)} {_text(event.get('balance', '?'), 20)}, {len(layers)} layers, "
+                f"max/mean load {' '.join(fmt_num(x.get('imbalance'), missing='-') for x in layers[:16])}"
+                + (" ..." if len(layers) > 16 else "") + f", dead experts {dead}")
     if kind in ("stage_end", "run_end"):
         text = _text(event.get("state", "?"))
         if event.get("final_path"):

@@ -2,14 +2,15 @@
 
 `RunModel.ingest(events)` folds events (see docs/run-directory.md) into per-stage metric
 histories with their streaming statistics (`SeriesHistory`), the latest system sample,
-batching and FP8 snapshots, the latest RL samples, and bounded tails of logs, alerts and
+batching, FP8 and MoE routing snapshots, the latest RL samples, and bounded tails of logs, alerts and
 checkpoints. The follower thread writes a model under its `lock`; the UI reads it under the
 same lock. No Textual here.
 
 This module holds the model's state, the batch loop and what the UI reads. How each kind of
 event folds in lives beside it: `model_stage` (stages, metrics, eval, batching), `model_run`
 (run start and end, checkpoints, control), `model_system` (system samples, distributed world),
-`model_logs`, `model_fp8` and `model_rl` (samples); `model_points` batches metric points.
+`model_logs`, `model_fp8`, `model_moe` (Mixture-of-Experts routing, per stage) and `model_rl`
+(samples); `model_points` batches metric points.
 
 A viewer never dies from data: every field is checked as it comes in (`dswb.tui.sanitize`),
 so the model holds only what the widgets can show: finite or missing numbers, short printable
@@ -27,6 +28,7 @@ from dswb.rundir.pipeline import PipelineRow, pipeline_rows
 from dswb.tui.history import SeriesHistory
 from dswb.tui.model_fp8 import on_fp8
 from dswb.tui.model_logs import ALERT_TAIL, LOG_TAIL, append_log_lines, on_alert, on_log
+from dswb.tui.model_moe import MoeStage, on_moe
 from dswb.tui.model_points import PendingPoints
 from dswb.tui.model_rl import SAMPLES_TAIL, has_rl_metrics, on_samples
 from dswb.tui.model_run import on_checkpoint, on_control, on_run_end, on_run_start
@@ -39,7 +41,7 @@ HISTORY_CAPACITY = 4096
 HANDLERS = {
     "metrics": on_metrics, "eval": on_eval, "system": on_system,
     "run_start": on_run_start, "stage_start": on_stage_start, "stage_end": on_stage_end,
-    "run_end": on_run_end, "batching": on_batching, "fp8": on_fp8, "samples": on_samples,
+    "run_end": on_run_end, "batching": on_batching, "fp8": on_fp8, "moe": on_moe, "samples": on_samples,
     "log": on_log, "alert": on_alert, "checkpoint": on_checkpoint, "control": on_control,
 }
 
@@ -67,6 +69,8 @@ class RunModel:
         self.fp8_last: dict[str, dict] = {}
         self.fp8_step: int | None = None
         self.fp8_events = 0
+        self.moe: dict[str, MoeStage] = {}  # `moe` events (routing statistics) by stage name
+        self.moe_events = 0
         self.samples: deque[dict] = deque(maxlen=SAMPLES_TAIL)  # `samples` events (RL rollouts)
         self.samples_total = 0
         self.logs: deque[dict] = deque(maxlen=LOG_TAIL)

@@ -1,6 +1,6 @@
 """Deterministic synthetic run directories: the recorded fixtures and the benchmark's input.
 
-`RunSpec` describes a run (stages, steps, RL metrics, FP8 events, failure); `run_events(spec)`
+`RunSpec` describes a run (stages, steps, RL metrics, FP8 and MoE events, failure); `run_events(spec)`
 returns every event such a run writes (docs/run-directory.md), `write_run(root, spec, upto)`
 writes a run directory holding the first `upto` of them with a matching `status.json`.
 Same spec, same bytes: no clocks, no randomness beyond a seeded generator. Standard library.
@@ -36,6 +36,7 @@ class RunSpec:
     checkpoint_every: int = 100
     rl: bool = False  # RL stages log reward / kl / entropy / clip_frac
     fp8_every: int = 0  # > 0: an `fp8` event every N steps
+    moe_every: int = 0  # > 0: a `moe` event (routing of a DeepSeek-V3-like model) every N steps
     fail_at: int | None = None  # the loss turns non-finite at this step and the run fails
     gpu: bool = False
     posttrain: bool = False  # stages log what the post-training contract names (`synthetic_rl`)
@@ -107,9 +108,53 @@ def _fp8(step: int, rng: random.Random) -> dict:
     return layers
 
 
+MOE_EXPERTS, MOE_TOP_K, MOE_LAYERS = 8, 2, (1, 2, 3)  # a moe-tiny-like model: layer 0 dense, 8 routed experts
+MOE_DEAD = (3, 5)  # (layer, expert) that stops receiving tokens a third of the way through a stage
+MOE_HOT = (2, 6)  # (layer, expert) that stays popular
+
+
+def _moe(step: int, total: int, steps: int, tokens: int, skew: list[list[float]]) -> dict:
+    """A `moe` event's fields: loads that even out as the aux-free bias learns, one expert dying."""
+    frac = step / max(total, 1)
+    spread = 1.6 * math.exp(-3.0 * frac) + 0.15
+    routed = tokens * steps
+    layers = []
+    for i, layer in enumerate(MOE_LAYERS):
+        weights = [max(0.02, 1.0 + spread * s) for s in skew[i]]
+        if layer == MOE_HOT[0]:
+            weights[MOE_HOT[1]] += 1.2
+        dead = [MOE_DEAD[1]] if layer == MOE_DEAD[0] and frac >= 1 / 3 else []
+        for expert in dead:
+            weights[expert] = 0.0
+        total_w = sum(weights)
+        load = [int(routed * MOE_TOP_K * w / total_w) for w in weights]
+        load[0] += routed * MOE_TOP_K - sum(load)
+        mean = sum(load) / MOE_EXPERTS
+        probs = [w / total_w for w in weights]
+        entropy = -sum(p * math.log(p) for p in probs if p > 0) * (0.93 + 0.04 * frac)
+        layers.append({"layer": layer, "tokens": routed, "load": load, "imbalance": round(max(load) / mean, 4),
+                       "entropy": round(entropy, 4), "entropy_max": round(math.log(MOE_EXPERTS), 4),
+                       "gate_mean": round(0.5 + 0.1 * math.exp(-2 * frac), 4), "dead": dead,
+                       "bias": [round(-0.02 * spread * s, 5) for s in skew[i]]})
+    return {"family": "deepseek_v3", "balance": "aux_free", "experts": MOE_EXPERTS, "top_k": MOE_TOP_K,
+            "steps": steps, "layers": layers}
+
+
+def _moe_metrics(moe: dict) -> dict:
+    """The scalar `moe/*` metrics of the steps a `moe` event covers."""
+    layers = moe["layers"]
+    return {"moe/imbalance": max(layer["imbalance"] for layer in layers),
+            "moe/entropy": round(sum(layer["entropy"] / layer["entropy_max"] for layer in layers) / len(layers), 4),
+            "moe/dead": sum(len(layer["dead"]) for layer in layers),
+            "moe/bias_abs": round(sum(abs(b) for layer in layers for b in layer["bias"])
+                                  / sum(len(layer["bias"]) for layer in layers), 6)}
+
+
 def run_events(spec: RunSpec) -> list[dict]:
     """Every event of the run, in order, with deterministic timestamps."""
     rng = random.Random(spec.seed)
+    moe_rng = random.Random(spec.seed + 1)  # its own stream: runs without MoE keep their bytes
+    moe_skew = [[moe_rng.gauss(0.0, 0.6) for _ in range(MOE_EXPERTS)] for _ in MOE_LAYERS]
     t = spec.t0
     events: list[dict] = []
 
@@ -141,7 +186,18 @@ def run_events(spec: RunSpec) -> list[dict]:
                 metrics = synthetic_rl.rm_metrics(step, total, rng)
             else:
                 metrics = _metrics(spec, stage, step, total, rng)
+            moe = None
+            if spec.moe_every and step % spec.moe_every == 0:
+                moe = _moe(step, total, spec.moe_every, metrics.get("tokens_real") or 0, moe_skew)
+                metrics.update(_moe_metrics(moe))
             emit("metrics", stage, step, metrics=metrics)
+            if moe is not None:
+                emit("moe", stage, step, **moe)
+                if moe["layers"][MOE_DEAD[0] - 1]["dead"] and step - spec.moe_every < total / 3:
+                    emit("alert", stage, step, level="warning", code="moe_dead_experts",
+                         message=f"layer {MOE_DEAD[0]}: expert {MOE_DEAD[1]} received no token",
+                         explain="A dead expert wastes its parameters; the aux-free bias (moe.bias_update_speed) "
+                                 "or an auxiliary loss (moe.balance) should bring tokens back to it.")
             if spec.posttrain and stage in synthetic_rl.RL_STAGES and step % spec.samples_every == 0:
                 rows = synthetic_rl.reasoning_samples(step, rng) if reasoning else synthetic_rl.samples(step, rng)
                 emit("samples", stage, step, samples=rows)

@@ -121,6 +121,9 @@ class MoeTraining(ModelTransform):
 
     def apply(self, model: torch.nn.Module, config: Config, device: torch.device) -> torch.nn.Module:
         self.plan = plan_moe(model, config.moe)
+        self.frozen_bias = self.plan is not None and self.plan.gamma > 0 and peft_of(model) is not None
+        if self.frozen_bias:    # an adapter cannot carry the base model's bias: its updates would be lost
+            self.plan.gamma = 0.0
         return model
 
     def hooks(self, model: torch.nn.Module, ctx, stage: str, probe: Callable[[], float] | None) -> ModelHooks:
@@ -133,6 +136,9 @@ class MoeTraining(ModelTransform):
         cfg = ctx.config.moe
         every = f"statistics every {cfg.stats_every} steps" if cfg.stats_every else "statistics off"
         ctx.monitor.log(f"{self.plan.describe()}; {every}", stage=stage)
+        if self.frozen_bias:
+            ctx.monitor.log("moe: the aux-free bias stays frozen on adapters (a LoRA adapter cannot carry the base "
+                            "model's bias)", stage=stage)
         moe = MoeMonitor(model, self.plan, cfg, ctx.monitor, stage)
         hooks.metric_sources.append(moe.metrics)
         hooks.step_hooks.append(moe.after_step)

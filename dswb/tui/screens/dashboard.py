@@ -1,5 +1,5 @@
 """One run's dashboard: header, progress, and tabs of plots, statistics, system, log, alerts,
-batching, FP8, RL and the latest RL samples.
+batching, FP8, RL, the latest RL samples and Mixture-of-Experts routing (Experts).
 
 The screen owns no data: on `RunUpdated` the app calls `refresh_run(follower)`, and at most once
 per `refresh_s` the screen reads the follower's model under its lock and hands plain values to
@@ -11,6 +11,8 @@ Controls write the run's `control.jsonl`; stop asks first.
 The tabs' layout is in `dashboard_tabs`, their plots in `dashboard_plots`, what each tab shows
 in `dashboard_views`, and the keys in `dashboard_keys`. The key that unfolds the thinking of a
 reasoning run's samples is offered (footer, help) only where there is thinking to unfold.
+The Experts tab is added here, after FP8 when the screen mounts; like the FP8 tab it shows only
+once the run has `moe` events, and so does its key `e` (footer, help).
 """
 
 from __future__ import annotations
@@ -19,23 +21,29 @@ import time
 from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
+from textual.lazy import Lazy
 from textual.screen import Screen
-from textual.widgets import Footer, TabbedContent
+from textual.widgets import Footer, TabbedContent, TabPane
 
 from dswb.rundir import RunPaths
 from dswb.tui.model import RunModel
+from dswb.tui.model_moe import imbalance_series, moe_stats_every
 from dswb.tui.reasoning import any_think
 from dswb.tui.screens import dashboard_keys
 from dswb.tui.screens.dashboard_plots import TAB_PLOTS
 from dswb.tui.screens.dashboard_tabs import OPTIONAL_TABS, compose_tabs, label_alert_tab, toggle_tab
 from dswb.tui.screens.dashboard_views import TAB_VIEWS
 from dswb.tui.widgets import HeaderInfo, RunHeader, RunProgress
+from dswb.tui.widgets.experts_panel import ExpertsPanel, experts_placeholder
 from dswb.util.fmt import fmt_age
 
 if TYPE_CHECKING:
     from dswb.tui.follower import RunFollower
+    from dswb.tui.model_stage import StageModel
 
 DEFAULT_REFRESH_S = 1.0
+EXPERTS = "experts"  # the Experts tab (after FP8; shown once the run has `moe` events)
+EXPERTS_PLOTS = ("experts-plot",)
 
 
 class DashboardScreen(Screen):
@@ -60,6 +68,7 @@ class DashboardScreen(Screen):
         self._retries = 0  # redraws scheduled because a lazily mounted widget was not there yet
         self.run_has_thinking = False  # the latest samples have a thinking to unfold (`t`)
         self.thinking_shown = False  # ... and they are on screen
+        self.run_has_moe = False  # the run wrote `moe` events: the Experts tab and its key `e` show
 
     @property
     def run_id(self) -> str:
@@ -74,9 +83,11 @@ class DashboardScreen(Screen):
         yield from compose_tabs(self)
         yield Footer()
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         tabs = self.query_one(TabbedContent)
-        for tab in OPTIONAL_TABS:
+        await tabs.add_pane(TabPane("Experts", Lazy(ExpertsPanel(self._experts_curves, id="experts-panel")),
+                                    id=EXPERTS), after="fp8")
+        for tab in OPTIONAL_TABS + (EXPERTS,):
             tabs.hide_tab(tab)
         self.follower = self.app.follow(self.paths)
         self.refresh_run(self.follower)
@@ -137,14 +148,39 @@ class DashboardScreen(Screen):
             toggle_tab(tabs, "rl", stage is not None and model.rl_metrics_present(stage))
             toggle_tab(tabs, "fp8", model.fp8_events > 0)
             toggle_tab(tabs, "samples", model.samples_total > 0)
+            toggle_tab(tabs, EXPERTS, model.moe_events > 0)
             label_alert_tab(tabs, len(model.alerts))
             active = tabs.active
             show = TAB_VIEWS.get(active)
             if show is not None:
                 show(self._widget, model, stage)
+            elif active == EXPERTS:
+                self._show_experts(model, stage)
             self.run_has_thinking = any_think(model.samples[-1]["samples"]) if model.samples else False
+            run_has_moe = model.moe_events > 0
         self._offer_think_key(active == "samples" and self.run_has_thinking)
+        if run_has_moe != self.run_has_moe:
+            self.run_has_moe = run_has_moe
+            self.refresh_bindings()
         self.replot_visible(active)
+
+    def _show_experts(self, model: RunModel, stage: StageModel | None) -> None:
+        """The Experts tab: the stage's routing statistics, or the line that says why there are none."""
+        if panel := self._widget("experts-panel"):
+            moe = model.moe.get(stage.name) if stage is not None else None
+            panel.show(moe, experts_placeholder(model.moe_events > 0, stage.name if stage else None,
+                                                moe_stats_every(model.config)))
+
+    def _experts_curves(self):
+        """The Experts tab's curve: the imbalance of the stage's worst layers, over its steps."""
+        if self.follower is None:
+            return [], None
+        model = self.follower.model
+        with model.lock:
+            stage = model.shown_stage(self.stage_name)
+            if stage is None:
+                return [], None
+            return imbalance_series(model.moe.get(stage.name)), stage.total_steps or None
 
     def _offer_think_key(self, shown: bool) -> None:
         """Show the `t` key in the footer while samples with a thinking are on screen."""
@@ -155,15 +191,23 @@ class DashboardScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "toggle_think":
             return self.thinking_shown
+        if action == "tab" and parameters == (EXPERTS,):
+            return self.run_has_moe
         return True
 
     def help_keys(self) -> dict[str, str]:
-        """The keys the help lists for this run (`t` when its samples have a thinking)."""
-        return self.HELP | dashboard_keys.THINK_HELP if self.run_has_thinking else dict(self.HELP)
+        """The keys the help lists for this run (`t` when its samples have a thinking, `e` when it
+        has routing statistics)."""
+        keys = dict(self.HELP)
+        if self.run_has_moe:
+            keys |= dashboard_keys.EXPERTS_HELP
+        if self.run_has_thinking:
+            keys |= dashboard_keys.THINK_HELP
+        return keys
 
     def replot_visible(self, active_tab: str) -> None:
         """Rebuild the plots of the shown tab (the others replot when they are shown)."""
-        for plot_id in TAB_PLOTS.get(active_tab, ()):
+        for plot_id in TAB_PLOTS.get(active_tab, EXPERTS_PLOTS if active_tab == EXPERTS else ()):
             plot = self._widget(plot_id)
             if plot is not None and plot.display:
                 plot.replot()

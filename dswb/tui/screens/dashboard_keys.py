@@ -1,5 +1,5 @@
-"""The dashboard's keys: its bindings (controls, stages, a digit per tab, unfolding the thinking of
-a reasoning run's samples) and their help."""
+"""The dashboard's keys: its bindings (controls, stages, a digit per tab, `e` for the Experts tab of
+a Mixture-of-Experts run, unfolding the thinking of a reasoning run's samples) and their help."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from textual.binding import Binding
 from dswb.tui.screens.dashboard_tabs import TABS
 
 TAB_KEYS = {tab: str((i + 1) % 10) for i, tab in enumerate(TABS)}  # 1-9, then 0 for samples
+TAB_KEYS["experts"] = "e"  # the Experts tab (the dashboard adds it; shown with routing statistics)
 
 BINDINGS = [
     Binding("escape", "back", "Runs"),
@@ -18,6 +19,7 @@ BINDINGS = [
     Binding("left_square_bracket", "stage(-1)", "Prev stage", show=False, key_display="["),
     Binding("right_square_bracket", "stage(1)", "Next stage", show=False, key_display="]"),
     Binding("t", "toggle_think", "Thinking"),  # shown only on samples that have a thinking
+    Binding(TAB_KEYS["experts"], "tab('experts')", "Experts"),  # shown only when the run has routing statistics
 ] + [Binding(TAB_KEYS[tab], f"tab('{tab}')", tab.capitalize(), show=False) for tab in TABS]
 
 HELP = {
@@ -30,4 +32,5 @@ HELP = {
     "1-9": "tabs: overview, RL, eval (pipeline table), stats, system, log, alerts, batching, FP8",
     "0": "samples: the latest RL rollouts (prompt, completion, rewards, advantage)",
 }
+EXPERTS_HELP = {"e": "experts: Mixture-of-Experts routing (load per expert and layer, imbalance, dead experts)"}
 THINK_HELP = {"t": "samples of a reasoning run: unfold the thinking of each completion in full, or fold it again"}
