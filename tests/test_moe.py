@@ -222,6 +222,12 @@ def test_monitor_alerts_once_on_collapse_and_dead_experts():
     assert codes.count("moe_collapse") == 1 and codes.count("moe_dead_experts") == 1
     assert "layer 1 expert" in next(m for _, c, m in rec.alerts if c == "moe_collapse")
     assert monitor.metrics()["moe/dead"] == 18.0
+    # hovering at the threshold raises nothing new; clear for imbalance_window (5) points, it raises again
+    def collapse(present, step):
+        monitor._raise(step, "moe_collapse", frozenset({(1, 0)} if present else ()), "", lambda s: "again")
+    for step, present in enumerate([True, False, True, False, False, False, False, False, True], start=5):
+        collapse(present, step)
+    assert [(step, code) for step, code, _ in rec.alerts if code == "moe_collapse"][1:] == [(13, "moe_collapse")]
 
 
 # ---- real runs -----------------------------------------------------------------------------------------

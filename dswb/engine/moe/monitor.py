@@ -72,7 +72,7 @@ class MoeMonitor:
         self.history: dict[int, list[float]] = {}
         self.window_steps = 0
         self._pending: dict[str, float] = {}
-        self._alerted: dict[str, frozenset] = {}
+        self._alerted: dict[str, dict] = {}    # code -> {key: statistics points since it was last seen}
 
     def metrics(self) -> dict[str, float]:
         out, self._pending = self._pending, {}
@@ -158,11 +158,18 @@ class MoeMonitor:
                         f"layer {l} max/mean {v:.2f}" for l, v in sorted(rising)))
 
     def _raise(self, step: int, code: str, now: frozenset, explain: str, message) -> None:
-        """One alert when a condition appears or changes; none while it persists unchanged."""
-        before = self._alerted.get(code, frozenset())
-        if now and now != before:
+        """One alert when a condition appears for a layer or expert that was not already alerted; a key is
+        forgotten once it has been clear for `imbalance_window` statistics points in a row, so a value
+        hovering at a threshold does not raise again at every crossing."""
+        seen = self._alerted.setdefault(code, {})
+        for key in list(seen):
+            seen[key] = 0 if key in now else seen[key] + 1
+            if seen[key] >= self.cfg.imbalance_window:
+                del seen[key]
+        new = now - set(seen)
+        if new:
             self.monitor.alert(self.stage, step, code, message(now), explain)
-        self._alerted[code] = now
+        seen.update({key: 0 for key in new})
 
 
 def describe_unsupported(model: torch.nn.Module) -> str | None:
