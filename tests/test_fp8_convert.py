@@ -137,3 +137,59 @@ def test_a_backend_this_machine_cannot_run_fails_the_run_with_one_line(tmp_path)
     assert code == 2 and status["state"] == "failed"
     assert status["error"].startswith("fp8.backend = 'scaled_mm': the forward GEMM (tile x block scaling) cannot run "
                                       "on cpu") and "\n" not in status["error"]
+
+
+def tiny_moe(seed: int = 0):
+    from transformers import DeepseekV3ForCausalLM
+
+    from dswb.engine.model.build import moe_tiny_config
+
+    torch.manual_seed(seed)
+    return DeepseekV3ForCausalLM(moe_tiny_config(16, 32, 1, 2, 0))
+
+
+def test_moe_tiny_says_what_is_fp8_and_what_stays_in_high_precision():
+    model = apply_fp8(tiny_moe(), fp8_cfg().fp8, CPU)
+    info = fp8_info(model)
+    # hidden 64: only the 4 o_proj (64x64) and layer 0's dense MLP (64x192) reach min_dim 64
+    assert sorted(info.converted) == sorted([(f"model.layers.{i}.self_attn.o_proj", "attn.out") for i in range(4)]
+                                            + [("model.layers.0.mlp.gate_proj", "mlp.up"),
+                                               ("model.layers.0.mlp.up_proj", "mlp.up"),
+                                               ("model.layers.0.mlp.down_proj", "mlp.down")])
+    assert type(model.model.layers[1].mlp.experts).__name__ == "DeepseekV3Experts"
+    lines = info.log_lines()
+    assert lines[2].startswith("FP8 converted 7 linear layers (attn.out 4, mlp.down 1, mlp.up 2); kept in high "
+                               "precision: model.layers.0.self_attn.q_a_proj (dims 64x32 < min_dim 64)")
+    assert lines[3:] == [
+        "fp8: 25 linear layers are narrower than fp8.min_dim = 64 and stay in high precision (self_attn.q_a_proj, "
+        "self_attn.q_b_proj, self_attn.kv_a_proj_with_mqa, self_attn.kv_b_proj, shared_experts.gate_proj, "
+        "shared_experts.up_proj, shared_experts.down_proj)",
+        "fp8: 24 routed experts (3 MoE layers x 8; 6 3-D tensors, 147,456 weights) stay in high precision: FP8 covers "
+        "nn.Linear layers only (no grouped FP8 GEMM for experts)",
+        "fp8: 3 MoE routers (DeepseekV3TopkRouter) stay in high precision: they are not nn.Linear layers, and fp8.skip "
+        "('*.gate', '*router*') keeps routers that are",
+        # 4 x 64 x 64 + 3 x 64 x 192 in FP8; all matmul weights: every parameter but the embedding and the norms
+        "fp8: 53,248 of the model's 268,800 matmul weights (19.8%) compute in FP8, the rest in high precision",
+    ]
+
+
+def test_moe_tiny_with_a_lower_min_dim_and_a_dense_model_without_narrow_layers():
+    info = fp8_info(apply_fp8(tiny_moe(), fp8_cfg("fp8.min_dim=16").fp8, CPU))
+    lines = info.log_lines()
+    assert not any("narrower than fp8.min_dim" in line for line in lines)
+    assert ("fp8: 4 linear layers have a dimension not a multiple of fp8.multiple_of and stay in high precision "
+            "(self_attn.kv_a_proj_with_mqa)") in lines        # 64 x (32 latent + 8 rope)
+    assert len(info.converted) == 4 * 4 + 3 + 3 * 3   # 4 of 5 attention projections a layer, dense MLP, shared experts
+    assert len(fp8_info(apply_fp8(tiny_llama(), fp8_cfg().fp8, CPU)).log_lines()) == 3   # dense: as before
+
+
+def test_a_moe_tiny_fp8_run_logs_the_experts_and_active_mfu(tmp_path):
+    from tests.helpers import run_in_process, tiny_config
+
+    code = run_in_process(tiny_config("model.size=moe-tiny", "fp8.enabled=true", "train.steps=2",
+                                      "checkpoint.every=0"), tmp_path / "run")
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert code == 0
+    assert "fp8: 24 routed experts (3 MoE layers x 8; 6 3-D tensors, 147,456 weights) stay in high precision" in log
+    assert "fp8: 25 linear layers are narrower than fp8.min_dim = 64" in log
+    assert "active of 0.27 M matmul parameters (MoE: top-2 of 8 routed experts" in log

@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from dswb.engine.telemetry.mfu import (Peak, decoder_flops_per_token, describe, device_peak, lookup_peak, mfu,
-                             model_flops_per_token, throughput_metrics)
+                                       model_flops_per_token, throughput_metrics)
 
 
 def test_formula():
@@ -59,3 +59,39 @@ def test_metrics_and_log_line():
     assert describe(4.5e6, Peak(989.0, "H100 SXM dense BF16")) == \
         "MFU: 4.5 MFLOP/token, peak 989 TFLOP/s (H100 SXM dense BF16)"
     assert "tflops reported, no mfu" in describe(4.5e6, Peak(0.0, "unknown for cpu (set monitor.peak_tflops)"))
+
+
+def test_moe_tiny_counts_its_active_parameters_and_mla_widths():
+    from transformers import DeepseekV3ForCausalLM
+
+    from dswb.engine.model.build import moe_tiny_config
+
+    torch.manual_seed(0)
+    model = DeepseekV3ForCausalLM(moe_tiny_config(16, 64, 1, 2, 0))
+    assert sum(p.numel() for p in model.parameters()) == 270_656
+    # matmul params: all but the 16 x 64 embedding; 3 MoE layers x 8 experts x 3 x 64 x 32 routed weights,
+    # of which a token runs 2 experts: 147,456 - 36,864 idle
+    matmul, routed, active_routed = 270_656 - 16 * 64, 3 * 8 * 3 * 64 * 32, 3 * 2 * 3 * 64 * 32
+    active = matmul - routed + active_routed
+    assert (matmul, active) == (269_632, 159_040)
+    flops, text = model_flops_per_token(model, 11)
+    assert flops == 6 * 159_040 + 12 * 4 * 80 * 11   # MLA: 4 heads x (24 qk + 16 v) / 2 = 80
+    assert text == ("MFU: 0.9965 MFLOP/token from 0.159 M active of 0.27 M matmul parameters (MoE: top-2 of 8 routed "
+                    "experts, 36,864 of their 147,456 parameters per token; everything else in full) = 6 x 159,040 "
+                    "active matmul params + 12 x 4 layers x 80 attn width (MLA: 4 heads x (24 qk + 16 v) / 2) x 11 "
+                    "mean context")
+
+
+def test_mixtral_active_parameters():
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    model = MixtralForCausalLM(MixtralConfig(vocab_size=100, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                             num_experts_per_tok=2))
+    matmul = sum(p.numel() for p in model.parameters()) - 100 * 64
+    idle = 2 * 2 * 3 * 64 * 48   # 2 layers x 2 of 4 experts idle x (gate, up, down) 64 x 48
+    flops, text = model_flops_per_token(model, 32)
+    assert flops == 6 * (matmul - idle) + 12 * 2 * 64 * 32
+    assert "(MoE: top-2 of 4 routed experts, 36,864 of their 73,728 parameters per token" in text
+    assert text.endswith(f"= 6 x {matmul - idle:,} active matmul params + 12 x 2 layers x 64 attn width x 32 "
+                         f"mean context")

@@ -9,7 +9,7 @@ import torch
 from helpers import tiny_config
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dswb.engine.train.prepare import (Fp8Training, ModelHooks, ModelTransform, model_hooks, prepare_model,
+from dswb.engine.train.prepare import (Fp8Training, ModelHooks, ModelTransform, MoeTraining, model_hooks, prepare_model,
                                        transforms_for)
 
 
@@ -56,7 +56,7 @@ def test_a_transform_changes_the_model_and_adds_its_hooks_to_the_loop():
 
 
 def test_the_config_picks_the_transforms_of_a_trained_model_only():
-    assert transforms_for(tiny_config(), "policy", trainable=True) == []
+    assert [type(t) for t in transforms_for(tiny_config(), "policy", trainable=True)] == [MoeTraining]
     fp8 = tiny_config("fp8.enabled=true")
-    assert [type(t) for t in transforms_for(fp8, "policy", trainable=True)] == [Fp8Training]
+    assert [type(t) for t in transforms_for(fp8, "policy", trainable=True)] == [Fp8Training, MoeTraining]
     assert transforms_for(fp8, "reference", trainable=False) == []

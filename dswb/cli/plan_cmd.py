@@ -1,7 +1,8 @@
 """`dswb plan PRESET [--devices N] [--memory 80GB] [--stage S]`: does the model fit, and how is it split?
 
 Reads the model's shape from the config alone (`model.path` needs only its `config.json`, or a
-built-in `model.size`), so a 70B run can be planned on a laptop. Pure arithmetic: no torch, unless
+built-in `model.size`; Mixture-of-Experts models too: total and active parameters, every expert's
+memory), so a 70B run can be planned on a laptop. Pure arithmetic: no torch, unless
 `parallel.devices = ["auto"]` must be resolved or a GPU's free memory read.
 
 When `[lora]` is on for the planned stage (the first of `run.stages`, or `--stage`), the plan counts
@@ -58,7 +59,7 @@ def plan(
     """
     from dswb.engine.placement.memory import STATE_DTYPES, adapter_stage, memory_model_from_config, trains_adapters
     from dswb.engine.placement.planner import check_device_count, plan_layers, plan_stage
-    from dswb.engine.placement.report import (HEADERS, NUMERIC, fit_lines, lora_line, model_line, plan_dict,
+    from dswb.engine.placement.report import (HEADERS, NUMERIC, fit_lines, lora_line, model_line, moe_line, plan_dict,
                                               plan_rows)
     from dswb.engine.placement.shapes import shape_from_config
 
@@ -88,6 +89,8 @@ def plan(
         result = plan_layers(shape, mm, specs, config.parallel.balance)
 
     typer.echo(model_line(result))
+    if result.shape.moe:
+        typer.echo(moe_line(result))
     if mm.lora_r:
         typer.echo(lora_line(result))
     for line in notes:

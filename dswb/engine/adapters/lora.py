@@ -62,7 +62,8 @@ def resolve_targets(model: torch.nn.Module, patterns: list[str], where: str) -> 
             hits = linears
         else:
             hits = [n for n, _ in named if n == pattern or n.endswith("." + pattern) or fnmatch.fnmatchcase(n, pattern)]
-            if any("expert" in n for n in hits) and expert_parameters(model):
+            owners = {n.rsplit(".", 1)[0] for n in expert_parameters(model)}   # the routed experts' modules
+            if any(h == o or h.startswith(o + ".") for h in hits for o in owners):
                 raise UserError(f"{where}: {pattern!r} reaches Mixture-of-Experts experts, whose weights are 3-D "
                                 f"parameters LoRA cannot adapt here; target the attention and shared linears")
             hits = [n for n in hits if isinstance(dict(named)[n], linear_types() + (torch.nn.Embedding,))]

@@ -6,12 +6,18 @@ fnmatch globs on the dotted name: the output head, MoE routers, reward and value
 default), when a dimension is under `fp8.min_dim`, or when a dimension is not a multiple of
 `fp8.multiple_of` (FP8 GEMMs need multiples of 16). The conversion is recorded on the model
 (`fp8_info`) so the stage can log what was converted and why the rest was not.
+
+Mixture-of-Experts models keep their routed experts in 3-D parameters (`experts.gate_up_proj`,
+`experts.down_proj`), not `nn.Linear`s, and their routers are modules of their own: both stay in high
+precision, by design (an FP8 expert GEMM would be a grouped one; docs/fp8.md). `moe_kept` counts them
+and the log says so, with the share of the matmul weights FP8 does cover.
 """
 
 from __future__ import annotations
 
 import copy
 import fnmatch
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -31,6 +37,57 @@ GROUPS = {
     "mlp.down": ("down_proj", "fc2", "w2", "dense_4h_to_h"),
 }
 _LEAF_GROUP = {leaf: group for group, leaves in GROUPS.items() for leaf in leaves}
+_MIN_DIM = re.compile(r"< min_dim (\d+)$")
+
+
+@dataclass(frozen=True)
+class MoeKept:
+    """What of a Mixture-of-Experts model stays in high precision by design, and what FP8 covers."""
+
+    layers: int             # modules holding routed experts (one per MoE layer)
+    experts: int            # routed experts per layer
+    tensors: int            # their 3-D weights
+    expert_weights: int
+    routers: int
+    router_types: tuple[str, ...]
+    fp8_weights: int        # weights of the FP8 linear layers
+    matmul_weights: int     # every linear layer's, expert's and router's weights
+
+    def log_lines(self) -> list[str]:
+        lines = [f"fp8: {self.layers * self.experts} routed experts ({self.layers} MoE layers x {self.experts}; "
+                 f"{self.tensors} 3-D tensors, {self.expert_weights:,} weights) stay in high precision: FP8 covers "
+                 f"nn.Linear layers only (no grouped FP8 GEMM for experts)"]
+        if self.routers:
+            lines.append(f"fp8: {self.routers} MoE routers ({', '.join(self.router_types)}) stay in high precision: "
+                         f"they are not nn.Linear layers, and fp8.skip ('*.gate', '*router*') keeps routers that are")
+        share = self.fp8_weights / max(1, self.matmul_weights)
+        lines.append(f"fp8: {self.fp8_weights:,} of the model's {self.matmul_weights:,} matmul weights ({share:.1%}) "
+                     f"compute in FP8, the rest in high precision")
+        return lines
+
+
+def moe_kept(model: torch.nn.Module, converted: list[str]) -> MoeKept | None:
+    """The routed experts (`experts` modules with 3-D parameters) and routers (`...TopkRouter` / `...TopKRouter`
+    modules) of `model`, beside the weights of its `converted` linear layers; None for a dense model."""
+    experts = [[p for p in m.parameters(recurse=False) if p.dim() == 3]
+               for name, m in model.named_modules() if "expert" in name]
+    experts = [tensors for tensors in experts if tensors]
+    if not experts:
+        return None
+    routers = [m for m in model.modules() if type(m).__name__.lower().endswith("router")]
+    router_weights = sum(p.numel() for m in routers for p in m.parameters() if p.dim() == 2)
+    linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    expert_weights = sum(p.numel() for tensors in experts for p in tensors)
+    return MoeKept(layers=len(experts), experts=max(p.shape[0] for tensors in experts for p in tensors),
+                   tensors=sum(len(tensors) for tensors in experts), expert_weights=expert_weights,
+                   routers=len(routers), router_types=tuple(sorted({type(m).__name__ for m in routers})),
+                   fp8_weights=sum(model.get_submodule(name).weight.numel() for name in converted),
+                   matmul_weights=linear_weights + expert_weights + router_weights)
+
+
+def _short(name: str) -> str:
+    """`model.layers.1.mlp.shared_experts.gate_proj` -> `shared_experts.gate_proj`."""
+    return ".".join([p for p in name.split(".") if not p.isdigit()][-2:])
 
 
 @dataclass
@@ -43,6 +100,7 @@ class Fp8Info:
     converted: list[tuple[str, str]] = field(default_factory=list)   # (name, group)
     kept: list[tuple[str, str]] = field(default_factory=list)        # (name, reason)
     stats_supported: bool = True
+    moe: MoeKept | None = None                                        # set by `fp8_info` for an MoE model
 
     def log_lines(self) -> list[str]:
         counts: dict[str, int] = {}
@@ -54,7 +112,22 @@ class Fp8Info:
         return [f"FP8 on: {self.recipe.describe()}",
                 self.gemm_line,
                 f"FP8 converted {len(self.converted)} linear layers ({groups or 'none'}); "
-                f"kept in high precision: {kept or 'none'}{more}"]
+                f"kept in high precision: {kept or 'none'}{more}"] + self.narrow_lines() + (
+                    self.moe.log_lines() if self.moe else [])
+
+    def narrow_lines(self) -> list[str]:
+        """How many linear layers stayed in high precision for their dimensions (`fp8.min_dim`, `multiple_of`)."""
+        narrow = [(name, m.group(1)) for name, why in self.kept if (m := _MIN_DIM.search(why))]
+        odd = [name for name, why in self.kept if "not multiples of" in why]
+        lines = []
+        if narrow:
+            kinds = ", ".join(dict.fromkeys(_short(name) for name, _ in narrow))
+            lines.append(f"fp8: {len(narrow)} linear layers are narrower than fp8.min_dim = {narrow[0][1]} and stay in "
+                         f"high precision ({kinds})")
+        if odd:
+            lines.append(f"fp8: {len(odd)} linear layers have a dimension not a multiple of fp8.multiple_of and stay "
+                         f"in high precision ({', '.join(dict.fromkeys(_short(name) for name in odd))})")
+        return lines
 
 
 def layer_group(name: str) -> str:
@@ -110,7 +183,12 @@ def convert_model(model: torch.nn.Module, cfg: Any, gemms: Any, gemm_line: str) 
 
 
 def fp8_info(model: torch.nn.Module) -> Fp8Info | None:
-    return getattr(model, INFO_ATTR, None)
+    """What the conversion of `model` did; for an MoE model with what stays in high precision by design
+    (counted here, so that every backend's conversion gets it)."""
+    info = getattr(model, INFO_ATTR, None)
+    if info is not None and info.moe is None:
+        info.moe = moe_kept(model, [name for name, _ in info.converted])
+    return info
 
 
 def fp8_layers(model: torch.nn.Module) -> list[Fp8Linear]:

@@ -16,7 +16,7 @@ Modules outside the planned units (rotary embeddings, ...) go with the embedding
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -103,7 +103,8 @@ def shape_of(model: torch.nn.Module) -> ModelShape:
     """The shape of a live transformers model (its config; vocabulary and head from its modules).
 
     Families the planner does not know are read as Llama-like: parameters are counted from the
-    modules anyway (`model_units`), only FLOPs and activation estimates are approximate then."""
+    modules anyway (`model_units`), only FLOPs and activation estimates are approximate then. MoE models
+    (DeepSeek-V3, Qwen3-MoE, Mixtral) are read as such: their blocks weigh every expert."""
     if not hasattr(model, "config") or not hasattr(model, "get_input_embeddings"):
         raise UserError(f"parallel.mode = 'layers': {type(model).__name__} is not a transformers model; place "
                         f"the models it holds one by one (one Placement, a role each)")
@@ -139,12 +140,10 @@ def model_units(model: torch.nn.Module, shape: ModelShape) -> list[Unit]:
         own = [p for p in module.parameters() if id(p) not in seen]
         seen.update(id(p) for p in own)
         tied = unit.kind == HEAD and not own and any(True for _ in module.parameters())
-        counted.append(Unit(unit.name, unit.kind, sum(p.numel() for p in own), unit.matmul_params, unit.layer,
-                            tied_to=planned[0].name if tied else ""))
+        counted.append(replace(unit, params=sum(p.numel() for p in own), tied_to=planned[0].name if tied else ""))
     rest = sum(p.numel() for p in model.parameters() if id(p) not in seen)
     if rest:
-        first = counted[0]
-        counted[0] = Unit(first.name, first.kind, first.params + rest, first.matmul_params, first.layer)
+        counted[0] = replace(counted[0], params=counted[0].params + rest)
     return counted
 
 

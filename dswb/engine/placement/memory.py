@@ -50,7 +50,12 @@ activation checkpointing only the recomputed block pays it (`device_peak_bytes`)
 forwards through a frozen matmul (no weight gradient) and 3 through attention and trained parameters.
 
 FLOPs per token follow PaLM's count: a forward pass is 2 x matmul parameters, plus 4 x seq_len x
-heads x head_dim for attention in each block; training is 3 forwards (4 with checkpointing).
+heads x head_dim for attention in each block (MLA: 2 x seq_len x heads x (qk + v head dims)); training is
+3 forwards (4 with checkpointing).
+
+Mixture-of-Experts: every expert trains, so weights, gradients, AdamW state and compute copies (bf16 under
+FP8 too: experts and routers stay out of FP8) count every expert; FLOPs count top_k of the routed experts
+(`shapes.active_matmul_params`); MoE and MLA blocks' activations are `placement.moe`'s estimates.
 Not counted: the CUDA context, allocator fragmentation, and temporary buffers of fused kernels; leave
 headroom (`parallel.max_memory` at ~90% of a card).
 """
@@ -61,8 +66,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from dswb.config.adapters import stage_lora
-from dswb.engine.placement.shapes import (BLOCK, EMBED, HEAD, NORM, ModelShape, Unit, block_linears,
-                                          lora_targets, unit_linears, units)
+from dswb.engine.placement.moe import moe_block_bytes_per_token
+from dswb.engine.placement.shapes import (BLOCK, EMBED, HEAD, NORM, ModelShape, Unit, active_matmul_params,
+                                          block_linears, lora_targets, unit_linears, units)
 
 COMPUTE_DTYPES = ("fp32", "bf16", "fp8")
 STATE_DTYPES = {"fp32": 4, "bf16": 2}
@@ -77,7 +83,9 @@ DROPOUT_MASK_BYTES = 4          # per element of an adapted layer's input: the d
 # The tensor each block projection reads, by leaf name: projections that read the same tensor share it
 # (without dropout their adapters keep it once). The attention's output (o's input) the attention keeps anyway.
 PROJECTION_INPUT = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
-                    "o_proj": "", "gate_proj": "mlp input", "up_proj": "mlp input", "down_proj": "mlp product"}
+                    "o_proj": "", "gate_proj": "mlp input", "up_proj": "mlp input", "down_proj": "mlp product",
+                    "q_a_proj": "attention input", "kv_a_proj_with_mqa": "attention input",
+                    "q_b_proj": "query latent", "kv_b_proj": "kv latent"}
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,11 @@ def activation_bytes(compute: str) -> int:
     return 4 if compute == "fp32" else 2
 
 
-def block_activation_bytes_per_token(shape: ModelShape, compute: str) -> int:
-    """Saved-for-backward bytes per token of one decoder block (measured formula, module docstring)."""
+def block_activation_bytes_per_token(shape: ModelShape, compute: str, layer: int | None = None) -> int:
+    """Saved-for-backward bytes per token of one decoder block (measured formula, module docstring); of
+    block `layer` of an MoE or MLA model (None: the block that keeps the most), `placement.moe`'s estimate."""
+    if shape.moe is not None or shape.mla is not None:
+        return moe_block_bytes_per_token(shape, compute, layer)
     h, i, kv, a = shape.hidden, shape.intermediate, shape.kv_dim, shape.heads
     if compute == "fp32":
         return 4 * (8 * h + 4 * i + 2 * kv + a + 2)
@@ -166,13 +177,16 @@ def head_activation_bytes_per_token(shape: ModelShape, compute: str) -> int:
 
 
 def working_set_bytes_per_token(shape: ModelShape, compute: str) -> int:
-    """Transient bytes per token while one block runs without autograd (a frozen model)."""
-    return (2 * shape.hidden + 2 * shape.intermediate) * activation_bytes(compute)
+    """Transient bytes per token while one block runs without autograd (a frozen model); an MoE block's
+    MLP is as wide as the experts a token runs (top_k and the shared ones)."""
+    moe = shape.moe
+    width = max(shape.intermediate, (moe.top_k + moe.shared) * moe.intermediate) if moe else shape.intermediate
+    return (2 * shape.hidden + 2 * width) * activation_bytes(compute)
 
 
 def kv_cache_bytes_per_token(shape: ModelShape, compute: str) -> int:
-    """Keys and values of one block for one token."""
-    return 2 * shape.kv_dim * activation_bytes(compute)
+    """Keys and values of one block for one token (MLA: its two latents)."""
+    return shape.cache_dim * activation_bytes(compute)
 
 
 def kind_copy_bytes(kind: str, compute: str) -> int:
@@ -219,12 +233,13 @@ def adapter_params(unit: Unit, shape: ModelShape, targets: frozenset[str], r: in
 
 
 def frozen_weight_bytes(unit: Unit, shape: ModelShape, mm: MemoryModel) -> int:
-    """The frozen base's bytes of `unit`: a block's projections quantized for QLoRA (its norms and biases
-    stay in the base dtype, as do the embedding and the head), else every parameter in `base_bytes`."""
+    """The frozen base's bytes of `unit`: a block's linear layers quantized for QLoRA (norms, biases, experts
+    and routers stay in the base dtype, as do the embedding and the head), else every parameter in `base_bytes`."""
     if mm.quantize == "none" or unit.kind != BLOCK:
         return unit.params * base_bytes(mm)
-    projections = sum(quantized_bytes(n_in, n_out, mm.quantize) for _, n_in, n_out in block_linears(shape, unit.layer))
-    return projections + (unit.params - unit.matmul_params) * base_bytes(mm)
+    linears = block_linears(shape, unit.layer)
+    projections = sum(quantized_bytes(n_in, n_out, mm.quantize) for _, n_in, n_out in linears)
+    return projections + (unit.params - sum(n_in * n_out for _, n_in, n_out in linears)) * base_bytes(mm)
 
 
 def adapter_dropout_bytes_per_token(unit: Unit, shape: ModelShape, mm: MemoryModel) -> int:
@@ -249,7 +264,7 @@ def trained_activation_bytes(unit: Unit, shape: ModelShape, mm: MemoryModel) -> 
     keeps its input alone (its dropout's share is paid in `device_peak_bytes`)."""
     if unit.kind == BLOCK:
         per_token = (4 * shape.hidden if mm.activation_checkpointing
-                     else block_activation_bytes_per_token(shape, mm.compute)
+                     else block_activation_bytes_per_token(shape, mm.compute, unit.layer)
                      + adapter_dropout_bytes_per_token(unit, shape, mm))
         return mm.tokens * per_token + mm.kv_cache_tokens * kv_cache_bytes_per_token(shape, mm.compute)
     if unit.kind == EMBED:
@@ -276,7 +291,8 @@ def adapter_unit_bytes(unit: Unit, shape: ModelShape, mm: MemoryModel) -> Bytes:
 
 def unit_bytes(unit: Unit, shape: ModelShape, mm: MemoryModel) -> Bytes:
     """Bytes of one unit on its device (the recompute peak of checkpointing is per device: see below)."""
-    copies = unit.matmul_params * copy_bytes_per_param(unit, mm.compute)
+    kept = unit.routed_params + unit.router_params if mm.compute == "fp8" else 0   # experts, routers: no FP8
+    copies = (unit.matmul_params - kept) * copy_bytes_per_param(unit, mm.compute) + 2 * kept
     weights = unit.params * mm.weight_bytes
     if not mm.trainable:
         act = 0
@@ -297,7 +313,7 @@ def frozen_base_peak_bytes(shape: ModelShape, mm: MemoryModel) -> int:
     base dtype (bitsandbytes' compute dtype); nothing for a base in its own dtype (no compute copies)."""
     if mm.quantize == "none":
         return 0
-    largest = max(n_in * n_out for _, n_in, n_out in block_linears(shape, 0))
+    largest = max(n_in * n_out for k in range(shape.layers) for _, n_in, n_out in block_linears(shape, k))
     return largest * base_bytes(mm)
 
 
@@ -321,9 +337,9 @@ def device_peak_bytes(shape: ModelShape, mm: MemoryModel) -> int:
 
 def unit_flops(unit: Unit, shape: ModelShape, mm: MemoryModel) -> float:
     """FLOPs per token of one unit (training: 3 forwards, 4 with checkpointing; frozen: 1; a frozen
-    base under adapters: 2 forwards, 3 with checkpointing)."""
-    forward = 2.0 * unit.matmul_params
-    attention = 4.0 * mm.seq_len * shape.attn_dim if unit.kind == BLOCK else 0.0
+    base under adapters: 2 forwards, 3 with checkpointing); an MoE block's routed experts count top_k."""
+    forward = 2.0 * active_matmul_params(unit, shape)
+    attention = 2.0 * mm.seq_len * (shape.score_dim + shape.value_dim) if unit.kind == BLOCK else 0.0
     if not mm.trainable:
         return forward + attention
     recompute = 1.0 if mm.activation_checkpointing and unit.kind == BLOCK else 0.0

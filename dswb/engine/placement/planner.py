@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from dswb.engine.placement.memory import Bytes, MemoryModel, Role, device_peak_bytes, unit_bytes, unit_flops
-from dswb.engine.placement.shapes import BLOCK, EMBED, NORM, ModelShape, Unit
+from dswb.engine.placement.shapes import BLOCK, EMBED, NORM, ModelShape, Unit, inactive_params
 from dswb.engine.placement.shapes import units as shape_units
 from dswb.errors import UserError
 
@@ -108,6 +108,11 @@ class Plan:
     @property
     def params(self) -> int:
         return sum(u.params for d in self.devices + self.phantom for u in d.units)
+
+    @property
+    def active_params(self) -> int:
+        """Parameters a token runs: an MoE model's routed experts count top_k of them."""
+        return self.params - sum(inactive_params(u, self.shape) for d in self.devices + self.phantom for u in d.units)
 
     def assignment(self) -> dict[str, int]:
         """Unit name -> device index (position in the device list)."""

@@ -5,14 +5,15 @@ Sizes are shown in binary units (`dswb.util.fmt.fmt_bytes`): a limit given as `8
 bytes) shows as `74.5 GiB`. A model that trains LoRA adapters gets a `lora_line` (rank, trainable
 parameters, the frozen base's dtype and size: bf16 when the run computes in bf16, fp32 otherwise, its
 projections in NF4 or int8 for QLoRA); the stage's other models (`Plan.roles`) are rows of their own
-above the trained model's.
+above the trained model's. A Mixture-of-Experts model's `model_line` gives its total and active parameters
+(what a token runs: top_k of the routed experts), and its `moe_line` the memory all its experts take.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from dswb.engine.placement.memory import KINDS, MemoryModel, adapter_params, base_dtype, frozen_weight_bytes
+from dswb.engine.placement.memory import KINDS, MemoryModel, adapter_params, base_bytes, base_dtype, frozen_weight_bytes
 from dswb.engine.placement.planner import DevicePlan, Plan, min_devices, plan_layers, plan_stage
 from dswb.engine.placement.shapes import BLOCK, EMBED, HEAD, NORM, ModelShape, Unit
 from dswb.engine.placement.shapes import units as shape_units
@@ -52,15 +53,57 @@ def plan_rows(plan: Plan) -> list[list[str]]:
 
 
 def model_line(plan: Plan) -> str:
+    """The model's parameters by module; an MoE model's total (every expert) and active per token."""
     shape = plan.shape
     units = [u for d in plan.devices + plan.phantom for u in d.units]
     blocks = [u for u in units if u.kind == BLOCK]
     embed = sum(u.params for u in units if u.kind == EMBED)
     head = [u for u in units if u.kind == HEAD]
     head_text = "tied to the embedding" if head and head[0].tied_to else fmt_count(sum(u.params for u in head))
-    return (f"model: {shape.source or shape.model_type}: {fmt_count(plan.params)} parameters "
-            f"(embedding {fmt_count(embed)}, {len(blocks)} blocks x {fmt_count(blocks[0].params if blocks else 0)}, "
-            f"head {head_text}); hidden {shape.hidden}, vocab {shape.vocab}")
+    if shape.moe is None:
+        block = fmt_count(blocks[0].params if blocks else 0)
+        return (f"model: {shape.source or shape.model_type}: {fmt_count(plan.params)} parameters "
+                f"(embedding {fmt_count(embed)}, {len(blocks)} blocks x {block}, "
+                f"head {head_text}); hidden {shape.hidden}, vocab {shape.vocab}")
+    kinds = []
+    for label, group in (("dense", [u for u in blocks if not u.routed_params]),
+                         ("MoE", [u for u in blocks if u.routed_params])):
+        if group:
+            kinds.append(f"{len(group)} {label} block{'s' if len(group) != 1 else ''} x {fmt_count(group[0].params)}")
+    return (f"model: {shape.source or shape.model_type}: params {fmt_count(plan.params)} total, "
+            f"{fmt_count(plan.active_params)} active per token ({shape.moe.describe()}); embedding "
+            f"{fmt_count(embed)}, {', '.join(kinds)}, head {head_text}; hidden {shape.hidden}, vocab {shape.vocab}")
+
+
+def expert_bytes_per_param(mm: MemoryModel) -> tuple[int, str]:
+    """Bytes a routed expert's parameter takes (without compute copies) and what they are."""
+    if mm.lora_r:
+        return base_bytes(mm), f"frozen {base_dtype(mm)} weights (LoRA does not adapt 3-D experts)"
+    if mm.trainable:
+        return (mm.weight_bytes + mm.grad_bytes + mm.optimizer_states * mm.state_bytes,
+                "weights, grads and optimizer state, since every expert trains")
+    return mm.weight_bytes, "frozen weights"
+
+
+def moe_dict(plan: Plan) -> dict:
+    """The routed experts of an MoE `plan` in numbers (`moe_line`)."""
+    moe = plan.shape.moe
+    model_units = [u for d in plan.devices + plan.phantom for u in d.units]
+    routed = sum(u.routed_params for u in model_units)
+    return {"experts": moe.experts, "top_k": moe.top_k, "shared": moe.shared, "layers": list(moe.layers),
+            "routed_params": routed, "active_params": plan.active_params,
+            "expert_bytes": routed * expert_bytes_per_param(plan.memory)[0]}
+
+
+def moe_line(plan: Plan) -> str:
+    """One line on an MoE model's experts: how many, and the memory all of them take (they all train)."""
+    data, moe = moe_dict(plan), plan.shape.moe
+    _, what = expert_bytes_per_param(plan.memory)
+    shared = f" and {moe.shared} shared" if moe.shared else ""
+    return (f"moe: {len(moe.layers)} MoE blocks, each with {moe.experts} routed experts (a token runs {moe.top_k})"
+            f"{shared}: the routed experts hold {fmt_count(data['routed_params'])} of the {fmt_count(plan.params)} "
+            f"parameters and {fmt_bytes(data['expert_bytes'])} of {what}; FLOPs count the "
+            f"{fmt_count(plan.active_params)} parameters a token runs")
 
 
 def trainable_params(shape: ModelShape, mm: MemoryModel, model_units: list[Unit]) -> int:
@@ -252,7 +295,8 @@ def plan_text(plan: Plan) -> str:
     for r in rows:
         cells = [str(v).rjust(w) if c in NUMERIC else str(v).ljust(w) for c, (v, w) in enumerate(zip(r, widths))]
         table.append("  ".join(cells).rstrip())
-    head = [model_line(plan)] + ([lora_line(plan)] if plan.memory.lora_r else [])
+    head = [model_line(plan)] + ([moe_line(plan)] if plan.shape.moe else [])
+    head += [lora_line(plan)] if plan.memory.lora_r else []
     head += [f"memory: {plan.memory.describe()}", f"plan: {plan.strategy}"]
     return "\n".join(head + table + fit_lines(plan))
 
@@ -262,7 +306,8 @@ def plan_dict(plan: Plan) -> dict:
     flops = plan.total_flops or 1.0
     data = {
         "model": {"source": plan.shape.source, "model_type": plan.shape.model_type, "params": plan.params,
-                  "layers": plan.shape.layers, "hidden": plan.shape.hidden, "vocab": plan.shape.vocab},
+                  "active_params": plan.active_params, "layers": plan.shape.layers, "hidden": plan.shape.hidden,
+                  "vocab": plan.shape.vocab},
         "memory": plan.memory.describe(), "strategy": plan.strategy, "fits": plan.fits,
         "total_bytes": plan.total_bytes, "free_bytes": plan.free_total, "load_ratio": plan.load_ratio(),
         "flops_ratio": plan.flops_ratio(), "split_points": plan.split_points(),
@@ -272,6 +317,8 @@ def plan_dict(plan: Plan) -> dict:
                     for d in plan.devices + plan.phantom],
         "notes": fit_lines(plan),
     }
+    if plan.shape.moe:
+        data["moe"] = moe_dict(plan)
     if plan.memory.lora_r:
         data["lora"] = lora_dict(plan)
     if plan.roles:

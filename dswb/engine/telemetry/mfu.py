@@ -12,6 +12,12 @@ forward and backward, without discounting the causal mask, as PaLM and torchtita
 Only real tokens are counted: padding is work the device does but the model does not need, so it
 lowers MFU, as it should.
 
+Mixture-of-Experts (DeepSeek-V3, Qwen3-MoE, Mixtral: routed experts in 3-D parameters): N counts the
+parameters a token runs, the active ones: top_k / experts of the routed experts' parameters, the router,
+shared experts, attention and dense blocks in full. Counting every expert would credit the device with
+work it never did. Multi-head latent attention (DeepSeek-V3) scores over the query/key head dim and
+sums over the value head dim: d_attn = heads x (qk + v head dims) / 2.
+
 MFU = FLOPs per token x tokens/s / peak FLOP/s. The peak is the device's dense BF16 tensor-core
 peak from `PEAKS` (also for FP8 runs, so that MFU stays comparable across runs with FP8 on and off;
 an FP8 run that is faster shows a higher MFU), or `monitor.peak_tflops` when set.
@@ -80,8 +86,42 @@ def decoder_flops_per_token(matmul_params: int, layers: int, attn_width: int, co
     return 6.0 * matmul_params + 12.0 * layers * attn_width * context
 
 
+@dataclass(frozen=True)
+class RoutedExperts:
+    """The routed experts of a Mixture-of-Experts model: what a token runs of them."""
+
+    params: int        # every routed expert's parameters (the 3-D expert weights)
+    active: int        # what one token runs: top_k experts' share of each expert tensor
+    top_k: int
+    experts: int       # routed experts per MoE layer
+
+
+def routed_experts(model: torch.nn.Module) -> RoutedExperts | None:
+    """The routed experts of `model` (3-D `[experts, out, in]` parameters of its `experts` modules, top_k
+    from its config's `num_experts_per_tok`); None for a dense model."""
+    tensors = [p for name, p in model.named_parameters() if p.dim() == 3 and "expert" in name]
+    top_k = getattr(getattr(model, "config", None), "num_experts_per_tok", None)
+    if not tensors or not top_k:
+        return None
+    active = sum(p.numel() // p.shape[0] * min(top_k, p.shape[0]) for p in tensors)
+    return RoutedExperts(sum(p.numel() for p in tensors), active, top_k, max(p.shape[0] for p in tensors))
+
+
+def attention_width(cfg) -> tuple[float, str]:
+    """d_attn of the 12 L d_attn T term, and how it was taken: heads x head dim, or for multi-head latent
+    attention the mean of the query/key and value widths."""
+    heads = getattr(cfg, "num_attention_heads", 0)
+    qk, v = getattr(cfg, "qk_head_dim", None), getattr(cfg, "v_head_dim", None)
+    if qk and v and getattr(cfg, "kv_lora_rank", None):
+        width = heads * (qk + v) / 2
+        return width, f"{width:g} attn width (MLA: {heads} heads x ({qk} qk + {v} v) / 2)"
+    head_dim = getattr(cfg, "head_dim", None) or (cfg.hidden_size // max(1, heads))
+    return heads * head_dim, f"{heads * head_dim} attn width"
+
+
 def model_flops_per_token(model: torch.nn.Module, context: float) -> tuple[float, str]:
-    """FLOPs per token of a transformers decoder at mean context `context`, and how it was counted."""
+    """FLOPs per token of a transformers decoder at mean context `context`, and how it was counted
+    (a Mixture-of-Experts model: its active parameters, module docstring)."""
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings()
@@ -89,12 +129,17 @@ def model_flops_per_token(model: torch.nn.Module, context: float) -> tuple[float
     tied = output is not None and output.weight is embedding.weight
     matmul_params = params - (0 if tied else embedding.weight.numel())
     layers = getattr(cfg, "num_hidden_layers", 0)
-    heads = getattr(cfg, "num_attention_heads", 0)
-    head_dim = getattr(cfg, "head_dim", None) or (cfg.hidden_size // max(1, heads))
-    attn_width = heads * head_dim
-    flops = decoder_flops_per_token(matmul_params, layers, attn_width, context)
-    text = (f"{flops / 1e6:.4g} MFLOP/token = 6 x {matmul_params:,} matmul params + 12 x {layers} layers x "
-            f"{attn_width} attn width x {context:.0f} mean context")
+    attn_width, width_text = attention_width(cfg)
+    routed = routed_experts(model)
+    active = matmul_params - (routed.params - routed.active if routed else 0)
+    flops = decoder_flops_per_token(active, layers, attn_width, context)
+    attention = f"12 x {layers} layers x {width_text} x {context:.0f} mean context"
+    if routed is None:
+        return flops, f"{flops / 1e6:.4g} MFLOP/token = 6 x {matmul_params:,} matmul params + {attention}"
+    text = (f"MFU: {flops / 1e6:.4g} MFLOP/token from {active / 1e6:.3g} M active of {matmul_params / 1e6:.3g} M "
+            f"matmul parameters (MoE: top-{routed.top_k} of {routed.experts} routed experts, {routed.active:,} of "
+            f"their {routed.params:,} parameters per token; everything else in full) = 6 x {active:,} "
+            f"active matmul params + {attention}")
     return flops, text
 
 
