@@ -263,3 +263,26 @@ def test_aux_free_run_balances_resumes_bitwise_and_saves_its_bias(tmp_path):
     assert torch.equal(model.model.layers[1].mlp.gate.e_score_correction_bias, bias)
     info = json.loads((straight / "final" / "pretrain" / "config.json").read_text())
     assert info["model_type"] == "deepseek_v3"
+
+
+def test_every_stage_balances_and_watches_an_moe_model(tmp_path):
+    """pretrain -> SFT -> RM -> DPO -> PPO -> GRPO on moe-tiny: `moe` events in every stage, and the
+    aux-free bias moves in every stage (the reward model too) and is kept in its final model."""
+    from safetensors.torch import load_file
+
+    from tests.test_posttrain_stages import STAGE_SETTINGS
+
+    stages = ["pretrain", "sft", "rm", "dpo", "ppo", "grpo"]
+    overrides = [f"run.stages={json.dumps(stages)}"] + [s for stage in stages[1:] for s in STAGE_SETTINGS[stage]]
+    run_dir = tmp_path / "run"
+    assert run_in_process(tiny_config(*overrides, *MOE, "moe.stats_every=1", "train.steps=6"), run_dir) == 0
+    moe = read_events(run_dir / "events.jsonl", ("moe",))
+    assert {e["stage"] for e in moe} == set(stages)
+    key = "model.layers.1.mlp.gate.e_score_correction_bias"
+    biases = [load_file(str(run_dir / "final" / s / "model.safetensors"))[key] for s in stages]
+    for before, after, stage in zip(biases, biases[1:], stages[1:]):
+        assert not torch.equal(before, after), stage
+    for stage in ("ppo", "grpo"):   # one bias update per iteration, from its training forward passes only
+        events = [e for e in moe if e["stage"] == stage]
+        assert [e["step"] for e in events] == list(range(1, len(events) + 1))
+        assert all(x["tokens"] > 0 for e in events for x in e["layers"])

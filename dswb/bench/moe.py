@@ -23,7 +23,7 @@ BASE = ["model.size=moe-tiny", "model.max_seq_len=32", "data.source=task", "task
         "task.n_val=500", "task.n_test=100", "task.seed=0", "batching.max_tokens=1024", "train.lr=3e-3",
         "train.warmup_steps=20", "train.weight_decay=0.0", "eval.every=0", "eval.max_batches=8",
         "eval.task_samples=0", "checkpoint.every=0", "checkpoint.keep_last=1", "monitor.log_every=1",
-        "monitor.system_every_s=5", "moe.stats_every=1", "moe.dead_after=50"]
+        "monitor.system_every_s=5", "moe.stats_every=1", "moe.dead_after=50", "run.threads=1"]
 # name -> overrides
 VARIANTS = {
     "none": ["moe.balance=none"],
