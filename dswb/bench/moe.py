@@ -30,6 +30,7 @@ VARIANTS = {
     "aux_loss 0.01": ["moe.balance=aux_loss", "moe.aux_loss_coef=0.01"],
     "aux_free 0.001": ["moe.balance=aux_free", "moe.bias_update_speed=0.001"],
     "aux_free 0.01": ["moe.balance=aux_free", "moe.bias_update_speed=0.01"],
+    "aux_free 0.02": ["moe.balance=aux_free", "moe.bias_update_speed=0.02"],
     "aux_free 0.05": ["moe.balance=aux_free", "moe.bias_update_speed=0.05"],
 }
 
