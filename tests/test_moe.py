@@ -232,10 +232,10 @@ def test_monitor_alerts_once_on_collapse_and_dead_experts():
 
 # ---- real runs -----------------------------------------------------------------------------------------
 
-def test_aux_free_run_balances_resumes_bitwise_and_saves_its_bias(tmp_path):
+def test_aux_free_run_with_mtp_balances_resumes_bitwise_and_saves_its_bias(tmp_path):
     from safetensors.torch import load_file
 
-    cfg = tiny_config(*MOE, "moe.seq_aux_alpha=0.001")
+    cfg = tiny_config(*MOE, "moe.seq_aux_alpha=0.001", "mtp.depth=1")   # MTP's block is an MoE layer too
     straight = tmp_path / "straight"
     assert run_in_process(cfg, straight) == 0
     interrupted = tmp_path / "interrupted"
@@ -250,13 +250,18 @@ def test_aux_free_run_balances_resumes_bitwise_and_saves_its_bias(tmp_path):
     events = read_events(straight / "events.jsonl", ("moe", "metrics", "log"))
     moe = [e for e in events if e["kind"] == "moe"]
     assert [e["step"] for e in moe] == [2, 4, 6, 8, 10, 12]
-    assert all(len(e["layers"]) == 3 and e["balance"] == "aux_free" for e in moe)
+    assert all([x["layer"] for x in e["layers"]] == [1, 2, 3, 4] and e["balance"] == "aux_free" for e in moe)
+    mtp = load_file(str(straight / "final" / "pretrain" / "mtp.safetensors"))
+    mtp_bias = [k for k in mtp if k.endswith("e_score_correction_bias")]
+    assert mtp_bias and float(mtp[mtp_bias[0]].abs().max()) > 0     # the MTP block's router is balanced too
+    resumed = load_file(str(interrupted / "final" / "pretrain" / "mtp.safetensors"))
+    assert mtp.keys() == resumed.keys() and all(torch.equal(mtp[k], resumed[k]) for k in mtp)
     assert moe[-1]["layers"][0]["bias"] == pytest.approx(bias.tolist(), abs=1e-6)
     for e in moe:   # every token counted K times
         assert all(sum(x["load"]) == 2 * x["tokens"] > 0 for x in e["layers"])
     logged = [e["metrics"] for e in events if e["kind"] == "metrics" and "moe/imbalance" in e["metrics"]]
     assert logged and all("moe/seq_aux_loss" in m and "moe/hook_ms" in m for m in logged)
-    assert any("moe: deepseek_v3, 3 MoE layers x 8 routed experts, top-2; balance aux_free" in e.get("message", "")
+    assert any("moe: deepseek_v3, 4 MoE layers x 8 routed experts, top-2; balance aux_free" in e.get("message", "")
                for e in events if e["kind"] == "log")
 
     model = AutoModelForCausalLM.from_pretrained(straight / "final" / "pretrain", local_files_only=True)

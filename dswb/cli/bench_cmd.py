@@ -27,6 +27,7 @@ BENCHES = {
     "grpo-vs-trl": "dswb.bench.grpo_vs_trl",
     "lora": "dswb.bench.lora",
     "moe": "dswb.bench.moe",
+    "mtp": "dswb.bench.mtp",
     "tui": "dswb.bench.tui",
 }
 
@@ -36,7 +37,7 @@ def bench(name: str = typer.Argument(..., help=f"One of: {', '.join(BENCHES)}.")
           quick: bool = typer.Option(False, "--quick", help="Smaller sizes, for a fast check."),
           trials: int | None = typer.Option(None, "--trials", min=1,
                                             help="Trials, for benchmarks that repeat a scenario "
-                                                 "(faults, grpo-vs-trl, lora, moe: seeds)."),
+                                                 "(faults, grpo-vs-trl, lora; moe, mtp: seeds)."),
           init: str | None = typer.Option(None, "--init", help="Start model directory (rl: a causal LM trained on the task)."),
           live: bool = typer.Option(False, "--live", help="tui: what watching a live training costs it "
                                                            "(throughput, viewer CPU, terminal bytes/s)."),

@@ -38,7 +38,7 @@ class MoeConfig:
 
 @dataclass
 class MtpConfig:
-    """`[mtp]`: DeepSeek-V3's multi-token prediction (docs/moe.md)."""
+    """`[mtp]`: DeepSeek-V3's multi-token prediction (docs/mtp.md)."""
 
     depth: int = doc(0, "Extra tokens predicted per position, one module each (0 = off; DeepSeek-V3: 1).", min=0, max=4)
     weight: float = doc(0.3, "lambda: the MTP loss is lambda / depth * sum of the depths' cross-entropies.", min=0.0)

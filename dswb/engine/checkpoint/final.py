@@ -5,7 +5,10 @@
 `dswb_manifest.json` (sizes and checksums of every file, `dswb.rundir.manifest`) is written last,
 before the rename; `dswb runs verify` and a resume check it. A full disk removes the temporary
 directory and raises `DiskFull`. `AutoModelForCausalLM.from_pretrained` and
-`AutoTokenizer.from_pretrained` load the directory offline (they ignore the two dswb files).
+`AutoTokenizer.from_pretrained` load the directory offline (they ignore the two dswb files). A model
+trained with multi-token prediction (`[mtp]`) is saved without its MTP modules, which go to
+`mtp.safetensors` beside it (and, for a DeepSeek-V3 that transformers loads cleanly that way, also into
+DeepSeek's own layout: `dswb.engine.checkpoint.mtp`).
 
 A model with LoRA adapters is saved as its adapter in peft's format (`adapter_config.json`,
 `adapter_model.safetensors`; `PeftModel.from_pretrained(base, dir)` and `AutoPeftModelForCausalLM`
@@ -24,6 +27,7 @@ import torch
 from dswb.engine.adapters.lora import peft_of
 from dswb.engine.checkpoint.dcp import full_state_on_main, plain_copy
 from dswb.engine.checkpoint.layout import seal_directory
+from dswb.engine.checkpoint.mtp import save_pretrained_with_mtp
 from dswb.engine.distributed.world import active
 from dswb.engine.distributed.wrap import is_ddp
 from dswb.engine.fp8.convert import export_model
@@ -44,7 +48,7 @@ def save_final(path: Path, model: torch.nn.Module, tokenizer, info: dict) -> Pat
         if peft_model is not None:
             save_adapter(peft_model, tmp, info["adapter"]["base"])
         else:
-            export_model(model).save_pretrained(tmp, safe_serialization=True)   # no FP8 wrapper keys
+            save_pretrained_with_mtp(export_model(model), tmp)   # no FP8 wrapper keys; MTP modules beside
         tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps(info, indent=1, default=str))
         if peft_model is not None and info["adapter"].get("merge_final"):

@@ -56,7 +56,7 @@ def moe_tiny_config(vocab_size: int, max_seq_len: int, bos_id: int, eos_id: int,
     return DeepseekV3Config(
         vocab_size=vocab_size, max_position_embeddings=max_seq_len, rms_norm_eps=1e-5, tie_word_embeddings=False,
         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, attention_dropout=0.0,
-        attn_implementation="sdpa", **MOE_TINY,
+        attn_implementation="sdpa", num_nextn_predict_layers=0, **MOE_TINY,   # (MTP: `[mtp]`, docs/mtp.md)
     )
 
 

@@ -37,19 +37,27 @@ class Router:
         return getattr(self.module, BIAS, None)
 
 
-def _layer_index(name: str, fallback: int) -> int:
+def _layer_index(name: str, fallback: int, n_layers: int) -> int:
+    """The decoder layer a router belongs to; a multi-token-prediction module's block counts after the
+    model's layers (`mtp.layers.K` is layer `num_hidden_layers + K`, as DeepSeek's checkpoints number it)."""
     found = re.findall(r"layers\.(\d+)\.", name + ".")
-    return int(found[-1]) if found else fallback
+    if not found:
+        return fallback
+    mtp = name.startswith("mtp.") or ".mtp." in name
+    return int(found[-1]) + (n_layers if mtp else 0)
 
 
 def find_routers(model: torch.nn.Module) -> list[Router]:
+    config = model_config_of(model)
+    n_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     routers = []
     for name, module in model.named_modules():
         kind = ROUTER_CLASSES.get(type(module).__name__)
         if kind is None:
             continue
-        routers.append(Router(name=name, layer=_layer_index(name, len(routers)), module=module, family=kind[0],
-                              scoring=kind[1], experts=int(module.num_experts), top_k=int(module.top_k)))
+        routers.append(Router(name=name, layer=_layer_index(name, len(routers), n_layers), module=module,
+                              family=kind[0], scoring=kind[1], experts=int(module.num_experts),
+                              top_k=int(module.top_k)))
     return routers
 
 

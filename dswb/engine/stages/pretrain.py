@@ -26,6 +26,7 @@ from dswb.engine.model.build import build_model
 from dswb.engine.model.load import fit_vocab
 from dswb.engine.stages.adapters import final_extra, stage_adapters
 from dswb.engine.stages.common import batching_event, begin_stage, describe_model, finish_lm, resume_stream, run_lm_loop
+from dswb.engine.train.mtp import mtp_transforms
 from dswb.engine.train.optim import build_optimizer
 from dswb.engine.train.prepare import prepare_model
 
@@ -71,7 +72,11 @@ def run(ctx: StageContext) -> str:
         grown = fit_vocab(model, data.tokenizer)
     model, info = build_model(cfg.model.size, cfg.model.path, data.tokenizer, cfg.model.max_seq_len,
                               model=model if adapters is not None else None)
-    model = prepare_model(model, cfg, ctx.device, adapters=adapters.transform(grown_vocab=grown) if adapters else None)
+    start_dir = Path(cfg.model.path).expanduser() if cfg.model.path else None
+    extras = mtp_transforms(cfg, cfg.train.steps, start_dir, adapters is not None,
+                            log=lambda line: ctx.monitor.log(line, stage=STAGE))
+    model = prepare_model(model, cfg, ctx.device, adapters=adapters.transform(grown_vocab=grown) if adapters else None,
+                          extras=extras)
     optimizer = build_optimizer(model, cfg.train, ctx.device)
     pad_id = data.tokenizer.pad_token_id
     stream = BatchStream(data.train, cfg.batching, pad_id=pad_id, max_len=cfg.model.max_seq_len, seed=cfg.run.seed,

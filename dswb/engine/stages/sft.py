@@ -27,6 +27,7 @@ from dswb.engine.model.load import fit_vocab, load_causal_lm
 from dswb.engine.stages.adapters import final_extra, stage_adapters
 from dswb.engine.stages.common import (TaskData, accuracy_target, batching_event, begin_stage, describe_model,
                                        eval_every, finish_lm, resolve_init, resume_stream, run_lm_loop)
+from dswb.engine.train.mtp import mtp_transforms
 from dswb.engine.train.optim import build_optimizer
 from dswb.engine.train.prepare import prepare_model
 from dswb.errors import UserError
@@ -47,7 +48,8 @@ def encode_records(tokenizer, records: list[SFTRecord], loss_on: str) -> tuple[l
 
 
 def _start(ctx: StageContext, task: TaskData | None):
-    """(model, tokenizer, source, adapters) from `sft.init`/the run/model.path, else a fresh model (seeded)."""
+    """(model, tokenizer, source, adapters, start directory) from `sft.init`/the run/model.path, else a fresh
+    model (seeded; no directory)."""
     cfg = ctx.config
     start = resolve_init(ctx, STAGE, cfg.sft.init, "sft.init", required=False)
     adapters = stage_adapters(cfg, STAGE, start.path if start else None,
@@ -56,8 +58,8 @@ def _start(ctx: StageContext, task: TaskData | None):
         tokenizer = load_tokenizer(start.path, "sft.init")
         if adapters is not None:
             model = adapters.load_lm(start.path, "sft.init", ctx.device, ctx.amp_dtype)
-            return model, tokenizer, f"{start.path}", adapters
-        return load_causal_lm(start.path, "sft.init"), tokenizer, f"{start.path}", None
+            return model, tokenizer, f"{start.path}", adapters, start.path
+        return load_causal_lm(start.path, "sft.init"), tokenizer, f"{start.path}", None, start.path
     if cfg.model.tokenizer:
         tokenizer = load_tokenizer(cfg.model.tokenizer, "model.tokenizer")
     elif task is not None:
@@ -66,7 +68,7 @@ def _start(ctx: StageContext, task: TaskData | None):
         raise UserError("sft: training from scratch on files needs model.tokenizer (or start from model.path / sft.init)")
     torch.manual_seed(cfg.run.seed)
     model, _ = build_model(cfg.model.size, "", tokenizer, cfg.model.max_seq_len)
-    return model, tokenizer, f"llama-{cfg.model.size} (fresh)", None
+    return model, tokenizer, f"llama-{cfg.model.size} (fresh)", None, None
 
 
 def run(ctx: StageContext) -> str:
@@ -80,7 +82,7 @@ def run(ctx: StageContext) -> str:
     if sec.max_records and len(train_records) > sec.max_records:
         mon.log(f"training on the first {sec.max_records} of {len(train_records)} records (sft.max_records)", stage=STAGE)
         train_records = train_records[:sec.max_records]
-    model, tokenizer, source, adapters = _start(ctx, task)
+    model, tokenizer, source, adapters, start_dir = _start(ctx, task)
     chat = train_records[0].is_chat
     if chat and install_chat_template(tokenizer, sec.template):
         mon.log(f"added chat tokens; vocabulary now {len(tokenizer)}", stage=STAGE)
@@ -93,7 +95,10 @@ def run(ctx: StageContext) -> str:
             f"encoded in {time.perf_counter() - t0:.1f}s", stage=STAGE)
 
     max_len = int(getattr(model.config, "max_position_embeddings", cfg.model.max_seq_len))
-    model = prepare_model(model, cfg, ctx.device, adapters=adapters.transform(grown_vocab=grown) if adapters else None)
+    extras = mtp_transforms(cfg, sec.steps, start_dir, adapters is not None,
+                            log=lambda line: mon.log(line, stage=STAGE))
+    model = prepare_model(model, cfg, ctx.device, adapters=adapters.transform(grown_vocab=grown) if adapters else None,
+                          extras=extras)
     optimizer = build_optimizer(model, sec, ctx.device)
     stream = BatchStream(samples, cfg.batching, pad_id=tokenizer.pad_token_id, max_len=max_len, seed=cfg.run.seed,
                          batches_per_step=sec.grad_accum, loss_masks=masks, **stream_shard())

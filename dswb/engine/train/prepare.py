@@ -34,6 +34,7 @@ from dswb.engine.fp8 import apply_fp8
 from dswb.engine.fp8.convert import fp8_info
 from dswb.engine.fp8.monitor import Fp8Monitor
 from dswb.engine.moe.monitor import MoeMonitor, describe_unsupported, plan_moe
+from dswb.engine.moe.routers import find_routers
 from dswb.engine.placement.roles import Placement
 from dswb.engine.telemetry.mfu import model_flops_per_token
 
@@ -133,6 +134,7 @@ class MoeTraining(ModelTransform):
             if unsupported:
                 ctx.monitor.log(unsupported, stage=stage)
             return hooks
+        self.plan.routers = find_routers(model)   # with the routers of transforms applied after this one (MTP)
         cfg = ctx.config.moe
         every = f"statistics every {cfg.stats_every} steps" if cfg.stats_every else "statistics off"
         ctx.monitor.log(f"{self.plan.describe()}; {every}", stage=stage)

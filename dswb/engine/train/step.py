@@ -11,6 +11,9 @@ one-process step over the union of the ranks' micro-batches. DDP all-reduces onc
 earlier micro-batches' backward passes run under `no_sync`). A pipeline runs the same step through
 its schedule (`pipeline_backward`).
 
+With multi-token prediction (`[mtp]`) the backpropagated sum adds the MTP modules' loss term on the same
+token-sum scale (`forward_loss_sums`, `dswb.engine.train.mtp`); the reported loss stays the next-token loss.
+
 `guarded_update` is the one way any stage applies its gradients: clip (or only measure) the
 gradient norm, step only when the loss and the norm are finite, zero the gradients.
 """
@@ -28,8 +31,10 @@ from dswb.engine.distributed.pipeline import pipeline_of
 from dswb.engine.distributed.world import active
 from dswb.engine.distributed.wrap import grad_scale, gradient_sync
 from dswb.engine.model.device import autocast
+from dswb.engine.model.mtp import final_hidden, mtp_of
 from dswb.engine.moe.share import loss_share
 from dswb.engine.train.losses import token_loss_sum
+from dswb.engine.train.mtp import mtp_loss_term
 
 
 @dataclass
@@ -69,10 +74,23 @@ def guarded_update(optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.P
 
 
 def forward_loss_sum(model: torch.nn.Module, batch, amp_dtype, device: torch.device) -> torch.Tensor:
+    """The sum of `batch`'s next-token losses: what evaluation and the `loss` metric report."""
+    return forward_loss_sums(model, batch, amp_dtype, device, with_mtp=False)[1]
+
+
+def forward_loss_sums(model: torch.nn.Module, batch, amp_dtype, device: torch.device,
+                      with_mtp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sum to backpropagate, the next-token loss sum) of `batch`. With MTP modules on the model
+    (`[mtp]`, `mtp_of`) the first adds their loss on the same token-sum scale (`dswb.engine.train.mtp`),
+    from the model's last hidden state after its final norm."""
+    mtp = mtp_of(model) if with_mtp else None
     with autocast(device, amp_dtype):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids, use_cache=False).logits
-    return token_loss_sum(logits, batch.labels)
+        with final_hidden(model, enabled=mtp is not None) as hidden:
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, use_cache=False).logits
+        extra = mtp_loss_term(mtp, model, hidden[-1], batch) if mtp is not None else None
+    loss_sum = token_loss_sum(logits, batch.labels)
+    return (loss_sum if extra is None else loss_sum + extra), loss_sum
 
 
 def lm_backward(model: torch.nn.Module, micro_batches: list, device: torch.device, amp_dtype) -> float:
@@ -85,8 +103,8 @@ def lm_backward(model: torch.nn.Module, micro_batches: list, device: torch.devic
     total = torch.zeros((), device=device)
     for i, batch in enumerate(micro_batches):
         with gradient_sync(model, i == len(micro_batches) - 1), loss_share(batch.n_target / max(1, local_target)):
-            loss_sum = forward_loss_sum(model, batch, amp_dtype, device)
-            (loss_sum * scale / max(1, n_target)).backward()
+            backward_sum, loss_sum = forward_loss_sums(model, batch, amp_dtype, device)
+            (backward_sum * scale / max(1, n_target)).backward()
         total += loss_sum.detach()
     return (float(total) if world is None else world.sum([float(total)])[0]) / max(1, n_target)
 
