@@ -291,3 +291,34 @@ def test_every_stage_balances_and_watches_an_moe_model(tmp_path):
         events = [e for e in moe if e["stage"] == stage]
         assert [e["step"] for e in events] == list(range(1, len(events) + 1))
         assert all(x["tokens"] > 0 for e in events for x in e["layers"])
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+def test_a_local_softmax_moe_model_trains_with_the_auxiliary_loss(tmp_path, family):
+    """A Qwen3-MoE / Mixtral directory (`model.path`): `auto` balancing is the auxiliary loss with the
+    model config's own coefficient, reported with the routing statistics of its layers."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    from dswb.engine.data.records.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, num_experts_per_tok=2, max_position_embeddings=64,
+                  router_aux_loss_coef=0.02, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = (Qwen3MoeForCausalLM(Qwen3MoeConfig(num_experts=4, moe_intermediate_size=16, **common))
+             if family == "qwen3_moe" else MixtralForCausalLM(MixtralConfig(num_local_experts=4, **common)))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    run_dir = tmp_path / "run"
+    assert run_in_process(tiny_config(f"model.path={tmp_path / 'model'}", "moe.stats_every=2", "train.steps=4"),
+                          run_dir) == 0
+    events = read_events(run_dir / "events.jsonl", ("moe", "metrics", "log"))
+    moe = [e for e in events if e["kind"] == "moe"]
+    assert [e["step"] for e in moe] == [2, 4]
+    assert all(e["family"] == family and e["balance"] == "aux_loss" and [x["layer"] for x in e["layers"]] == [0, 1]
+               and all(x["bias"] is None for x in e["layers"]) for e in moe)
+    assert any(f"moe: {family}, 2 MoE layers x 4 routed experts, top-2; balance aux_loss (coef 0.02)" in
+               e.get("message", "") for e in events if e["kind"] == "log")
+    assert [e["metrics"]["moe/aux_loss"] > 0 for e in events if e["kind"] == "metrics" and "moe/aux_loss" in e["metrics"]] \
+        == [True, True]

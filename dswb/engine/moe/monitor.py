@@ -72,13 +72,27 @@ class MoeMonitor:
         self.history: dict[int, list[float]] = {}
         self.window_steps = 0
         self._pending: dict[str, float] = {}
+        self._closed: int | None = None    # the last step closed
         self._alerted: dict[str, dict] = {}    # code -> {key: statistics points since it was last seen}
 
     def metrics(self) -> dict[str, float]:
+        """The `moe/...` metrics of a statistics step. The loop asks for metrics after the optimizer step
+        and before the step hooks, so the step is closed here already (the first step of a stage, whose
+        number is not known yet, reports with the next metrics)."""
+        if self._closed is not None:
+            self._close(self._closed + 1)
         out, self._pending = self._pending, {}
         return out
 
     def after_step(self, step: int) -> None:
+        self._close(step)
+
+    def _close(self, step: int) -> None:
+        """Once per optimizer step: the step's loads (over the ranks) move the bias and the dead-expert
+        counters; on a statistics step the window becomes a `moe` event."""
+        if self._closed == step:
+            return
+        self._closed = step
         world = active()
         step_loads = [c.step_load for c in self.hooks.counts]
         loads = torch.stack(step_loads).double().cpu().tolist()
