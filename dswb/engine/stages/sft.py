@@ -67,8 +67,8 @@ def _start(ctx: StageContext, task: TaskData | None):
     else:
         raise UserError("sft: training from scratch on files needs model.tokenizer (or start from model.path / sft.init)")
     torch.manual_seed(cfg.run.seed)
-    model, _ = build_model(cfg.model.size, "", tokenizer, cfg.model.max_seq_len)
-    return model, tokenizer, f"llama-{cfg.model.size} (fresh)", None, None
+    model, info = build_model(cfg.model.size, "", tokenizer, cfg.model.max_seq_len)
+    return model, tokenizer, f"{info.source} (fresh)", None, None
 
 
 def run(ctx: StageContext) -> str:
