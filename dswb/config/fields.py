@@ -34,5 +34,7 @@ class OptimSettings:
     max_bad_steps: int = doc(5, "Non-finite losses in a row before the run fails.", min=1)
     max_seconds: float = doc(0.0, "Stop the stage after this many seconds of training steps (0 = no limit); it then "
                              "finishes as usual (final eval, final model). A time limit is not resume-exact.", min=0.0)
+    threads: int = doc(-1, "CPU threads for torch in this stage (-1: run.threads; 0: torch's default). A resumed "
+                       "stage keeps the count it started with, so resume stays bitwise.", min=-1)
     lora: dict = doc(None, "This stage's changes to `[lora]` (a table `[<stage>.lora]` of its fields, e.g. r = 8).",
                      factory=dict)
