@@ -8,6 +8,8 @@ against their manifests first (a corrupt one is moved aside with an alert and th
 to the newest one that verifies); a resume with nothing left to do ends `finished`; a full disk
 anywhere (checkpoint, events, status, log, data cache, final model) ends the run `failed` with
 one line naming the path and the free space, written wherever it still can be.
+Each stage runs with its own torch CPU threads (its section's `threads`, else `run.threads`); a
+resumed stage keeps the count its checkpoint records, so it stays bitwise equal.
 
 Under torchrun (or a distributed `[parallel] mode`) every rank runs this same function: rank 0
 writes the run directory (with the world size and every rank's device in `run_start` and
@@ -20,6 +22,7 @@ error in the launcher's store before it exits).
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 import time
@@ -32,7 +35,7 @@ import torch
 from dswb.config.load import config_to_dict, config_to_toml
 from dswb.config.schema import Config
 from dswb.engine.checkpoint.final import is_complete, remove_partial, verify_final
-from dswb.engine.checkpoint.layout import quarantine, select_checkpoint
+from dswb.engine.checkpoint.layout import STATE_FILE, latest_checkpoint, quarantine, select_checkpoint
 from dswb.engine.context import StageContext
 from dswb.engine.distributed.ranks import DistributedControl, RankMonitor, RankSync
 from dswb.engine.distributed.world import World, end_world, ensure_world, is_collective_failure
@@ -51,6 +54,7 @@ EXIT_CODES = {"finished": 0, "failed": 1, "stopped": 130}
 CORRUPT_EXPLAIN = ("The file's size or checksum differs from the manifest written with it: the bytes changed on "
                    "disk after training wrote them (a disk or filesystem fault, a copy cut short, an edit). The "
                    "directory was moved aside (corrupt-*) for inspection; `dswb runs verify RUN` checks a whole run.")
+DEFAULT_THREADS = torch.get_num_threads()   # torch's own count, before anything here sets it for good
 
 
 def _one_line(exc: BaseException) -> str:
@@ -219,6 +223,7 @@ def _run_stages(base: StageContext, world: World | None) -> str:
         if world is not None:   # rank 0 has moved corrupt checkpoints aside: every rank now sees the same
             world.barrier()
         monitor.write_status(force=True, state="running", stage=stage)
+        _set_stage_threads(base, stage)
         ctx = replace(base, previous_final=previous_final, finals=dict(finals))
         state = importlib.import_module(STAGE_MODULES[stage]).run(ctx)
         if state != "finished":
@@ -226,6 +231,45 @@ def _run_stages(base: StageContext, world: World | None) -> str:
             break
         previous_final = finals[stage] = final_dir
     return state
+
+
+def _thread_count(value: int) -> int:
+    """A configured thread count as torch's count (0: torch's default at process start)."""
+    return value if value > 0 else DEFAULT_THREADS
+
+
+def _started_threads(base: StageContext, stage: str) -> int | None:
+    """The thread count the stage started with, as recorded in the checkpoint it resumes from
+    (None: it starts afresh, or the checkpoint predates the record)."""
+    ckpt = latest_checkpoint(base.paths.checkpoints(stage)) if base.resume else None
+    if ckpt is None:
+        return None
+    try:
+        threads = json.loads((ckpt.path / STATE_FILE).read_text()).get("threads")
+    except (OSError, ValueError):
+        return None   # the stage's own resume reports an unreadable checkpoint
+    return threads if isinstance(threads, int) and threads > 0 else None
+
+
+def _set_stage_threads(base: StageContext, stage: str) -> None:
+    """Set torch's CPU threads for `stage`: its section's `threads` (-1: run.threads; 0: torch's
+    default), or on a resume the count it started with (thread counts change float results, so a
+    resumed stage stays bitwise equal only with the same count). The count is recorded in every
+    checkpoint's trainer state (`dswb.engine.train.loop`)."""
+    config = base.config
+    section = "train" if stage == "pretrain" else stage
+    configured = getattr(config, section).threads
+    field = f"{section}.threads" if configured >= 0 else "run.threads"
+    run_count = _thread_count(config.run.threads)
+    count = _thread_count(configured) if configured >= 0 else run_count
+    started = _started_threads(base, stage)
+    if started is not None and started != count:
+        base.monitor.log(f"threads: {stage} resumes with {started} threads, as it started ({field} now says "
+                         f"{count})", stage=stage)
+        count = started
+    elif count != run_count:
+        base.monitor.log(f"threads: {count} for {stage} ({field}; the run's: {run_count})", stage=stage)
+    torch.set_num_threads(count)
 
 
 def _failure_line(exc: BaseException, world: World | None, roots: list[Path]) -> str:

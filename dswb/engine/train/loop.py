@@ -98,7 +98,8 @@ def _checkpoint(ctx: StageContext, parts: LoopParts, step: int, reason: str, dat
     t0 = time.perf_counter()
     ckpt = save_checkpoint(ctx.paths.checkpoints(parts.stage), step, parts.model, parts.optimizer,
                            {**parts.state, "data": parts.data_state() if data is None else data,
-                            "stats": ctx.monitor.stats.to_dict()},
+                            "stats": ctx.monitor.stats.to_dict(),
+                            "threads": torch.get_num_threads()},   # a resume sets it again (runner)
                            ctx.config.checkpoint.keep_last)
     seconds = time.perf_counter() - t0
     ctx.monitor.emit("checkpoint", parts.stage, step, path=str(ckpt.path), seconds=round(seconds, 3), reason=reason)
