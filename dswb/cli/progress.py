@@ -56,6 +56,8 @@ def _event_line(event: dict) -> str | None:
         return None
     if kind == "log":
         return f"[{stage}] {event.get('message')}"
+    if kind == "eval" and not event.get("metrics"):   # an evaluation that measured nothing
+        return None
     return f"[{stage}] step {event.get('step')} {kind}: {describe(event)}"
 
 

@@ -22,7 +22,8 @@ from dswb.cli import runs_control, runs_plot, runs_verify, samples_cmd
 from dswb.cli.common import (DEFAULT_RUNS_ROOT, NAME_LIMIT, RunRef, RunsRoot, echo_json, fmt_num, print_table,
                              safe_text, user_errors)
 from dswb.cli.pipeline_view import pipeline, pipeline_json, print_pipeline
-from dswb.cli.runs_scan import LIVE_STATES, STAT_KINDS, StageAdapter, adapter_stages, run_summary, scan_events
+from dswb.cli.runs_scan import (LIVE_STATES, STAT_KINDS, StageAdapter, adapter_stages, books_in_run_order, run_summary,
+                                scan_events)
 from dswb.rundir import RunPaths, effective_state, find_runs, read_status, resolve_run
 from dswb.util.fmt import fmt_age, fmt_bytes, fmt_duration, fmt_time
 
@@ -75,7 +76,8 @@ def _metrics_text(metrics: dict) -> str:
 @user_errors
 def show(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
          as_json: Annotated[bool, typer.Option("--json", help="Print status and statistics as JSON.")] = False) -> None:
-    """Show a run's status and count/mean/std/min/max/last of every metric, the last eval and alerts.
+    """Show a run's status, count/mean/std/min/max/last of every metric of each stage (in the run's
+    order: the last stage's last), the last eval and alerts.
 
     Example: `dswb runs show latest`
     """
@@ -84,20 +86,21 @@ def show(run: RunRef, runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
     state = effective_state(status)
     scan = scan_events(paths.events)
     if as_json:
-        stats: dict[str, dict] = {}
-        for (kind, stage), book in sorted(scan.books.items()):
-            stats.setdefault(kind, {})[stage] = book.summaries()
+        rows = pipeline(paths, state)
+        stats: dict[str, dict] = {kind: {} for kind in STAT_KINDS if any(k == kind for k, _ in scan.books)}
+        for (kind, stage), book in books_in_run_order(scan, [r.stage for r in rows]):
+            stats[kind][stage] = book.summaries()
         echo_json({"run_id": paths.run_id, "path": str(paths.root), "state": state, "status": status,
                    "stats": stats, "last_eval": scan.last_eval, "last_checkpoint": scan.last_checkpoint,
                    "alerts": scan.alerts, "alert_count": scan.alert_count,
-                   "pipeline": pipeline_json(pipeline(paths, state)),
+                   "pipeline": pipeline_json(rows),
                    "adapters": [a.json() for a in adapter_stages(paths)]})
         return
     _print_status(paths, status, state)
     _print_adapters(paths, status)
     typer.echo("")
-    print_pipeline(paths, state)
-    for (kind, stage), book in sorted(scan.books.items(), key=lambda kv: (STAT_KINDS.index(kv[0][0]), kv[0][1])):
+    stages = [r.stage for r in print_pipeline(paths, state)]
+    for (kind, stage), book in books_in_run_order(scan, stages):
         table = book.summaries()
         rows = [[safe_text(name, NAME_LIMIT), s["count"], fmt_num(s["mean"]), fmt_num(s["std"]), fmt_num(s["min"]),
                  fmt_num(s["max"]), fmt_num(s["last"])] for name, s in list(table.items())[:ROWS_LIMIT]]

@@ -119,6 +119,8 @@ def scan_events(path: Path, ema_decay: float = 0.9, keep_alerts: int = 10) -> Ru
         scan.events += 1
         kind = event.get("kind")
         if kind in STAT_KINDS and isinstance(event.get("metrics"), dict):
+            if not event["metrics"]:    # an evaluation that measured nothing (older runs wrote them)
+                continue
             key = (kind, event.get("stage") or "-")
             book = scan.books.get(key)
             if book is None:
@@ -133,6 +135,18 @@ def scan_events(path: Path, ema_decay: float = 0.9, keep_alerts: int = 10) -> Ru
             scan.last_checkpoint = event
     scan.bad_lines = tail.bad_lines
     return scan
+
+
+def books_in_run_order(scan: RunScan, stages: Sequence[str]) -> list[tuple[tuple[str, str], StatsBook]]:
+    """`scan`'s statistics grouped by stage, the stages in the run's order (`stages`, then any other
+    in the order its events came), each stage's metrics, eval and system in that order: the last
+    stage that ran comes last, just above the last eval."""
+    rank = {stage: i for i, stage in enumerate(stages)}
+    first_seen: dict[str, int] = {}
+    for _, stage in scan.books:
+        first_seen.setdefault(stage, len(first_seen))
+    return sorted(scan.books.items(), key=lambda kv: (rank.get(kv[0][1], len(rank)), first_seen[kv[0][1]],
+                                                      STAT_KINDS.index(kv[0][0])))
 
 
 @dataclass

@@ -85,11 +85,14 @@ class Monitor:
             self.reporter.on_metrics(stage, step, total_steps, metrics, eta_s)
 
     def eval(self, stage: str, step: int, metrics: dict[str, float]) -> None:
+        """Record an evaluation; one that measured nothing (an RL stage on files) leaves no trace."""
         if self.ranks is not None:
             agreed = self.ranks.agree(metrics)
             if agreed is not metrics:
                 metrics.clear()
                 metrics.update(agreed)
+        if not metrics:   # after the agreement: every rank takes part in it
+            return
         self.stats.update(metrics)
         self.emit("eval", stage, step, metrics=metrics)
         self.status["last_eval"] = metrics
