@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dswb.cli import runs_control, runs_plot, runs_verify, samples_cmd
+from dswb.cli import runs_control, runs_export, runs_plot, runs_verify, samples_cmd
 from dswb.cli.common import (DEFAULT_RUNS_ROOT, NAME_LIMIT, RunRef, RunsRoot, echo_json, fmt_num, print_table,
                              safe_text, user_errors)
 from dswb.cli.pipeline_view import pipeline, pipeline_json, print_pipeline
@@ -213,3 +213,4 @@ app.command("pause")(runs_control.pause)
 app.command("resume")(runs_control.resume)
 app.command("checkpoint")(runs_control.checkpoint)
 app.command("samples")(samples_cmd.samples)
+app.command("export")(runs_export.export)

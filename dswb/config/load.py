@@ -8,6 +8,7 @@ and impossible combinations.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import tomllib
 import typing
@@ -180,6 +181,20 @@ def validate(config: Config, where: str) -> None:
     validate_parallel(config, where)
     validate_fp8(config, where)
     validate_lora(config, where)
+    validate_report_to(config, where)
+
+
+SINK_LIBRARIES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}   # `[monitor] report_to` name -> module it needs
+
+
+def validate_report_to(config: Config, where: str) -> None:
+    """`[monitor] report_to`: known tracker names whose library is installed (checked without importing it)."""
+    for name in config.monitor.report_to:
+        if name not in SINK_LIBRARIES:
+            raise UserError(f"{where}: monitor.report_to: unknown tracker {name!r} (known: {', '.join(SINK_LIBRARIES)})")
+        if importlib.util.find_spec(SINK_LIBRARIES[name]) is None:
+            raise UserError(f'{where}: monitor.report_to = ["{name}"] needs {SINK_LIBRARIES[name]}: '
+                            f'pip install -e ".[{name}]"')
 
 
 def validate_fp8(config: Config, where: str) -> None:

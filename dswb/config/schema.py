@@ -123,6 +123,9 @@ class MonitorConfig:
     system_every_s: float = doc(2.0, "Seconds between system samples (CPU, RAM, GPU).", min=0.1)
     ema: float = doc(0.9, "EMA decay of the streaming statistics.", min=0.0, max=0.9999)
     peak_tflops: float = doc(0.0, "Device peak TFLOP/s for the `mfu` metric; 0 = dense BF16 peak of a known GPU (none on CPU).", min=0.0)
+    report_to: list[str] = doc(None, "Also write the run to these trackers: tensorboard, mlflow (see docs/sinks.md).", factory=list)
+    report_dir: str = doc("", "Where the trackers write: empty = under the run directory (tensorboard/, mlflow/); "
+                              "else a directory (TensorBoard: <dir>/<run id>) or an MLflow tracking URI.")
 
 
 FP8_GRANULARITIES = ("tensor", "row", "tile", "block")

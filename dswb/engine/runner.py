@@ -42,6 +42,7 @@ from dswb.engine.distributed.world import World, end_world, ensure_world, is_col
 from dswb.engine.model.device import autocast_dtype, select_device, set_determinism
 from dswb.engine.telemetry.control import RunControl
 from dswb.engine.telemetry.monitor import Monitor, Reporter
+from dswb.engine.telemetry.sinks import SinkPump, make_sinks
 from dswb.engine.telemetry.system import SystemSampler
 from dswb.errors import EXIT_USER_ERROR, TrainingFailed, UserError
 from dswb.rundir.layout import RunPaths
@@ -82,6 +83,8 @@ def _open_run(config: Config, paths: RunPaths, resume: bool, reporter: Reporter 
         status["started"] = previous.get("started") or status["started"]
         status["resumed"] = (previous.get("resumed") or 0) + 1
     monitor = Monitor(paths, status, ema=config.monitor.ema, reporter=reporter, ranks=ranks)
+    if config.monitor.report_to:   # rank 0 only (the other ranks returned above)
+        monitor.attach_sinks(SinkPump(make_sinks(config.monitor.report_to), paths.root, config_to_dict(config)))
     monitor.emit("run_start", None, 0, run_id=paths.run_id, config=config_to_dict(config),
                  argv=argv or sys.argv, resumed=bool(resume), pid=os.getpid(), **distributed)
     monitor.log(f"run {paths.run_id} {'resumed' if resume else 'started'} (pid {os.getpid()})", event=False)

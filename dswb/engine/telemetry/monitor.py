@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
+from dswb.engine.telemetry.sinks.pump import SinkPump, SinkTee
 from dswb.rundir.events import AppendFile, EventWriter
 from dswb.rundir.layout import RunPaths
 from dswb.rundir.status import write_status
@@ -35,6 +36,7 @@ class Reporter(Protocol):
 
 class Monitor:
     STATUS_EVERY_S = 0.5
+    sinks: SinkPump | None = None   # tracker sinks ([monitor] report_to), rank 0 only: see attach_sinks
 
     def __init__(self, paths: RunPaths, status: dict, ema: float = 0.9, reporter: Reporter | None = None,
                  ranks: Any = None) -> None:
@@ -50,6 +52,12 @@ class Monitor:
         self.write_status(force=True)
 
     # -- sinks ---------------------------------------------------------------------------
+    def attach_sinks(self, pump: SinkPump) -> None:
+        """Put every event written from now on also on `pump` (its failures come back as alerts)."""
+        self.sinks = pump
+        pump.alert = self.alert
+        self.events = SinkTee(self.events, pump)
+
     def write_status(self, force: bool = False, **fields: Any) -> None:
         self.status.update(fields)
         now = time.monotonic()
@@ -129,6 +137,7 @@ class Monitor:
             ("train.log", lambda: error and self.log(f"error: {error}", level="error", stage=stage, event=False)),
             ("status.json", lambda: self.write_status(force=True, state=state, error=error, ended=ended)),
             ("events.jsonl", lambda: error and self.emit("log", stage, step, level="error", message=f"error: {error}")),
+            ("events.jsonl", lambda: self.sinks is not None and self.sinks.flush()),   # sink_failed alerts
             ("events.jsonl", lambda: self.emit("run_end", None, self.status.get("step", 0), state=state, error=error)),
         ]
         for name, write in steps:
@@ -140,6 +149,8 @@ class Monitor:
         return failed
 
     def close(self) -> None:
+        if self.sinks is not None:
+            self.sinks.close()
         for sink in (self.events, self._log):
             try:
                 sink.close()

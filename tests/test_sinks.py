@@ -1,0 +1,199 @@
+"""Tracker sinks (`[monitor] report_to`, `dswb runs export`): a tiny real run read back with
+TensorBoard's and MLflow's own readers matches events.jsonl step for step; export after the fact
+writes the same; a sink that fails mid-run is switched off with one alert and changes nothing in
+training; nothing lands in the current directory; the pump never blocks the training thread."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dswb.cli.app import app
+from dswb.config.load import load_config
+from dswb.engine.telemetry.sinks import Sink, SinkPump, TensorBoardSink
+from dswb.errors import UserError
+from dswb.rundir import read_events, read_status
+from tests.helpers import run_in_process, tiny_config
+
+pytest.importorskip("tensorboard")
+pytest.importorskip("mlflow")
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
+from mlflow import MlflowClient  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+BOTH = 'monitor.report_to=["tensorboard","mlflow"]'
+
+
+def loss_series(run_dir: Path) -> list[tuple[int, float]]:
+    return [(e["step"], np.float32(e["metrics"]["loss"])) for e in read_events(run_dir / "events.jsonl", ("metrics",))]
+
+
+def tb_series(logdir: Path, tag: str = "pretrain/loss") -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return [(s.step, np.float32(s.value)) for s in acc.Scalars(tag)]
+
+
+def mlflow_series(uri: str, run_id: str, key: str = "pretrain/loss") -> list[tuple[int, float]]:
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)
+    return sorted((m.step, np.float32(m.value)) for m in history)
+
+
+def weights(run_dir: Path) -> bytes:
+    return (run_dir / "final" / "pretrain" / "model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """A run without sinks (its cwd a fresh directory too)."""
+    base = tmp_path_factory.mktemp("plain")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(base)
+        assert run_in_process(tiny_config(), base / "run") == 0
+    return base / "run"
+
+
+def test_live_sinks_match_events_jsonl_and_write_nothing_in_the_cwd(tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    run_dir = tmp_path / "run"
+    assert run_in_process(tiny_config(BOTH), run_dir) == 0
+    assert list(cwd.iterdir()) == []
+    events = read_events(run_dir / "events.jsonl")
+    assert not [e for e in events if e["kind"] == "alert" and e.get("code") == "sink_failed"]
+    expected = loss_series(run_dir)
+    assert len(expected) == 12
+    assert tb_series(run_dir / "tensorboard") == expected
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    assert "pretrain/summary/text_summary" in acc.Tags()["tensors"]   # the stage_end summary
+    saved = json.loads((run_dir / "mlflow_run.json").read_text())
+    assert saved["tracking_uri"] == (run_dir / "mlflow").resolve().as_uri()
+    assert mlflow_series(saved["tracking_uri"], saved["run_id"]) == expected
+    run = MlflowClient(tracking_uri=saved["tracking_uri"]).get_run(saved["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.steps"] == "12" and run.data.params["monitor.report_to"] == '["tensorboard", "mlflow"]'
+    evals = [e for e in events if e["kind"] == "eval"]
+    assert evals and all(f"pretrain/{k}" in run.data.metrics for k in evals[-1]["metrics"])
+
+
+def test_runs_export_reproduces_the_series(plain_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = loss_series(plain_run)
+    runner = CliRunner()
+    result = runner.invoke(app, ["runs", "export", str(plain_run), "--to", "tensorboard"])
+    assert result.exit_code == 0, result.output
+    assert str(plain_run / "tensorboard") in result.output
+    assert tb_series(plain_run / "tensorboard") == expected
+    again = runner.invoke(app, ["runs", "export", str(plain_run), "--to", "tensorboard"])
+    assert again.exit_code == 2 and "--out" in again.output
+    out = tmp_path / "mlstore"
+    result = runner.invoke(app, ["runs", "export", str(plain_run), "--to", "mlflow", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=out.resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("dswb").experiment_id])
+    assert mlflow_series(out.resolve().as_uri(), run.info.run_id) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlstore"]
+    bad = runner.invoke(app, ["runs", "export", str(plain_run), "--to", "wandb"])
+    assert bad.exit_code == 2 and "known: tensorboard, mlflow" in bad.output
+
+
+def test_a_failing_sink_is_switched_off_with_one_alert_and_changes_nothing(plain_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dl").mkdir()
+    written = []
+    real_write = TensorBoardSink._write
+
+    def flaky(self, event):
+        if len(written) >= 5:
+            raise OSError("No space left on device")
+        written.append(event)
+        real_write(self, event)
+
+    monkeypatch.setattr(TensorBoardSink, "_write", flaky)
+    run_dir = tmp_path / "run"
+    assert run_in_process(tiny_config(BOTH), run_dir) == 0
+    assert read_status(run_dir / "status.json")["state"] == "finished"
+    events = read_events(run_dir / "events.jsonl")
+    failed = [e for e in events if e["kind"] == "alert" and e.get("code") == "sink_failed"]
+    assert len(failed) == 1 and "tensorboard" in failed[0]["message"] and "No space left" in failed[0]["message"]
+    assert events[-1]["kind"] == "run_end" and events.index(failed[0]) < len(events) - 1
+    assert loss_series(run_dir) == loss_series(plain_run)   # events.jsonl complete
+    assert weights(run_dir) == weights(plain_run)
+    saved = json.loads((run_dir / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])   # the other sink went on, and got the alert
+    alerts = Path(client.download_artifacts(saved["run_id"], "alerts.txt", str(tmp_path / "dl")))
+    assert "sink_failed" in alerts.read_text()
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    assert run_in_process(tiny_config('monitor.report_to=["mlflow"]'), run_dir) == 0
+    first = (run_dir / "mlflow_run.json").read_text()
+    shutil.rmtree(run_dir / "final")                       # as if stopped after the step-8 checkpoint
+    shutil.rmtree(run_dir / "checkpoints" / "pretrain" / "step-12")
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "state": "stopped"}))
+    assert run_in_process(tiny_config('monitor.report_to=["mlflow"]'), run_dir, resume=True) == 0
+    assert (run_dir / "mlflow_run.json").read_text() == first
+    saved = json.loads(first)
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    assert len(client.search_runs([client.get_experiment_by_name("dswb").experiment_id])) == 1
+    steps = [s for s, _ in mlflow_series(saved["tracking_uri"], saved["run_id"])]
+    assert steps == sorted(list(range(1, 13)) + list(range(9, 13)))   # steps after the checkpoint again
+    assert client.get_run(saved["run_id"]).info.status == "FINISHED"
+
+
+def test_config_names_and_missing_libraries_are_one_line_errors(monkeypatch):
+    with pytest.raises(UserError, match=r"monitor.report_to: unknown tracker 'wandb' \(known: tensorboard, mlflow\)"):
+        load_config(None, ['monitor.report_to=["wandb"]'])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(UserError, match=r'needs mlflow: pip install -e "\.\[mlflow\]"'):
+        load_config(None, ['monitor.report_to=["mlflow"]'])
+    assert load_config(None, ['monitor.report_to=["tensorboard"]']).monitor.report_to == ["tensorboard"]
+
+
+class Gate(Sink):
+    """A sink whose writes wait for a gate: the queue fills up behind it."""
+    name = "gate"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.seen = threading.Event(), []
+
+    def _open(self) -> None:
+        pass
+
+    def _write(self, event: dict) -> None:
+        self.gate.wait(10)
+        self.seen.append(event["step"])
+
+    def _close(self) -> None:
+        pass
+
+
+def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path):
+    sink = Gate()
+    pump = SinkPump([sink], tmp_path, {}, queue_size=4)
+    start = time.perf_counter()
+    for step in range(100):
+        pump.put({"kind": "metrics", "stage": "s", "step": step, "metrics": {"loss": 1.0}})
+    assert time.perf_counter() - start < 1.0
+    assert 100 - 5 <= pump.dropped <= 100 - 4
+    sink.gate.set()
+    assert pump.flush(5)
+    pump.close()
+    assert len(sink.seen) == 100 - pump.dropped and sink.seen[0] == 0
