@@ -96,7 +96,8 @@ def test_a_files_based_grpo_stage_prints_no_empty_eval_line(tmp_path):
     run = tmp_path / "run"
     assert run_in_process(config, run, reporter=PlainReporter(out, every_s=0)) == 0
     assert "[grpo] step 2/2" in out.getvalue()
-    assert " eval:" not in out.getvalue(), out.getvalue()
+    eval_lines = [line for line in out.getvalue().splitlines() if " eval:" in line]   # held-out reward only
+    assert len(eval_lines) == 2 and all(" eval: val_reward=" in line for line in eval_lines), out.getvalue()
     assert all(e["metrics"] for e in read_events(run / "events.jsonl", ("eval",)))
 
 

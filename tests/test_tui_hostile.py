@@ -23,7 +23,6 @@ from dswb.rundir.pipeline import pipeline_from_events
 from dswb.tui import chart
 from dswb.tui.follower import RunFollower, scan_runs
 from dswb.tui.format import fmt_pct, state_badge
-from dswb.util.fmt import cut_text, fmt_age, fmt_duration, fmt_num
 from dswb.tui.model import RunModel
 from dswb.tui.sanitize import clean_status
 from dswb.tui.widgets.alerts_panel import render_alerts
@@ -35,6 +34,7 @@ from dswb.tui.widgets.run_header import HeaderInfo, render_header
 from dswb.tui.widgets.run_progress import render_progress
 from dswb.tui.widgets.samples_panel import render_samples
 from dswb.tui.widgets.system_panel import render_system
+from dswb.util.fmt import cut_text, fmt_age, fmt_duration, fmt_num
 
 HOSTILE_FLOATS = st.sampled_from([1e308, -1e308, math.inf, -math.inf, math.nan, 5e-324, -0.0, 1e-310])
 HUGE_INTS = st.sampled_from([10 ** 400, -(10 ** 400), 2 ** 63, 2 ** 53 + 1, -1])
@@ -231,7 +231,7 @@ def test_pipeline_table_from_hostile_events():
               {"kind": "stage_end", "stage": "pretrain", "state": {"x": 1}}]
     rows = pipeline_from_events(events)
     assert [r.stage for r in rows] == ["pretrain", "ppo"]
-    assert rows[0].cells() == ("pretrain", "finished", "0", "20.0%", "25.0%", "-")
+    assert rows[0].cells() == ("pretrain", "finished", "0", "20.0%", "25.0%", "-", "-")
     assert rows[1].state == "pending"
 
 

@@ -36,7 +36,7 @@ def test_pipeline_table_from_events_matches_the_eval_events():
         best = max(e["metrics"]["task_acc"] for e in events if e["kind"] == "eval" and e["stage"] == stage)
         assert by_stage[stage].best_task_acc == best
     assert by_stage["rm"].pair_acc == last["rm"]["pair_acc"] and by_stage["rm"].test_acc is None
-    assert by_stage["grpo"].cells() == ("grpo", "finished", "60/60", "84.8%", "86.0%", "-")
+    assert by_stage["grpo"].cells() == ("grpo", "finished", "60/60", "84.8%", "86.0%", "-", "-")
 
 
 def test_pipeline_rows_show_pending_stages_and_a_lost_run():

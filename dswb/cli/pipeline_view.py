@@ -1,4 +1,5 @@
-"""The per-stage table of a run (stage, state, steps, held-out accuracy), as `dswb run` prints it at
+"""The per-stage table of a run (stage, state, steps, held-out accuracy or, for a stage on files,
+its held-out loss, DPO accuracy or RL reward), as `dswb run` prints it at
 the end and `dswb runs show` prints it for any run. Built by `dswb.rundir.pipeline`, the same
 function the dashboard's eval tab uses. Standard library only."""
 
@@ -9,7 +10,7 @@ from dataclasses import asdict
 from dswb.cli.common import print_table
 from dswb.rundir import RunPaths
 from dswb.rundir.events import read_events
-from dswb.rundir.pipeline import COLUMNS, PipelineRow, pipeline_from_events
+from dswb.rundir.pipeline import COLUMNS, PipelineRow, pick, pipeline_from_events, shown_columns
 
 
 def pipeline(paths: RunPaths, run_state: str | None = None) -> list[PipelineRow]:
@@ -20,7 +21,9 @@ def print_pipeline(paths: RunPaths, run_state: str | None = None, title: str = "
     """Print the table when the run has more than one stage or a post-training stage; returns the rows."""
     rows = pipeline(paths, run_state)
     if len(rows) > 1 or any(r.stage != "pretrain" for r in rows):
-        print_table(list(COLUMNS), [r.cells() for r in rows], numeric=(2, 3, 4, 5), title=title)
+        columns = shown_columns(rows)
+        print_table(list(pick(COLUMNS, columns)), [pick(r.cells(), columns) for r in rows],
+                    numeric=[i for i, c in enumerate(columns) if c >= 2], title=title)
     return rows
 
 

@@ -5,6 +5,14 @@ the best `task_acc` (held-out exact match during the stage) and, for the reward 
 `test_pair_acc` at the end (else its last validation `pair_acc`) (docs/run-directory.md). It is built from per-stage facts, which come either from a
 list of events (`stage_facts(events)`, for the CLI) or from a viewer's own folded model (the
 dashboard passes dicts with the same keys). Anything that is not a finite number is left out.
+
+A stage with none of those accuracies (one trained on files, or a pipelined one) shows what it has
+in the `held-out` column, the cell naming the number: `reward 0.620` (PPO / GRPO: the last
+`val_reward`, the mean reward of greedy completions of held-out prompts), `pref 71.0%` (DPO: the
+last `val_rewards/accuracies`, its implicit reward's accuracy on held-out pairs) or `loss 1.234`
+(the last `val_loss`: SFT, pretraining). `shown_columns` keeps a table narrow: the `held-out`
+column only when some stage fills it, and then only the accuracy columns that some stage fills
+(a run on the built-in task keeps today's six columns).
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-COLUMNS = ("stage", "state", "steps", "test_acc", "best task_acc", "rm pair_acc")
+COLUMNS = ("stage", "state", "steps", "test_acc", "best task_acc", "rm pair_acc", "held-out")
+ACCURACY_COLUMNS = (3, 4, 5)
+HELD_OUT_COLUMN = 6
 FINAL_RUN_STATES = ("failed", "stopped", "lost")
 MAX_STAGES = 64  # a hostile file naming thousands of stages still gives a bounded table
 
@@ -27,15 +37,44 @@ class PipelineRow:
     test_acc: float | None
     best_task_acc: float | None
     pair_acc: float | None
+    val_reward: float | None = None   # RL: the last held-out mean reward
+    pref_acc: float | None = None     # DPO: the last held-out reward accuracy
+    val_loss: float | None = None     # the last validation loss
 
-    def cells(self) -> tuple[str, str, str, str, str, str]:
-        """The row as text: `120/120`, `71.1%`, `-` for what is not known."""
+    def cells(self) -> tuple[str, str, str, str, str, str, str]:
+        """The row as text, one cell per `COLUMNS`: `120/120`, `71.1%`, `-` for what is not known."""
         if self.state == "pending":
             steps = "-"
         else:
             steps = f"{self.step:,}/{self.total_steps:,}" if self.total_steps else f"{self.step:,}"
         return (self.stage, self.state, steps, fmt_acc(self.test_acc), fmt_acc(self.best_task_acc),
-                fmt_acc(self.pair_acc))
+                fmt_acc(self.pair_acc), self.held_out())
+
+    def held_out(self) -> str:
+        """The `held-out` cell: `-` when the stage has an accuracy column's number, else its held-out
+        reward, DPO accuracy or validation loss, in that order of preference."""
+        if any(v is not None for v in (self.test_acc, self.best_task_acc, self.pair_acc)):
+            return "-"
+        if self.val_reward is not None:
+            return f"reward {self.val_reward:.3f}"
+        if self.pref_acc is not None:
+            return f"pref {fmt_acc(self.pref_acc)}"
+        return "-" if self.val_loss is None else f"loss {self.val_loss:.3f}"
+
+
+def shown_columns(rows: Sequence[PipelineRow]) -> list[int]:
+    """Indices of the `COLUMNS` a table of `rows` shows: stage, state and steps; then, when no row
+    fills `held-out`, the three accuracy columns (as before the column existed); else the accuracy
+    columns that some row fills, and `held-out`."""
+    cells = [row.cells() for row in rows]
+    if all(c[HELD_OUT_COLUMN] == "-" for c in cells):
+        return [0, 1, 2, *ACCURACY_COLUMNS]
+    return [0, 1, 2, *(i for i in ACCURACY_COLUMNS if any(c[i] != "-" for c in cells)), HELD_OUT_COLUMN]
+
+
+def pick(values: Sequence, columns: Sequence[int]) -> tuple:
+    """`values` (one per `COLUMNS`) at `columns`."""
+    return tuple(values[i] for i in columns)
 
 
 def fmt_acc(value: float | None) -> str:
@@ -60,7 +99,7 @@ def _int(value: Any) -> int | None:
 
 def new_facts() -> dict:
     return {"state": "pending", "step": 0, "total_steps": 0, "test_acc": None, "best_task_acc": None,
-            "pair_acc": None}
+            "pair_acc": None, "val_reward": None, "pref_acc": None, "val_loss": None}
 
 
 def stage_facts(events: Iterable[Any]) -> tuple[list[str], dict[str, dict]]:
@@ -125,6 +164,13 @@ def fold_eval(entry: dict, metrics: Mapping) -> None:
     pair = finite(metrics.get("pair_acc"))
     if pair is not None and not entry.get("pair_from_test"):
         entry["pair_acc"] = pair
+    for key, metric in LAST_METRICS:
+        value = finite(metrics.get(metric))
+        if value is not None:
+            entry[key] = value
+
+
+LAST_METRICS = (("val_reward", "val_reward"), ("pref_acc", "val_rewards/accuracies"), ("val_loss", "val_loss"))
 
 
 def pipeline_rows(order: Sequence[str], facts: Mapping[str, Mapping], run_state: str | None = None
@@ -142,7 +188,9 @@ def pipeline_rows(order: Sequence[str], facts: Mapping[str, Mapping], run_state:
         rows.append(PipelineRow(
             stage=str(name), state=state, step=max(0, _int(entry.get("step")) or 0),
             total_steps=max(0, _int(entry.get("total_steps")) or 0), test_acc=finite(entry.get("test_acc")),
-            best_task_acc=finite(entry.get("best_task_acc")), pair_acc=finite(entry.get("pair_acc"))))
+            best_task_acc=finite(entry.get("best_task_acc")), pair_acc=finite(entry.get("pair_acc")),
+            val_reward=finite(entry.get("val_reward")), pref_acc=finite(entry.get("pref_acc")),
+            val_loss=finite(entry.get("val_loss"))))
     return rows
 
 

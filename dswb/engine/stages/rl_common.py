@@ -26,12 +26,14 @@ from dswb.engine.data.records.thinking import DEFAULT_TAGS, split_thinking
 from dswb.engine.data.records.tokenizer import load_tokenizer
 from dswb.engine.distributed.sharding import prompt_block, skip_rows
 from dswb.engine.distributed.world import active
+from dswb.engine.eval.reward import (HELD_OUT_REWARD_PROMPTS, HeldOutPrompts, held_out_prompts, held_out_reward,
+                                     reward_inputs)
 from dswb.engine.eval.task import generation_budget, task_accuracy
 from dswb.engine.model.load import fit_vocab, load_causal_lm
 from dswb.engine.placement.roles import Placement
 from dswb.engine.rl.health import RLHealth
 from dswb.engine.rl.reward_rules import format_score
-from dswb.engine.rl.rewards import CombinedReward, RewardInputs, RewardScores, build_rewards, nan_mean
+from dswb.engine.rl.rewards import CombinedReward, RewardScores, build_rewards, nan_mean
 from dswb.engine.rl.rollout import HFRolloutSampler, Rollouts
 from dswb.engine.stages.adapters import StageAdapters, final_extra, stage_adapters
 from dswb.engine.stages.common import (StageStart, TaskData, accuracy_target, eval_every, finish_lm, resolve_init,
@@ -227,11 +229,8 @@ def make_experience(ctx: StageContext, rl: RLSetup, sampler: HFRolloutSampler, s
     records = [rl.prompts[chosen[int(k)]] for k in rollouts.prompt_index]
     ids = [row[:int(n)] for row, n in zip(rollouts.completion_ids.tolist(), rollouts.lengths.tolist())]
     completions = rl.tokenizer.batch_decode(ids, skip_special_tokens=True)
-    columns = {k: [r.fields.get(k) for r in records] for k in sorted({k for r in records for k in r.fields})}
     opened = [rl.think_open[chosen[int(k)]] for k in rollouts.prompt_index]
-    scores = rl.reward(RewardInputs(prompts=[r.prompt for r in records], completions=completions, completion_ids=ids,
-                                    ended=rollouts.ended.tolist(), columns=columns, think_open=opened,
-                                    max_new_tokens=section.max_new_tokens))
+    scores = rl.reward(reward_inputs(records, completions, ids, rollouts.ended.tolist(), opened, section.max_new_tokens))
     if rl.reasoning:
         scores.reasoning = reasoning_rows(rl, completions, opened)
     timings["scoring"] = time.perf_counter() - t0
@@ -328,10 +327,25 @@ def cut(text: str, limit: int = SAMPLE_TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def evaluator(ctx: StageContext, stage: str, rl: RLSetup):
-    """Held-out exact match on the task's validation prompts (greedy), feeding the hacking check."""
+def evaluator(ctx: StageContext, stage: str, rl: RLSetup, section: Any, sampler: HFRolloutSampler | None = None):
+    """On the built-in task: held-out exact match on its validation prompts (greedy), feeding the
+    hacking check. On files: `val_reward`, the mean reward of greedy completions of the first
+    `HELD_OUT_REWARD_PROMPTS` validation prompts (`dswb.engine.eval.reward`)."""
+    held: list[HeldOutPrompts] = []   # encoded at the first evaluation
+
+    def files_reward() -> dict:
+        if not held:
+            ids = encode_prompts(rl.tokenizer, rl.val_prompts[:HELD_OUT_REWARD_PROMPTS])
+            held.append(held_out_prompts(rl.val_prompts, ids, opens_thinking(rl.tokenizer, ids, rl.think_tags[0])
+                                         if ids else []))
+        value = held_out_reward(sampler or rollout_sampler(ctx, rl, rl.policy, section), rl.reward, rl.tokenizer,
+                                held[0], max_new_tokens=section.max_new_tokens, stop_ids=rl.stop_ids)
+        return {} if value is None else {"val_reward": value}
+
     def evaluate(step: int) -> dict:
-        if rl.task is None or not ctx.config.eval.task_samples:
+        if rl.task is None:
+            return files_reward() if rl.val_prompts else {}
+        if not ctx.config.eval.task_samples:
             return {}
         prompts, answers = rl.task.val(ctx.config.eval.task_samples)
         metrics = {"task_acc": task_accuracy(rl.policy, rl.tokenizer, prompts, answers, ctx.device,
@@ -380,7 +394,7 @@ def run_rl_loop(ctx: StageContext, stage: str, *, model: torch.nn.Module, policy
     workers stop when the loop ends, however it ends."""
     try:
         outcome, end_step = run_stage_loop(ctx, stage, model, optimizer, step, section, start_step=start_step,
-                                           state=state, evaluate=evaluator(ctx, stage, rl), hooks_of=policy,
+                                           state=state, evaluate=evaluator(ctx, stage, rl, section), hooks_of=policy,
                                            eval_every=eval_every(ctx, section), stop_when=accuracy_target(section))
     finally:
         rl.reward.close()
