@@ -17,6 +17,7 @@ from dswb.rundir import EventWriter, create_run_dir, read_events, write_status
 from tests.helpers import run_in_process
 from tests.test_cli_errors import assert_one_line_error, dswb
 from tests.test_cli_runs import invoke
+from tests.test_lora_local import local_model
 
 POSTTRAIN = ['run.stages=["sft","dpo","grpo"]', "data.source=files", 'sft.data=["sft.jsonl"]',
              'dpo.data=["prefs.jsonl"]', 'grpo.data=["prompts.jsonl"]', 'grpo.rewards=["my_rewards:correct"]']
@@ -61,28 +62,9 @@ def test_the_reporter_skips_an_empty_eval_event():
     assert out.getvalue() == ""
 
 
-def _local_model(path: Path) -> Path:
-    """A tiny Qwen3-architecture model directory with its tokenizer."""
-    import torch
-    import transformers
-
-    from dswb.engine.data.records.tokenizer import build_char_tokenizer
-
-    tokenizer = build_char_tokenizer()
-    torch.manual_seed(0)
-    config = transformers.Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                      head_dim=16, max_position_embeddings=64, tie_word_embeddings=False,
-                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                      pad_token_id=tokenizer.pad_token_id)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.mark.timeout(120)
 def test_a_files_based_grpo_stage_prints_no_empty_eval_line(tmp_path):
-    model = _local_model(tmp_path / "my-model")
+    model = local_model(tmp_path / "my-model")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"{a}+1=", "answer": str(a + 1)}) + "\n" for a in range(40)))
     (tmp_path / "my_rewards.py").write_text("def correct(prompts, completions, answer, **kwargs):\n"
