@@ -19,7 +19,7 @@ from dswb.engine.rl.rewards import RewardScores
 from dswb.rundir import RunPaths, read_events
 from dswb.rundir.pipeline import COLUMNS, pick, pipeline_from_events, pipeline_rows, shown_columns
 from tests.helpers import run_in_process
-from tests.test_rough_edges import _local_model
+from tests.test_lora_local import local_model
 
 DEMO = Path(__file__).parent / "fixtures" / "runs" / "20250101-170000-pipeline"
 DEMO_TABLE = """\
@@ -130,7 +130,7 @@ def test_held_out_reward_is_the_mean_of_the_scorable_greedy_completions():
 def test_a_files_based_sft_dpo_grpo_run_shows_loss_accuracy_and_held_out_reward(tmp_path, capsys):
     from dswb.engine.data.records.posttrain import read_prompts, split_records
 
-    model = _local_model(tmp_path / "my-model")
+    model = local_model(tmp_path / "my-model")
     sums = [(a, b) for a in range(10, 30) for b in (1, 2)]
     write = lambda name, rows: (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))  # noqa: E731
     write("sft.jsonl", [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a, b in sums])
