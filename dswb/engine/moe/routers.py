@@ -73,11 +73,9 @@ def unsupported_moe(model: torch.nn.Module) -> list[str]:
 
 
 def model_config_of(model: torch.nn.Module):
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "num_hidden_layers"):
-            return config
-    return None
+    """The transformers config of the model inside any wrapper (None when there is none)."""
+    owner = forward_owner(model)
+    return getattr(owner, "config", None)
 
 
 def forward_owner(model: torch.nn.Module) -> torch.nn.Module | None:
