@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from dswb.cli.app import app
 from dswb.config.load import load_config
 from dswb.engine.telemetry.sinks import Sink, SinkPump, TensorBoardSink
+from dswb.engine.telemetry.sinks.base import scalars
 from dswb.errors import UserError
 from dswb.rundir import read_events, read_status
 from tests.helpers import run_in_process, tiny_config
@@ -74,8 +75,8 @@ def test_live_sinks_match_events_jsonl_and_write_nothing_in_the_cwd(tmp_path, mo
     assert not [e for e in events if e["kind"] == "alert" and e.get("code") == "sink_failed"]
     expected = loss_series(run_dir)
     assert len(expected) == 12
-    assert tb_series(run_dir / "tensorboard") == expected
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    assert tb_series(run_dir / "tensorboard" / "pretrain") == expected
+    acc = EventAccumulator(str(run_dir / "tensorboard" / "pretrain"))
     acc.Reload()
     assert "pretrain/summary/text_summary" in acc.Tags()["tensors"]   # the stage_end summary
     saved = json.loads((run_dir / "mlflow_run.json").read_text())
@@ -86,6 +87,36 @@ def test_live_sinks_match_events_jsonl_and_write_nothing_in_the_cwd(tmp_path, mo
     assert run.data.params["train.steps"] == "12" and run.data.params["monitor.report_to"] == '["tensorboard", "mlflow"]'
     evals = [e for e in events if e["kind"] == "eval"]
     assert evals and all(f"pretrain/{k}" in run.data.metrics for k in evals[-1]["metrics"])
+    assert run.data.metrics["pretrain/model/params"] == events[[e["kind"] for e in events].index("stage_start")][
+        "model"]["params"]
+    opened = [e["message"] for e in events if e["kind"] == "log" and "writing to" in e["message"]]
+    assert sorted(opened) == [f"mlflow: writing to {saved['tracking_uri']} (run {saved['run_id']})",
+                              f"tensorboard: writing to {run_dir / 'tensorboard'}"]
+
+
+def test_moe_fp8_and_stage_sizes_become_scalars():
+    moe = {"kind": "moe", "stage": "sft", "step": 20,
+           "layers": [{"layer": 1, "tokens": 96, "load": [50, 46, 50, 46], "imbalance": 1.04, "entropy": 0.9,
+                       "gate_mean": 0.5, "dead": 0, "bias": [0.25, -0.25, 0.5, -0.5]},
+                      {"layer": 2, "tokens": 96, "imbalance": float("nan"), "entropy": 0.8, "gate_mean": 0.4,
+                       "dead": 1, "bias": None}]}
+    assert dict(scalars(moe)) == {
+        "sft/moe/layer1/imbalance": 1.04, "sft/moe/layer1/entropy": 0.9, "sft/moe/layer1/dead": 0.0,
+        "sft/moe/layer1/gate_mean": 0.5, "sft/moe/layer1/tokens": 96.0, "sft/moe/layer1/bias_abs": 0.375,
+        "sft/moe/layer2/entropy": 0.8, "sft/moe/layer2/dead": 1.0, "sft/moe/layer2/gate_mean": 0.4,
+        "sft/moe/layer2/tokens": 96.0}
+    fp8 = {"kind": "fp8", "stage": "pretrain", "step": 10, "backend": "auto",
+           "layers": {"mlp.up": {"amax": 3.1, "scale": 0.0069, "saturation_pct": 0.0, "underflow_pct": 0.02,
+                                 "operands": {"input": {"amax": 3.1}}}},
+           "shadow": {"fp8_loss": 1.726, "reference_loss": 1.725, "gap_pct": 0.06}}
+    assert dict(scalars(fp8)) == {"pretrain/fp8/mlp.up/amax": 3.1, "pretrain/fp8/mlp.up/saturation_pct": 0.0,
+                                  "pretrain/fp8/mlp.up/underflow_pct": 0.02, "pretrain/fp8/shadow_gap_pct": 0.06}
+    start = {"kind": "stage_start", "stage": "dpo", "step": 0, "total_steps": 30,
+             "model": {"params": 1000, "trainable": 24, "layers": 2, "adapter": {"r": 8}},
+             "data": {"train_samples": 90, "val_samples": 10}}
+    assert dict(scalars(start)) == {"dpo/model/params": 1000.0, "dpo/model/trainable": 24.0,
+                                    "dpo/data/train_samples": 90.0, "dpo/data/val_samples": 10.0}
+    assert dict(scalars({"kind": "moe", "stage": "x", "layers": "hostile"})) == {}
 
 
 def test_runs_export_reproduces_the_series(plain_run, tmp_path, monkeypatch):
@@ -95,7 +126,7 @@ def test_runs_export_reproduces_the_series(plain_run, tmp_path, monkeypatch):
     result = runner.invoke(app, ["runs", "export", str(plain_run), "--to", "tensorboard"])
     assert result.exit_code == 0, result.output
     assert str(plain_run / "tensorboard") in result.output
-    assert tb_series(plain_run / "tensorboard") == expected
+    assert tb_series(plain_run / "tensorboard" / "pretrain") == expected
     again = runner.invoke(app, ["runs", "export", str(plain_run), "--to", "tensorboard"])
     assert again.exit_code == 2 and "--out" in again.output
     out = tmp_path / "mlstore"
@@ -105,8 +136,8 @@ def test_runs_export_reproduces_the_series(plain_run, tmp_path, monkeypatch):
     (run,) = client.search_runs([client.get_experiment_by_name("dswb").experiment_id])
     assert mlflow_series(out.resolve().as_uri(), run.info.run_id) == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlstore"]
-    bad = runner.invoke(app, ["runs", "export", str(plain_run), "--to", "wandb"])
-    assert bad.exit_code == 2 and "known: tensorboard, mlflow" in bad.output
+    bad = runner.invoke(app, ["runs", "export", str(plain_run), "--to", "comet"])
+    assert bad.exit_code == 2 and "unknown tracker 'comet'" in bad.output
 
 
 def test_a_failing_sink_is_switched_off_with_one_alert_and_changes_nothing(plain_run, tmp_path, monkeypatch):
@@ -137,28 +168,34 @@ def test_a_failing_sink_is_switched_off_with_one_alert_and_changes_nothing(plain
     assert "sink_failed" in alerts.read_text()
 
 
-def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path, monkeypatch):
+def test_a_resumed_run_continues_the_same_stores_without_duplicate_steps(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
-    assert run_in_process(tiny_config('monitor.report_to=["mlflow"]'), run_dir) == 0
+    assert run_in_process(tiny_config(BOTH), run_dir) == 0
     first = (run_dir / "mlflow_run.json").read_text()
     shutil.rmtree(run_dir / "final")                       # as if stopped after the step-8 checkpoint
     shutil.rmtree(run_dir / "checkpoints" / "pretrain" / "step-12")
     status = json.loads((run_dir / "status.json").read_text())
     (run_dir / "status.json").write_text(json.dumps({**status, "state": "stopped"}))
-    assert run_in_process(tiny_config('monitor.report_to=["mlflow"]'), run_dir, resume=True) == 0
+    assert run_in_process(tiny_config(BOTH), run_dir, resume=True) == 0
     assert (run_dir / "mlflow_run.json").read_text() == first
+    metrics = read_events(run_dir / "events.jsonl", ("metrics",))
+    assert [e["step"] for e in metrics] == list(range(1, 13)) + list(range(9, 13))   # trained again after step 8
+    expected = loss_series(run_dir)[:12]
+    assert loss_series(run_dir)[12:] == expected[8:]       # bitwise resume: the same numbers
     saved = json.loads(first)
     client = MlflowClient(tracking_uri=saved["tracking_uri"])
     assert len(client.search_runs([client.get_experiment_by_name("dswb").experiment_id])) == 1
-    steps = [s for s, _ in mlflow_series(saved["tracking_uri"], saved["run_id"])]
-    assert steps == sorted(list(range(1, 13)) + list(range(9, 13)))   # steps after the checkpoint again
+    assert mlflow_series(saved["tracking_uri"], saved["run_id"]) == expected
     assert client.get_run(saved["run_id"]).info.status == "FINISHED"
+    assert len(list((run_dir / "tensorboard" / "pretrain").glob("events.out.tfevents*"))) >= 2
+    assert tb_series(run_dir / "tensorboard" / "pretrain") == expected   # the second file purged steps 9-12
 
 
 def test_config_names_and_missing_libraries_are_one_line_errors(monkeypatch):
-    with pytest.raises(UserError, match=r"monitor.report_to: unknown tracker 'wandb' \(known: tensorboard, mlflow\)"):
-        load_config(None, ['monitor.report_to=["wandb"]'])
+    with pytest.raises(UserError, match=r"monitor.report_to: unknown tracker 'comet' \(known: tensorboard, mlflow, wandb, "
+                                        r"trackio\)"):
+        load_config(None, ['monitor.report_to=["comet"]'])
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(UserError, match=r'needs mlflow: pip install -e "\.\[mlflow\]"'):

@@ -53,9 +53,11 @@ class Monitor:
 
     # -- sinks ---------------------------------------------------------------------------
     def attach_sinks(self, pump: SinkPump) -> None:
-        """Put every event written from now on also on `pump` (its failures come back as alerts)."""
+        """Put every event written from now on also on `pump` (its failures come back as alerts, where each sink
+        writes as a log line)."""
         self.sinks = pump
         pump.alert = self.alert
+        pump.log = self.log
         self.events = SinkTee(self.events, pump)
 
     def write_status(self, force: bool = False, **fields: Any) -> None:
@@ -92,8 +94,9 @@ class Monitor:
         if self.reporter is not None:
             self.reporter.on_metrics(stage, step, total_steps, metrics, eta_s)
 
-    def eval(self, stage: str, step: int, metrics: dict[str, float]) -> None:
-        """Record an evaluation; one that measured nothing (an RL stage on files) leaves no trace."""
+    def eval(self, stage: str, step: int, metrics: dict[str, float], **fields: Any) -> None:
+        """Record an evaluation; one that measured nothing (an RL stage on files) leaves no trace.
+        `fields` go into the event as they are (lm-eval's `source`)."""
         if self.ranks is not None:
             agreed = self.ranks.agree(metrics)
             if agreed is not metrics:
@@ -102,7 +105,7 @@ class Monitor:
         if not metrics:   # after the agreement: every rank takes part in it
             return
         self.stats.update(metrics)
-        self.emit("eval", stage, step, metrics=metrics)
+        self.emit("eval", stage, step, metrics=metrics, **fields)
         self.status["last_eval"] = metrics
         parts = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         self.log(f"step {step} eval {parts}", stage=stage, event=False)

@@ -2,9 +2,12 @@
 
 A sink receives the run's events (the dicts written to `events.jsonl`, or read back from it) one by
 one through `write`, always on one thread (the pump's, or `dswb runs export`'s). It opens its store
-in `open`, after which `where` says where it writes, and `close` ends it. Scalars are named
-`<stage>/<metric>` exactly as the event's `metrics` keys (`run/<metric>` for an event outside a
-stage) and logged at the event's step; numbers that are not finite (null in the file) are skipped.
+in `open`, after which `where` says where it writes (and `note`, when set, something the user must
+know about it, logged once), and `close` ends it. Scalars are named `<stage>/<metric>` exactly as the
+event's `metrics` keys (`run/<metric>` for an event outside a stage) and logged at the event's step;
+the per-layer detail of `moe` and `fp8` events and a stage's model and data sizes (`stage_start`,
+where an adapter's trainable share shows) become scalars too (`event_numbers`). Numbers that are
+not finite (null in the file) are skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-SCALAR_KINDS = ("metrics", "eval", "system")
+SCALAR_KINDS = ("metrics", "eval", "system", "moe", "fp8", "stage_start")
+SUMMARY_KINDS = ("metrics", "eval", "system")   # whose latest values make a stage's summary
 PARAM_VALUE_LIMIT = 500     # characters of one flattened config value (MLflow's older servers accept 500)
 
 
@@ -26,6 +30,7 @@ class Sink:
         self.target = target              # overrides `[monitor] report_dir` (`dswb runs export --out`)
         self.continue_run = continue_run  # a resumed run continues the tracker's run (export: a new one)
         self.where = ""
+        self.note = ""
         self.run_dir: Path | None = None
         self.config: dict = {}
         self.last: dict[str, dict[str, float]] = {}   # stage -> metric -> latest value
@@ -37,7 +42,7 @@ class Sink:
 
     def write(self, event: dict) -> None:
         kind = event.get("kind")
-        if kind in SCALAR_KINDS:
+        if kind in SUMMARY_KINDS:
             for tag, value in scalars(event):
                 self.last.setdefault(stage_name(event), {})[tag.split("/", 1)[1]] = value
         elif kind == "run_end":
@@ -67,15 +72,56 @@ def stage_name(event: dict) -> str:
     return str(event.get("stage") or "run")
 
 
+MOE_LAYER_FIELDS = ("imbalance", "entropy", "dead", "gate_mean", "tokens")
+FP8_GROUP_FIELDS = ("amax", "saturation_pct", "underflow_pct")
+STAGE_START_FIELDS = {"model": ("params", "trainable"), "data": ("train_samples", "val_samples", "train_tokens")}
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and value not in (float("inf"), float("-inf"))
+
+
+def event_numbers(event: dict) -> dict[str, Any]:
+    """The event's numbers by metric name (not yet checked finite): `metrics` of `metrics`, `eval` and
+    `system` events; `moe/layer<L>/<field>` (and `bias_abs`, the mean |bias|) per MoE layer;
+    `fp8/<group>/<field>` and `fp8/shadow_gap_pct` of `fp8` events; `model/<field>` and `data/<field>` of
+    `stage_start`."""
+    kind = event.get("kind")
+    if kind in ("metrics", "eval", "system"):
+        metrics = event.get("metrics")
+        return dict(metrics) if isinstance(metrics, dict) else {}
+    out: dict[str, Any] = {}
+    if kind == "moe":
+        for layer in event.get("layers") or []:
+            if not isinstance(layer, dict):
+                continue
+            name = f"moe/layer{layer.get('layer')}"
+            out.update({f"{name}/{field}": layer.get(field) for field in MOE_LAYER_FIELDS})
+            bias = layer.get("bias")
+            if isinstance(bias, list) and bias and all(is_number(b) for b in bias):
+                out[f"{name}/bias_abs"] = sum(abs(b) for b in bias) / len(bias)
+    elif kind == "fp8":
+        layers = event.get("layers")
+        for group, stats in (layers.items() if isinstance(layers, dict) else ()):
+            if isinstance(stats, dict):
+                out.update({f"fp8/{group}/{field}": stats.get(field) for field in FP8_GROUP_FIELDS})
+        shadow = event.get("shadow")
+        if isinstance(shadow, dict):
+            out["fp8/shadow_gap_pct"] = shadow.get("gap_pct")
+    elif kind == "stage_start":
+        for part, fields in STAGE_START_FIELDS.items():
+            table = event.get(part)
+            if isinstance(table, dict):
+                out.update({f"{part}/{field}": table.get(field) for field in fields})
+    return out
+
+
 def scalars(event: dict) -> Iterator[tuple[str, float]]:
-    """`(<stage>/<name>, value)` for every finite number in the event's `metrics`."""
+    """`(<stage>/<name>, value)` for every finite number of `event_numbers(event)`."""
     stage = stage_name(event)
-    metrics = event.get("metrics")
-    if not isinstance(metrics, dict):
-        return
-    for name, value in metrics.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
-                and value not in (float("inf"), float("-inf")):
+    for name, value in event_numbers(event).items():
+        if is_number(value):
             yield f"{stage}/{name}", float(value)
 
 

@@ -10,6 +10,8 @@ Params: the flattened resolved config (`section.key`, values cut to 500 characte
 them; RL samples: `samples/<stage>/step-<step>.json`; each stage's latest metrics at its end:
 `summary/<stage>.md` and the tag `dswb.stage.<stage>`. The MLflow run id is kept in
 `<run>/mlflow_run.json`: a resumed dswb run continues the same MLflow run (same tracking URI only).
+MLflow cannot drop logged points, so a continued run skips each metric's steps already in the store
+(those trained again after the checkpoint; dswb's resume makes them bitwise the same numbers).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import json
 import os
 from pathlib import Path
 
-from dswb.engine.telemetry.sinks.base import (Sink, alert_text, flatten_config, scalars, stage_name, step_of,
-                                              summary_text)
+from dswb.engine.telemetry.sinks.base import (SCALAR_KINDS, Sink, alert_text, flatten_config, scalars, stage_name,
+                                              step_of, summary_text)
 from dswb.util.atomic import write_atomic
 
 RUN_ID_FILE = "mlflow_run.json"
@@ -60,6 +62,7 @@ class MlflowSink(Sink):
         else:
             self.client.update_run(self.run_id, status="RUNNING")
         self.where = f"{uri} (run {self.run_id})"
+        self.logged: dict[str, int] = {}      # metric -> last step already in a continued run
         self._log_params()
 
     def _continued(self, uri: str) -> str | None:
@@ -89,8 +92,11 @@ class MlflowSink(Sink):
         kind, step, stage = event.get("kind"), step_of(event), stage_name(event)
         t = event.get("t")
         millis = int(t * 1000) if isinstance(t, (int, float)) else 0
-        if kind in ("metrics", "eval", "system"):
-            metrics = [Metric(tag, value, millis, step) for tag, value in scalars(event)]
+        if kind == "stage_start" and self.continue_run:
+            self._read_logged(stage)
+        if kind in SCALAR_KINDS:
+            metrics = [Metric(tag, value, millis, step) for tag, value in scalars(event)
+                       if step > self.logged.get(tag, -1)]
             if metrics:
                 self.client.log_batch(self.run_id, metrics=metrics)
         elif kind == "alert":
@@ -104,6 +110,12 @@ class MlflowSink(Sink):
             self.client.log_text(self.run_id, summary_text(stage, event.get("state"), self.last.get(stage, {})),
                                  f"summary/{stage}.md")
             self.client.set_tag(self.run_id, f"dswb.stage.{stage}", str(event.get("state")))
+
+    def _read_logged(self, stage: str) -> None:
+        """The last step of each of `stage`'s metrics already in this (continued) MLflow run."""
+        for key in self.client.get_run(self.run_id).data.metrics:
+            if key.startswith(f"{stage}/"):
+                self.logged[key] = max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
 
     def _close(self) -> None:
         if getattr(self, "run_id", None) is not None:

@@ -5,7 +5,9 @@ counts it in `dropped`: training never waits for a tracker); one daemon thread o
 (their imports included) and writes every event to each. A sink that raises anywhere (a missing
 library, a full disk, a server that went away) is closed and switched off, and the training thread
 reports it as ONE `alert` event (`sink_failed`, naming the sink and the one-line error) at its next
-`put` or `flush`; `events.jsonl` is written before the pump sees an event and stays complete.
+`put` or `flush`; `events.jsonl` is written before the pump sees an event and stays complete. Where
+each sink opened its store (and its `note`, e.g. W&B offline not resuming) comes back the same way,
+as one log line.
 
 `SinkTee` wraps the monitor's events writer so that every event written is also put on the pump.
 """
@@ -27,6 +29,7 @@ EXPLAIN = ("A tracker sink ([monitor] report_to) raised, so it was switched off 
            "`dswb runs export RUN --to NAME`.")
 
 Alert = Callable[..., Any]   # Monitor.alert(stage, step, code, message, explain, level=...)
+Log = Callable[..., Any]     # Monitor.log(message, stage=..., step=...)
 
 
 def one_line(exc: BaseException) -> str:
@@ -35,13 +38,15 @@ def one_line(exc: BaseException) -> str:
 
 class SinkPump:
     def __init__(self, sinks: list[Sink], run_dir: Path, config: dict, alert: Alert | None = None,
-                 queue_size: int = QUEUE_SIZE) -> None:
+                 queue_size: int = QUEUE_SIZE, log: Log | None = None) -> None:
         self.sinks = list(sinks)
         self.alert = alert
+        self.log = log
         self.dropped = 0
         self.failed: list[str] = []
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._failures: deque[tuple[str, str]] = deque()
+        self._notes: deque[str] = deque()     # "<sink>: writing to <where>[; <note>]", for `log`
         self._where = (None, 0)           # (stage, step) of the last event put, for the alerts
         self._closed = False
         self._thread = threading.Thread(target=self._loop, args=(Path(run_dir), config), name="dswb-sinks",
@@ -57,11 +62,17 @@ class SinkPump:
         except queue.Full:
             self.dropped += 1
         self._where = (event.get("stage"), event.get("step") or 0)
-        if self._failures:
+        if self._failures or self._notes:
             self.report_failures()
 
     def report_failures(self) -> None:
-        """Each sink failure so far as one `sink_failed` alert (through `alert`, on this thread)."""
+        """Each sink's opening as one log line, each sink failure so far as one `sink_failed` alert
+        (through `log` and `alert`, on this thread)."""
+        while self._notes:
+            note = self._notes.popleft()
+            if self.log is not None:
+                stage, step = self._where
+                self.log(note, stage=stage, step=step)
         while self._failures:
             name, error = self._failures.popleft()
             if self.alert is not None:
@@ -97,6 +108,8 @@ class SinkPump:
     # -- sink thread ---------------------------------------------------------------------
     def _loop(self, run_dir: Path, config: dict) -> None:
         live = [s for s in self.sinks if self._call(s, s.open, run_dir, config)]
+        for sink in live:
+            self._notes.append(f"{sink.name}: writing to {sink.where}" + (f"; {sink.note}" if sink.note else ""))
         while True:
             item = self._queue.get()
             if item is None:
