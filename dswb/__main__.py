@@ -1,6 +1,6 @@
 """`python -m dswb ...`: the same CLI as the `dswb` console script (used to launch detached runs)."""
 
-from dswb.cli.app import main
+from dswb.cli.entry import main
 
 if __name__ == "__main__":
     main()
