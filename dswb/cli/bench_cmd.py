@@ -29,6 +29,7 @@ BENCHES = {
     "moe": "dswb.bench.moe",
     "mtp": "dswb.bench.mtp",
     "tui": "dswb.bench.tui",
+    "sinks": "dswb.bench.sinks",
 }
 
 
