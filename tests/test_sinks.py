@@ -31,6 +31,7 @@ os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 from mlflow import MlflowClient  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
 
 BOTH = 'monitor.report_to=["tensorboard","mlflow"]'
 
@@ -79,6 +80,12 @@ def test_live_sinks_match_events_jsonl_and_write_nothing_in_the_cwd(tmp_path, mo
     acc = EventAccumulator(str(run_dir / "tensorboard" / "pretrain"))
     acc.Reload()
     assert "pretrain/summary/text_summary" in acc.Tags()["tensors"]   # the stage_end summary
+    top = EventAccumulator(str(run_dir / "tensorboard"))
+    top.Reload()
+    session = HParamsPluginData.FromString(top.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["train.steps"].number_value == 12 and hparams["model.size"].string_value == "tiny"
+    assert hparams["monitor.report_to"].string_value == '["tensorboard", "mlflow"]'
     saved = json.loads((run_dir / "mlflow_run.json").read_text())
     assert saved["tracking_uri"] == (run_dir / "mlflow").resolve().as_uri()
     assert mlflow_series(saved["tracking_uri"], saved["run_id"]) == expected

@@ -4,8 +4,8 @@ Written to `<run>/tensorboard/` (or `<report_dir>/<run id>/`), one subdirectory 
 TensorBoard "run" each: `pretrain`, `sft`, ...): a scalar per number of the event kinds in
 `SCALAR_KINDS` (`<stage>/<name>` at the event's step), alerts as text under `<stage>/alerts`, RL
 samples as text under `<stage>/samples`, a Markdown summary of the stage's latest metrics at its
-`stage_end` (`<stage>/summary`). The resolved config is text (`config`) in the top directory, with
-anything outside a stage.
+`stage_end` (`<stage>/summary`). The resolved config is in the top directory, with anything outside
+a stage: as text (`config`) and as hyper-parameters (the HParams tab, `section.key`).
 
 One writer per stage is what lets a resumed run leave no duplicate steps: a stage that starts again
 at step k (its `stage_start`) in a directory that already holds its events opens a writer with
@@ -16,6 +16,7 @@ stage, so a purge in a directory shared by stages would also drop the earlier st
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from dswb.engine.telemetry.sinks.base import (SCALAR_KINDS, Sink, alert_text, dumps, scalars, stage_name, step_of,
@@ -23,6 +24,16 @@ from dswb.engine.telemetry.sinks.base import (SCALAR_KINDS, Sink, alert_text, du
 
 SAMPLES_SHOWN = 8       # RL samples per `samples` event written as text
 RUN_LEVEL = "run"       # `stage_name` of an event outside a stage: written to the top directory
+
+
+def hparam_values(config: dict) -> dict[str, bool | int | float | str]:
+    """The resolved config as HParams values: `section.key` -> a number, bool or string (JSON otherwise)."""
+    out: dict[str, bool | int | float | str] = {}
+    for section, table in config.items():
+        for key, value in (table.items() if isinstance(table, dict) else [("", table)]):
+            ok = isinstance(value, (bool, int, float, str)) and not (isinstance(value, int) and abs(value) >= 2 ** 53)
+            out[f"{section}.{key}" if key else section] = value if ok else json.dumps(value, default=str)
+    return out
 
 
 def has_event_files(directory: Path) -> bool:
@@ -77,7 +88,13 @@ class TensorBoardSink(Sink):
             self._writer(stage).add_text(f"{stage}/samples", "```\n" + dumps(rows[:SAMPLES_SHOWN]) + "\n```", step,
                                          walltime=wall)
         elif kind == "run_start" and isinstance(event.get("config"), dict):
-            self._writer(RUN_LEVEL).add_text("config", "```\n" + dumps(event["config"]) + "\n```", 0, walltime=wall)
+            w = self._writer(RUN_LEVEL)
+            w.add_text("config", "```\n" + dumps(event["config"]) + "\n```", 0, walltime=wall)
+            if not self._earlier[RUN_LEVEL]:   # the HParams tab: one session per run directory
+                from torch.utils.tensorboard.summary import hparams
+
+                for summary in hparams(hparam_values(event["config"]), {}):
+                    w._get_file_writer().add_summary(summary, 0, wall)
         elif kind == "stage_end":
             w = self._writer(stage)
             w.add_text(f"{stage}/summary", summary_text(stage, event.get("state"), self.last.get(stage, {})), step,
