@@ -21,6 +21,7 @@ from dswb.cli.app import app
 from dswb.config.load import load_config
 from dswb.engine.telemetry.sinks import Sink, SinkPump, TensorBoardSink
 from dswb.engine.telemetry.sinks.base import scalars
+from dswb.engine.telemetry.sinks.mlflow_sink import file_store_key
 from dswb.errors import UserError
 from dswb.rundir import read_events, read_status
 from tests.helpers import run_in_process, tiny_config
@@ -91,10 +92,11 @@ def test_live_sinks_match_events_jsonl_and_write_nothing_in_the_cwd(tmp_path, mo
     assert mlflow_series(saved["tracking_uri"], saved["run_id"]) == expected
     run = MlflowClient(tracking_uri=saved["tracking_uri"]).get_run(saved["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.steps"] == "12" and run.data.params["monitor.report_to"] == '["tensorboard", "mlflow"]'
+    assert run.data.params["train.steps"] == "12"
+    assert run.data.params["monitor.report_to"] == '["tensorboard", "mlflow"]'
     evals = [e for e in events if e["kind"] == "eval"]
     assert evals and all(f"pretrain/{k}" in run.data.metrics for k in evals[-1]["metrics"])
-    assert run.data.metrics["pretrain/model/params"] == events[[e["kind"] for e in events].index("stage_start")][
+    assert run.data.metrics["pretrain/model.params"] == events[[e["kind"] for e in events].index("stage_start")][
         "model"]["params"]
     opened = [e["message"] for e in events if e["kind"] == "log" and "writing to" in e["message"]]
     assert sorted(opened) == [f"mlflow: writing to {saved['tracking_uri']} (run {saved['run_id']})",
@@ -200,8 +202,8 @@ def test_a_resumed_run_continues_the_same_stores_without_duplicate_steps(tmp_pat
 
 
 def test_config_names_and_missing_libraries_are_one_line_errors(monkeypatch):
-    with pytest.raises(UserError, match=r"monitor.report_to: unknown tracker 'comet' \(known: tensorboard, mlflow, wandb, "
-                                        r"trackio\)"):
+    with pytest.raises(UserError, match=r"monitor.report_to: unknown tracker 'comet' "
+                                        r"\(known: tensorboard, mlflow, wandb, trackio\)"):
         load_config(None, ['monitor.report_to=["comet"]'])
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
@@ -241,3 +243,41 @@ def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path):
     assert pump.flush(5)
     pump.close()
     assert len(sink.seen) == 100 - pump.dropped and sink.seen[0] == 0
+
+
+@pytest.mark.slow
+def test_the_demo_pipeline_is_readable_from_both_stores(tmp_path, monkeypatch):
+    from tests.test_posttrain_stages import STAGE_SETTINGS
+
+    monkeypatch.chdir(tmp_path)
+    stages = ["pretrain", "sft", "rm", "ppo", "grpo"]   # the demo preset's stages, at the tests' tiny sizes
+    overrides = [f"run.stages={json.dumps(stages)}", BOTH, *(s for stage in stages[1:] for s in STAGE_SETTINGS[stage])]
+    run_dir = tmp_path / "run"
+    assert run_in_process(tiny_config(*overrides), run_dir) == 0
+    events = read_events(run_dir / "events.jsonl")
+    assert not [e for e in events if e.get("code") == "sink_failed"]
+    ppo_names = {k for e in events if e["kind"] == "metrics" and e["stage"] == "ppo" for k in e["metrics"]}
+    assert "clip_ratio" in ppo_names and any(k.startswith("clip_ratio/") for k in ppo_names)   # file vs folder
+    saved = json.loads((run_dir / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    artifacts = {a.path for a in client.list_artifacts(saved["run_id"], "samples")}
+    for stage in stages:
+        mine = [e for e in events if e.get("stage") == stage]
+        for kind in ("metrics", "eval"):
+            last = [e for e in mine if e["kind"] == kind][-1]
+            for name, value in last["metrics"].items():
+                if isinstance(value, float):
+                    expected = [(e["step"], np.float32(e["metrics"][name])) for e in mine
+                                if e["kind"] == kind and isinstance(e["metrics"].get(name), float)]
+                    assert tb_series(run_dir / "tensorboard" / stage, f"{stage}/{name}") == expected, (stage, name)
+                    key = file_store_key(f"{stage}/{name}")
+                    assert mlflow_series(saved["tracking_uri"], saved["run_id"], key) == expected, (stage, name)
+        samples = [e for e in mine if e["kind"] == "samples"]
+        assert bool(samples) == (stage in ("ppo", "grpo"))
+        if samples:
+            assert f"samples/{stage}" in artifacts
+            acc = EventAccumulator(str(run_dir / "tensorboard" / stage))
+            acc.Reload()
+            assert len(acc.Tensors(f"{stage}/samples/text_summary")) == len(samples)
+            shown = acc.Tensors(f"{stage}/samples/text_summary")[0].tensor_proto.string_val[0].decode()
+            assert json.dumps(samples[0]["samples"][0]["completion"]) in shown

@@ -1,9 +1,11 @@
-"""`dswb runs export RUN --to tensorboard|mlflow [--out DIR]`: a run's `events.jsonl` into a tracker.
+"""`dswb runs export RUN --to tensorboard|mlflow|wandb|trackio [--out DIR]`: a run's `events.jsonl` into a tracker.
 
 The same sinks as `[monitor] report_to` (`dswb.engine.telemetry.sinks`), fed after the fact on this
-thread: for a run made without sinks, or one whose sink failed. Without `--out` the store goes
-under the run directory (`tensorboard/`, `mlflow/`); with it, TensorBoard writes `<out>/<run id>/`
-and MLflow uses `<out>` as a file store directory or a tracking URI. MLflow always gets a new run.
+thread: for a run made without sinks, one whose sink failed, or (W&B) one resumed offline. Without
+`--out` the store goes under the run directory (`tensorboard/`, `mlflow/`, `wandb/`, `trackio/`); with
+it, TensorBoard writes `<out>/<run id>/`, MLflow uses `<out>` as a file store directory or a tracking
+URI, W&B writes `<out>/wandb/offline-run-*/` (offline unless `WANDB_MODE` says otherwise) and trackio
+uses `<out>` as its store. MLflow, W&B and trackio always get a new run.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def export(run: RunRef,
            out: Annotated[str | None, typer.Option("--out", help="Directory (or MLflow tracking URI) to write to; "
                                                     "default: under the run directory.")] = None,
            runs_root: RunsRoot = DEFAULT_RUNS_ROOT) -> None:
-    """Write an existing run's metrics, evals, system samples, alerts and samples to TensorBoard or MLflow.
+    """Write an existing run's metrics, evals, system samples, alerts and samples to a tracker.
 
-    Example: `dswb runs export latest --to tensorboard`, then `tensorboard --logdir runs/<id>/tensorboard`
+    Example: `dswb runs export latest --to tensorboard`, then `tensorboard --logdir runs/<id>/tensorboard`;
+    `dswb runs export latest --to wandb`, then the printed `wandb sync <dir>` to upload it.
     """
     from dswb.engine.telemetry.sinks import export_events, make_sinks
 
@@ -54,9 +57,9 @@ def export(run: RunRef,
     config = _config(paths)
     if out is None:
         config = {**config, "monitor": {**(config.get("monitor") or {}), "report_dir": ""}}
-        if to == "tensorboard" and any((paths.root / "tensorboard").glob("events.out.tfevents*")):
+        if to == "tensorboard" and any((paths.root / "tensorboard").rglob("events.out.tfevents*")):
             raise UserError(f"{paths.root / 'tensorboard'} already holds TensorBoard event files: pass --out DIR")
-    elif to == "tensorboard" and any((Path(out) / paths.run_id).glob("events.out.tfevents*")):
+    elif to == "tensorboard" and any((Path(out) / paths.run_id).rglob("events.out.tfevents*")):
         raise UserError(f"{Path(out) / paths.run_id} already holds TensorBoard event files: choose another --out")
     (sink,) = make_sinks([to], target=out, continue_run=False)
     try:
@@ -64,3 +67,5 @@ def export(run: RunRef,
     except Exception as exc:   # the tracker's own error (a server, a permission), one line
         raise UserError(f"export to {to} failed: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
     typer.echo(f"wrote {count} events of run {paths.run_id} to {to}: {sink.where}")
+    if sink.note:
+        typer.echo(sink.note)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dswb.config.adapters import LoraConfig, validate_lora
-from dswb.config.parallel import validate_parallel
+from dswb.config.parallel import DISTRIBUTED_MODES, validate_parallel
 from dswb.config.posttrain import check_stage_order, validate_posttrain
 from dswb.config.schema import STAGES, Config
 from dswb.errors import UserError
@@ -182,9 +182,11 @@ def validate(config: Config, where: str) -> None:
     validate_fp8(config, where)
     validate_lora(config, where)
     validate_report_to(config, where)
+    validate_eval_tasks(config, where)
 
 
-SINK_LIBRARIES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}   # `[monitor] report_to` name -> module it needs
+# `[monitor] report_to` name -> the module it needs
+SINK_LIBRARIES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
 
 
 def validate_report_to(config: Config, where: str) -> None:
@@ -195,6 +197,26 @@ def validate_report_to(config: Config, where: str) -> None:
         if importlib.util.find_spec(SINK_LIBRARIES[name]) is None:
             raise UserError(f'{where}: monitor.report_to = ["{name}"] needs {SINK_LIBRARIES[name]}: '
                             f'pip install -e ".[{name}]"')
+
+
+def validate_eval_tasks(config: Config, where: str) -> None:
+    """Stage `eval_tasks` (lm-eval, docs/lm-eval.md): not on the reward model, lm-eval installed, `[eval]
+    tasks_include` directories present, one process. Task names are resolved when the run starts."""
+    stages = [s for s in STAGES if getattr(config, "train" if s == "pretrain" else s).eval_tasks]
+    if not stages:
+        return
+    key = f"{'train' if stages[0] == 'pretrain' else stages[0]}.eval_tasks"
+    if "rm" in stages:
+        raise UserError(f"{where}: rm.eval_tasks: the reward model is not a causal LM; lm-eval tasks run on "
+                        f"language-model stages only")
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError(f'{where}: {key} needs lm-evaluation-harness: pip install -e ".[lm-eval]"')
+    for d in config.eval.tasks_include:
+        if not Path(d).expanduser().is_dir():
+            raise UserError(f"{where}: eval.tasks_include: no such directory: {d}")
+    if config.parallel.mode in DISTRIBUTED_MODES:
+        raise UserError(f"{where}: {key}: lm-eval tasks run in one process, not under parallel.mode = "
+                        f"'{config.parallel.mode}': run `dswb eval RUN:stage --tasks ...` after training")
 
 
 def validate_fp8(config: Config, where: str) -> None:

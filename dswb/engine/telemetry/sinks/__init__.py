@@ -1,9 +1,9 @@
-"""Tracker sinks: the run's events also written to TensorBoard and MLflow (`[monitor] report_to`).
+"""Tracker sinks: the run's events also written to TensorBoard, MLflow, W&B and trackio (`[monitor] report_to`).
 
 `events.jsonl` stays the record; a sink is a copy for the tools teams look at, fed live through a
 `SinkPump` (rank 0 only: the other ranks' monitors never get one) or afterwards by
-`dswb runs export` (`export_events`). Another tracker (W&B, trackio) is one more `Sink` subclass
-registered in `SINKS` and in `dswb.config.load.SINK_LIBRARIES`. See docs/sinks.md.
+`dswb runs export` (`export_events`). Another tracker is one more `Sink` subclass registered in
+`SINKS` and in `dswb.config.load.SINK_LIBRARIES`. See docs/sinks.md.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ from dswb.engine.telemetry.sinks.base import Sink
 from dswb.engine.telemetry.sinks.mlflow_sink import MlflowSink
 from dswb.engine.telemetry.sinks.pump import SinkPump, SinkTee
 from dswb.engine.telemetry.sinks.tensorboard_sink import TensorBoardSink
+from dswb.engine.telemetry.sinks.trackio_sink import TrackioSink
+from dswb.engine.telemetry.sinks.wandb_sink import WandbSink
 
-SINKS: dict[str, type[Sink]] = {"tensorboard": TensorBoardSink, "mlflow": MlflowSink}
+SINKS: dict[str, type[Sink]] = {"tensorboard": TensorBoardSink, "mlflow": MlflowSink, "wandb": WandbSink,
+                                "trackio": TrackioSink}
 
-__all__ = ["SINKS", "MlflowSink", "Sink", "SinkPump", "SinkTee", "TensorBoardSink", "export_events", "make_sinks"]
+__all__ = ["SINKS", "MlflowSink", "Sink", "SinkPump", "SinkTee", "TensorBoardSink", "TrackioSink", "WandbSink",
+           "export_events", "make_sinks"]
 
 
 def make_sinks(names: Iterable[str], target: str | None = None, continue_run: bool = True) -> list[Sink]:

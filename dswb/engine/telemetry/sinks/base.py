@@ -152,5 +152,14 @@ def summary_text(stage: str, state: Any, last: dict[str, float]) -> str:
     return f"stage **{stage}** ended: {state}\n\n| metric | last |\n|---|---|\n{rows}\n"
 
 
+def rows_of(samples) -> tuple[list[str], list[list]]:
+    """Columns and rows of a `samples` event's list of dicts (values not str/number as JSON)."""
+    samples = [s for s in samples or [] if isinstance(s, dict)]
+    columns = list(dict.fromkeys(k for s in samples for k in s))
+    plain = (str, int, float, bool, type(None))
+    return columns, [[v if isinstance(v := s.get(c), plain) else json.dumps(v, default=str) for c in columns]
+                     for s in samples]
+
+
 def dumps(value: Any) -> str:
     return json.dumps(value, indent=2, default=str, ensure_ascii=False)

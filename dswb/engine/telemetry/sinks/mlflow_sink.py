@@ -12,6 +12,10 @@ them; RL samples: `samples/<stage>/step-<step>.json`; each stage's latest metric
 `<run>/mlflow_run.json`: a resumed dswb run continues the same MLflow run (same tracking URI only).
 MLflow cannot drop logged points, so a continued run skips each metric's steps already in the store
 (those trained again after the checkpoint; dswb's resume makes them bitwise the same numbers).
+
+A file store keeps each metric in a file named after it, so one name cannot also be a folder of
+others (PPO's `clip_ratio` beside `clip_ratio/low_mean`): there, the `/` inside a metric's own name
+becomes `.` (`ppo/clip_ratio.low_mean`; `file_store_key`). Other stores keep the names.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ RUN_ID_FILE = "mlflow_run.json"
 EXPERIMENT = "dswb"
 END_STATUS = {"finished": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
 BATCH = 100             # params per `log_batch` call (MLflow's limit)
+
+
+def file_store_key(tag: str) -> str:
+    """`<stage>/<name>` with the `/` inside `name` made `.`: no metric file is another's folder."""
+    stage, _, name = tag.partition("/")
+    return f"{stage}/{name.replace('/', '.')}" if name else tag
 
 
 def tracking_uri(report_dir: str, run_dir: Path) -> str:
@@ -62,6 +72,7 @@ class MlflowSink(Sink):
         else:
             self.client.update_run(self.run_id, status="RUNNING")
         self.where = f"{uri} (run {self.run_id})"
+        self.key = file_store_key if uri.startswith("file:") else str
         self.logged: dict[str, int] = {}      # metric -> last step already in a continued run
         self._log_params()
 
@@ -95,8 +106,8 @@ class MlflowSink(Sink):
         if kind == "stage_start" and self.continue_run:
             self._read_logged(stage)
         if kind in SCALAR_KINDS:
-            metrics = [Metric(tag, value, millis, step) for tag, value in scalars(event)
-                       if step > self.logged.get(tag, -1)]
+            metrics = [Metric(key, value, millis, step) for key, value in ((self.key(t), v) for t, v in scalars(event))
+                       if step > self.logged.get(key, -1)]
             if metrics:
                 self.client.log_batch(self.run_id, metrics=metrics)
         elif kind == "alert":
