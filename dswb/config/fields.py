@@ -36,5 +36,7 @@ class OptimSettings:
                              "finishes as usual (final eval, final model). A time limit is not resume-exact.", min=0.0)
     threads: int = doc(-1, "CPU threads for torch in this stage (-1: run.threads; 0: torch's default). A resumed "
                        "stage keeps the count it started with, so resume stays bitwise.", min=-1)
+    eval_tasks: list[str] = doc(None, "lm-evaluation-harness tasks scored on this stage's final model at its end "
+                                "(needs the lm-eval extra; see docs/lm-eval.md and `[eval] tasks_*`).", factory=list)
     lora: dict = doc(None, "This stage's changes to `[lora]` (a table `[<stage>.lora]` of its fields, e.g. r = 8).",
                      factory=dict)

@@ -109,6 +109,12 @@ class EvalConfig:
     every: int = doc(100, "Evaluate every N steps (and at the end); 0 = only at the end.", min=0)
     max_batches: int = doc(20, "Validation batches per evaluation.", min=1)
     task_samples: int = doc(200, "Prompts scored by exact match for the built-in task (0 = off).", min=0)
+    tasks_include: list[str] = doc(None, "Directories of local lm-eval task YAML files for `eval_tasks`, like `data.paths` "
+                                   "(relative to where dswb runs); only these are indexed when they hold every task.",
+                                   factory=list)
+    tasks_limit: int = doc(0, "Examples per lm-eval task for `eval_tasks` (0 = all).", min=0)
+    tasks_num_fewshot: int = doc(-1, "Few-shot examples per lm-eval task (-1 = the task's default).", min=-1)
+    tasks_batch_size: int = doc(8, "Batch size of lm-eval's model for `eval_tasks`.", min=1)
 
 
 @dataclass
@@ -123,7 +129,7 @@ class MonitorConfig:
     system_every_s: float = doc(2.0, "Seconds between system samples (CPU, RAM, GPU).", min=0.1)
     ema: float = doc(0.9, "EMA decay of the streaming statistics.", min=0.0, max=0.9999)
     peak_tflops: float = doc(0.0, "Device peak TFLOP/s for the `mfu` metric; 0 = dense BF16 peak of a known GPU (none on CPU).", min=0.0)
-    report_to: list[str] = doc(None, "Also write the run to these trackers: tensorboard, mlflow (see docs/sinks.md).", factory=list)
+    report_to: list[str] = doc(None, "Also write the run to these trackers: tensorboard, wandb, mlflow, trackio (see docs/sinks.md).", factory=list)
     report_dir: str = doc("", "Where the trackers write: empty = under the run directory (tensorboard/, mlflow/); "
                               "else a directory (TensorBoard: <dir>/<run id>) or an MLflow tracking URI.")
 
