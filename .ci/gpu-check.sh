@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks for a lent CUDA machine (not part of CI, which has no GPU). Run from the repo root:
 #   OUT=/tmp/gpu-out bash .ci/gpu-check.sh [all|base|fp8|rl|lora]   (default: all)
-# base: sections 1-6 (training on CUDA, events, final model, bench loop).
+# base: sections 1-6 (training on CUDA, events, final model, bench loop; 6b: lm-eval local tasks).
 # rl:   sections 11-12 (PPO and GRPO iteration by phase on CUDA, the rollout sampler vs generate).
 # lora: section 13 (peak allocated VRAM of SFT on a random base-size Llama: full vs LoRA vs QLoRA NF4);
 #       needs peft and bitsandbytes (carry their wheels and `pip install --no-deps` them first; without
@@ -75,6 +75,18 @@ m=AutoModelForCausalLM.from_pretrained(p); t=AutoTokenizer.from_pretrained(p); p
 
 echo "== 6. bench loop on CUDA"
 timeout 240 $py -m dswb bench loop --json "$OUT/bench-loop-gpu.json"
+
+echo "== 6b. lm-eval (docs/lm-eval.md): the local test tasks on the demo's SFT model (a run: adds an eval event)"
+echo "   and on the BPE base model of section 3 (--limit 20); offline, bf16 on CUDA"
+if ! $py -c "import lm_eval" 2>/dev/null; then
+  echo "skipped: lm-eval is not installed (pip install a carried lm-eval wheel and its dependencies)"
+else
+  timeout 180 $py -m dswb eval "$OUT/runs/demo:sft" --tasks dswb_addition_gen,dswb_addition_mc \
+    --include tests/data/lm_eval_tasks --device cuda --batch-size 32 --json "$OUT/lm-eval-demo.json" 2>/dev/null
+  timeout 180 $py -m dswb eval "$OUT/runs/base/final/pretrain" --tasks dswb_addition_mc --limit 20 \
+    --include tests/data/lm_eval_tasks --device cuda 2>/dev/null
+  tail -n 1 "$OUT/runs/demo/events.jsonl" | cut -c1-300
+fi
 rm -rf "$OUT/runs" "$OUT/corpus"
 fi
 

@@ -1,4 +1,5 @@
-"""`dswb eval MODEL_DIR|RUN[:stage]`: held-out accuracy of a saved model on the built-in task."""
+"""`dswb eval MODEL_DIR|RUN[:stage]`: held-out accuracy of a saved model on the built-in task, or, with
+`--tasks`, lm-evaluation-harness tasks (`dswb.cli.lm_eval_cmd`)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,29 @@ def eval_model(
     n: Annotated[Optional[int], typer.Option("--n", min=1, help="Score only the first N test examples.")] = None,
     digits: Annotated[Optional[int], typer.Option("--digits", min=1, max=6, help="Task digits (default: the model's).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    tasks: Annotated[Optional[str], typer.Option(
+        "--tasks", help="lm-eval tasks or groups, comma-separated (instead of the built-in task).")] = None,
+    include: Annotated[Optional[list[str]], typer.Option(
+        "--include", help="A directory of local lm-eval task YAML files (repeatable).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="lm-eval: examples per task.")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(
+        "--num-fewshot", min=0, help="lm-eval: few-shot examples (default: the task's).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="lm-eval: batch size.")] = 8,
     runs_root: RunsRoot = DEFAULT_RUNS_ROOT,
     json_path: JsonOut = None,
 ) -> None:
     """Held-out exact-match accuracy of a causal LM, or pair accuracy of a reward model.
 
-    Examples: `dswb eval latest:grpo`, `dswb eval runs/<id>/final/sft --n 200`, `dswb eval latest:rm`.
+    Examples: `dswb eval latest:grpo`, `dswb eval runs/<id>/final/sft --n 200`, `dswb eval latest:rm`,
+    `dswb eval latest:sft --tasks hellaswag --limit 100` (lm-eval; on a run, also an `eval` event).
     """
     model_dir = resolve_model(target, runs_root)
+    if tasks is not None:
+        from dswb.cli.lm_eval_cmd import run_lm_eval
+
+        run_lm_eval(target, model_dir, tasks, include=include or [], limit=limit, num_fewshot=num_fewshot,
+                    batch_size=batch_size, device=device, json_path=json_path)
+        return
     from dswb.engine.eval.saved_model import evaluate_model  # heavy: torch + transformers
 
     result = evaluate_model(model_dir, n=n, device=device, kind=task, digits=digits)

@@ -39,6 +39,7 @@ from dswb.engine.checkpoint.layout import STATE_FILE, latest_checkpoint, quarant
 from dswb.engine.context import StageContext
 from dswb.engine.distributed.ranks import DistributedControl, RankMonitor, RankSync
 from dswb.engine.distributed.world import World, end_world, ensure_world, is_collective_failure
+from dswb.engine.eval.harness import check_run_tasks
 from dswb.engine.model.device import autocast_dtype, select_device, set_determinism
 from dswb.engine.telemetry.control import RunControl
 from dswb.engine.telemetry.monitor import Monitor, Reporter
@@ -173,6 +174,7 @@ def run_training(config: Config, paths: RunPaths, *, resume: bool = False, repor
         base = StageContext(config=config, paths=paths, monitor=monitor, control=control, device=device,
                             amp_dtype=autocast_dtype(device, config.run.precision), cache_root=cache_root,
                             resume=resume, system=sampler)
+        check_run_tasks(config, world is not None)   # lm-eval task names, before any training
         state = _run_stages(base, world)
         code = EXIT_CODES[state]
     except KeyboardInterrupt:

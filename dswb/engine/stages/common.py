@@ -7,7 +7,8 @@
   optimizer (and the batch stream's position); `batching_event`: the length histogram event.
 - `run_stage_loop`: `run_loop` with what the prepared model adds (every stage); `run_lm_loop`: the
   same over a prefetched batch stream (pretraining, SFT).
-- `finish_lm`: held-out test score, the final model directory, the `stage_end` event.
+- `finish_lm`: held-out test score, the final model directory, the stage's lm-eval `eval_tasks`
+  (`run_stage_tasks`), the `stage_end` event.
 - `TaskData`: the built-in task's splits and its evaluation helpers; `load_pairs`: the preference pairs
   of the reward model and DPO.
 """
@@ -35,6 +36,7 @@ from dswb.engine.data.records.chat import install_chat_template
 from dswb.engine.data.records.posttrain import read_preferences, split_records, task_preferences
 from dswb.engine.data.records.task import AdditionTask, TaskSplits, task_seed
 from dswb.engine.distributed.sharding import load_stream_state
+from dswb.engine.eval import harness
 from dswb.engine.model.load import is_model_dir, stage_info
 from dswb.engine.train.loop import LoopParts, StepFn, lm_step, run_loop
 from dswb.engine.train.prepare import model_hooks
@@ -230,8 +232,29 @@ def finish_lm(ctx: StageContext, stage: str, model: torch.nn.Module, tokenizer: 
     final = save_final_model(ctx.paths.final(stage), model, tokenizer,
                        {"stage": stage, "step": steps, "run_id": ctx.paths.run_id, "prompt_format": prompt_format,
                         "task": task_info(ctx.config), "last_eval": mon.status.get("last_eval", {}), **(extra or {})})
+    if harness.stage_tasks(ctx.config, stage):
+        run_stage_tasks(ctx, stage, final, steps)
     mon.emit("stage_end", stage, steps, state="finished", final_path=str(final))
     return "finished"
+
+
+def run_stage_tasks(ctx: StageContext, stage: str, final: Path, steps: int) -> None:
+    """The stage's `eval_tasks` (lm-eval) on its final model: an `eval` event (`lm_eval/<task>/<metric>`) and
+    a log line. The model is already saved: a failure here is an error line, and the stage still finishes."""
+    mon, names = ctx.monitor, harness.stage_tasks(ctx.config, stage)
+    mon.log(f"lm-eval: {', '.join(names)} on {final}", stage=stage, step=steps)
+    try:
+        results = harness.run_tasks(final, names, device=str(ctx.device), **harness.eval_settings(ctx.config),
+                                    where=f"{harness.stage_key(stage)}.eval_tasks")
+    except Exception as exc:  # noqa: BLE001 - the trained model is safe; report and go on
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        mon.log(f"lm-eval failed: {first} (run `dswb eval {ctx.paths.run_id}:{stage} --tasks ...` to retry)",
+                level="error", stage=stage, step=steps)
+        return
+    metrics = harness.flatten(results)
+    mon.eval(stage, steps, metrics, source=harness.event_source(results))
+    mon.log("lm-eval: " + " ".join(f"{k[len(harness.PREFIX) + 1:]}={v:.4f}" for k, v in metrics.items())
+            + f" ({results['seconds']:.1f}s)", stage=stage, step=steps)
 
 
 def load_pairs(ctx: StageContext, section, stage: str, tokenizer) -> tuple[list[EncodedPair], list[EncodedPair],
