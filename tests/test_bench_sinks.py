@@ -25,10 +25,12 @@ def test_a_quick_run_feeds_every_event_to_the_sink_and_reports_per_event_costs(c
     pytest.importorskip("tensorboard")
     result = bench.run(quick=True, names=["tensorboard"])
     assert result["events"] == sum(result["mix"].values()) == bench.QUICK["events"]
-    live = result["training_thread"]["sinks"]
-    assert live["dropped"] == 0 and live["failed"] == []
+    rows = result["training_thread"]
+    assert set(rows) == {"none", "burst", "none paced", "paced"}
+    assert [rows[k]["events"] for k in ("none", "burst", "none paced", "paced")] == [200, 200, 50, 50]
+    assert all(rows[k]["dropped"] == 0 and rows[k]["failed"] == [] for k in ("burst", "paced"))
     row = result["sinks"]["tensorboard"]
     assert set(row["by_kind_us"]) == set(result["mix"]) and row["where"].endswith("sink-tensorboard/tensorboard")
     assert all(v >= 0 for v in row["by_kind_us"].values()) and row["cpu_us"] > 0
     table = bench.format_table(result)
-    assert "+ tensorboard" in table and "events.jsonl only" in table
+    assert "(sinks: tensorboard)" in table and "+ sinks, 200 events/s" in table

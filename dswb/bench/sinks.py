@@ -6,9 +6,12 @@ events.jsonl, i.e. per 20 steps 20 `metrics` events of 30 numbers (the GRPO stag
 samples, one `eval`, one `samples` event of 8 rows, one `log` line, and a `moe` and an `fp8` event.
 
 - Training thread: `EventWriter.emit` to a real `events.jsonl` alone, then the same through `SinkTee`
-  with every installed sink live behind a `SinkPump` (as `report_to` runs them). `time.thread_time`
-  counts this thread's CPU only, so the difference is what the sinks cost training: a queue put.
-  The wall time per event is reported too: it includes waiting for the GIL while the sink thread runs.
+  with every installed sink live behind a `SinkPump` (as `report_to` runs them), each way twice: every
+  event at once (the sink thread busy throughout, the worst case) and paced at `rate` events per second
+  (a fast training's rate; the sink thread keeps up, and each emit starts with cold caches, which costs
+  more than the sinks do). `time.thread_time` around each `emit` counts this thread's CPU only, so the
+  difference between rows is what the sinks cost training: a queue put, plus the GIL and caches the
+  sink thread takes. The wall time is reported too: it includes waiting for the GIL.
 - Sink thread: each installed sink alone, fed the same events on this thread (as the pump's thread
   does): `open` and `close` wall seconds, and CPU microseconds per event, overall and by kind. A
   tracker's own service process (W&B's `wandb-core`) is measured as the CPU time of this process's
@@ -26,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-FULL = {"events": 5000}
-QUICK = {"events": 200}
+FULL = {"events": 5000, "paced": 1000, "rate": 100.0}
+QUICK = {"events": 200, "paced": 50, "rate": 200.0}
 PERIOD = 20   # steps per cycle of the mix
 RL_METRICS = ("loss", "reward_mean", "reward_std", "kl", "entropy", "clip_ratio", "ratio_max", "grad_norm", "lr",
               "tokens_per_s", "step_time_s", "rollout_s", "update_s", "completion_len", "frac_zero_std",
@@ -86,26 +89,36 @@ def children_cpu_s() -> float:
     return total
 
 
-def training_thread(events: list[dict], names: list[str], workdir: Path) -> dict:
-    """CPU and wall microseconds per event of the training thread's `emit`, without and with the sinks."""
+def training_thread(events: list[dict], names: list[str], workdir: Path, rate: float, paced: int) -> dict:
+    """CPU and wall microseconds per event of the training thread's `emit`: without sinks, with them in a
+    burst (every event at once: the sink thread busy throughout), and with them paced at `rate` events
+    per second (the first `paced` events; a fast training's rate, the sink thread keeps up). Only the `emit`
+    calls are timed."""
     from dswb.engine.telemetry.sinks import SinkPump, SinkTee, make_sinks
     from dswb.rundir.events import EventWriter
 
     out = {}
-    for label, sinks in (("none", []), ("sinks", names)):
-        run_dir = workdir / f"train-{label}"
+    for label, sinks, pause in (("none", [], 0.0), ("burst", names, 0.0), ("none paced", [], 1.0 / rate),
+                                ("paced", names, 1.0 / rate)):
+        if sinks == [] and label in ("burst", "paced"):
+            continue
+        run_dir = workdir / f"train-{label.replace(' ', '-')}"
         run_dir.mkdir(parents=True)
         writer = EventWriter(run_dir / "events.jsonl")
         pump = SinkPump(make_sinks(sinks), run_dir, {"run": {"name": "bench"}}) if sinks else None
         emitter = SinkTee(writer, pump) if pump else writer
         if pump:
             pump.flush()   # the sinks' imports and opening are not the training thread's
-        cpu0, wall0 = time.thread_time(), time.perf_counter()
-        for e in events:
+        cpu = wall = 0.0
+        batch = events[:paced] if pause else events
+        for e in batch:
+            c, w = time.thread_time(), time.perf_counter()
             emitter.emit(e["kind"], e["stage"], e["step"], **{k: v for k, v in e.items()
                                                               if k not in ("kind", "stage", "step")})
-        cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
-        out[label] = {"cpu_us": 1e6 * cpu / len(events), "wall_us": 1e6 * wall / len(events)}
+            cpu, wall = cpu + time.thread_time() - c, wall + time.perf_counter() - w
+            if pause:
+                time.sleep(pause)
+        out[label] = {"events": len(batch), "cpu_us": 1e6 * cpu / len(batch), "wall_us": 1e6 * wall / len(batch)}
         if pump:
             drain0 = time.perf_counter()
             pump.close()
@@ -156,27 +169,28 @@ def run(quick: bool = False, names: list[str] | None = None) -> dict:
                           WANDB_SILENT="true")
         try:
             sinks = {name: sink_thread(events, name, work) for name in names}
-            train = training_thread(events, names, work)
+            train = training_thread(events, names, work, settings["rate"], settings["paced"])
         finally:
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-    return {"events": len(events), "mix": mix, "sinks_installed": names, "training_thread": train, "sinks": sinks}
+    return {"events": len(events), "mix": mix, "sinks_installed": names, "rate": settings["rate"],
+            "training_thread": train, "sinks": sinks}
 
 
 def format_table(result: dict) -> str:
     mix = ", ".join(f"{k} {v}" for k, v in result["mix"].items())
     lines = [f"tracker sinks: {result['events']} events ({mix})", "",
-             "training thread, per event      CPU µs   wall µs"]
+             f"training thread, per event (sinks: {', '.join(result['sinks_installed']) or 'none installed'})",
+             "                                    CPU µs   wall µs   drain s  dropped"]
+    rate = f"{result.get('rate', 0):g} events/s"   # the first events, at that rate
+    what = {"none": "events.jsonl only, at once", "burst": "+ sinks, at once",
+            "none paced": f"events.jsonl only, {rate}", "paced": f"+ sinks, {rate}"}
     for label, row in result["training_thread"].items():
-        what = "events.jsonl only" if label == "none" else "+ " + ", ".join(result["sinks_installed"])
-        lines.append(f"  {what:<30s} {row['cpu_us']:7.1f}  {row['wall_us']:8.1f}")
-    live = result["training_thread"].get("sinks")
-    if live:
-        lines.append(f"  (then {live['drain_s']:.2f}s to drain the queue at the end; dropped {live['dropped']}, "
-                     f"failed {live['failed'] or 'none'})")
+        tail = f"  {row['drain_s']:8.2f}  {row['dropped']:7d}" if "drain_s" in row else ""
+        lines.append(f"  {what[label]:<32s} {row['cpu_us']:7.1f}  {row['wall_us']:8.1f}{tail}")
     lines += ["", "sink thread, per event     open s  close s   CPU µs  wall µs  service µs   by kind (CPU µs)"]
     for name, row in result["sinks"].items():
         kinds = " ".join(f"{k} {v:.0f}" for k, v in row["by_kind_us"].items())
