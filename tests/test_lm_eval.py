@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from dswb.cli.app import app
 from dswb.config import load_config
+from dswb.engine.eval import harness
 from dswb.errors import UserError
 from dswb.rundir import read_events
 from tests.helpers import TINY, run_in_process, tiny_config
@@ -199,3 +200,16 @@ async def test_the_eval_table_adds_an_lm_eval_column_only_when_a_stage_has_one()
         await pilot.pause()
         assert [str(c.label) for c in table.columns.values()][-1] == "lm-eval"
         assert table.get_row_at(0)[-1] == "dswb_addition_mc/acc=0.3" and table.get_row_at(1)[-1] == "-"
+
+
+def test_lm_evals_own_output_is_held_back_and_shown_only_on_failure(capfd):
+    with harness.held_output():
+        print("a progress bar")
+        os.system("echo 'fatal: not a git repository' >&2")
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(RuntimeError, match="boom"):
+        with harness.held_output():
+            print("what led to it")
+            raise RuntimeError("boom")
+    out, err = capfd.readouterr()
+    assert out == "" and "what led to it" in err

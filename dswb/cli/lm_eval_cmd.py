@@ -48,7 +48,8 @@ def run_lm_eval(target: str, model_dir: Path, tasks: str, *, include: list[str],
         events = model_dir.parent.parent / "events.jsonl"   # <run>/final/<stage>
         event = append_eval_event(events, model_dir.name, int(info.get("step") or 0), harness.flatten(result),
                                   harness.event_source(result))
-        typer.echo(f"event    eval ({len(event['metrics'])} metrics) appended to {events}")
+        n = len(event['metrics'])
+        typer.echo(f"event    eval ({n} metric{'s' if n != 1 else ''}) appended to {events}")
     if json_path is not None:
         out = {**result, "model": str(model_dir), "stage": info.get("stage"), "target": target,
                "metrics": harness.flatten(result), "event_appended": event is not None}

@@ -6,7 +6,9 @@
   unknown names are one `UserError` with close matches.
 - `model_args`: what lm-eval's `HFLM` loads for a model directory: a causal LM, a LoRA adapter (peft's
   format, through `peft=` on its recorded base, or its `merged/` model) — a reward model is refused.
-- `run_tasks`: `simple_evaluate` on those tasks; its results without the per-sample records.
+- `run_tasks`: `simple_evaluate` on those tasks; its results without the per-sample records. What lm-eval
+  prints meanwhile (progress bars, warnings, the `git describe` it runs) is held back (`held_output`) and
+  shown only when it fails: `dswb eval` prints its own table, and a run's stdout is its progress display.
 - `flatten` / `event_source`: the results as `eval` metrics (`lm_eval/<task>/<metric>`: numbers only) and
   the event's `source` field.
 
@@ -15,13 +17,17 @@ lm_eval (and torch through it) is imported inside the functions: importing this 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib.util
 import math
+import os
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from dswb.errors import UserError
 from dswb.rundir.layout import is_adapter_dir, is_model_dir
@@ -127,9 +133,10 @@ def run_tasks(model_dir: Path, names: list[str], *, include: list[str] = (), lim
     from lm_eval.models.huggingface import HFLM
 
     t0 = time.perf_counter()
-    lm = HFLM(**args, device=device, batch_size=batch_size, dtype="float32" if device == "cpu" else "auto")
-    results = simple_evaluate(model=lm, tasks=list(names), task_manager=manager, limit=limit or None,
-                              num_fewshot=num_fewshot, log_samples=False)
+    with held_output():
+        lm = HFLM(**args, device=device, batch_size=batch_size, dtype="float32" if device == "cpu" else "auto")
+        results = simple_evaluate(model=lm, tasks=list(names), task_manager=manager, limit=limit or None,
+                                  num_fewshot=num_fewshot, log_samples=False)
     if results is None:   # a non-zero rank under torch.distributed
         return {}
     keep = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
@@ -137,6 +144,37 @@ def run_tasks(model_dir: Path, names: list[str], *, include: list[str] = (), lim
     out.update(seconds=time.perf_counter() - t0, model_args=args, lm_eval_version=lm_eval_version(),
                limit=limit or None, num_fewshot=num_fewshot, device=device)
     return out
+
+
+@contextlib.contextmanager
+def held_output() -> Iterator[None]:
+    """This process's stdout and stderr (file descriptors 1 and 2, so child processes' too, and the
+    `sys.stdout` / `sys.stderr` objects) into a temporary file for the block; written back to stderr
+    only if the block raises."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    failed = False
+    with tempfile.TemporaryFile() as held, open(held.fileno(), "w", closefd=False, buffering=1) as text:
+        os.dup2(held.fileno(), 1)
+        os.dup2(held.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            if failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode("utf-8", "replace"))
+                sys.stderr.flush()
 
 
 def metric_rows(results: dict) -> list[tuple[str, str, float, float | None]]:
