@@ -118,6 +118,26 @@ def test_dswb_eval_on_a_run_appends_an_event_that_runs_show_displays(trained, tm
     assert "lm_eval/dswb_addition_mc/acc" in shown.stdout
 
 
+def test_dswb_eval_on_a_run_also_reaches_its_trackers(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow import MlflowClient
+
+    run = tmp_path / "run"
+    assert run_in_process(tiny_config('monitor.report_to=["mlflow"]'), run) == 0
+    result = invoke("eval", f"{run}:pretrain", "--tasks", "dswb_addition_mc", "--include", INCLUDE, "--limit", 5)
+    assert result.exit_code == 0, result.output
+    event = read_events(run / "events.jsonl")[-1]
+    saved = json.loads((run / "mlflow_run.json").read_text())
+    assert f"sent to  mlflow: {saved['tracking_uri']} (run {saved['run_id']})" in result.stdout
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    history = client.get_metric_history(saved["run_id"], "pretrain/lm_eval.dswb_addition_mc.acc")
+    assert [(m.step, m.value) for m in history] == [(12, event["metrics"]["lm_eval/dswb_addition_mc/acc"])]
+    assert client.get_run(saved["run_id"]).info.status == "FINISHED"   # the ended run stays as it ended
+    assert len(client.search_runs([client.get_experiment_by_name("dswb").experiment_id])) == 1
+
+
 def test_a_lora_final_goes_through_peft(trained, tmp_path):
     final = trained / "final" / "sft"
     assert (final / "adapter_config.json").is_file()

@@ -3,7 +3,7 @@
 Prints a task / metric / value (± stderr) table; `--json` writes lm-eval's results (no samples) with
 dswb's fields. When TARGET names a run (RUN[:stage]), the numbers are also appended to the run's
 `events.jsonl` as an `eval` event of that stage (one `os.write` on an O_APPEND descriptor, safe beside a
-live writer).
+live writer) and sent to the run's trackers (`[monitor] report_to`).
 """
 
 from __future__ import annotations
@@ -50,12 +50,34 @@ def run_lm_eval(target: str, model_dir: Path, tasks: str, *, include: list[str],
                                   harness.event_source(result))
         n = len(event['metrics'])
         typer.echo(f"event    eval ({n} metric{'s' if n != 1 else ''}) appended to {events}")
+        send_to_sinks(events.parent, event)
     if json_path is not None:
         out = {**result, "model": str(model_dir), "stage": info.get("stage"), "target": target,
                "metrics": harness.flatten(result), "event_appended": event is not None}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(json_path, json_safe(json.loads(json.dumps(out, default=str))), fsync=False, indent=2)
         typer.echo(f"wrote {json_path}")
+
+
+def send_to_sinks(run_root: Path, event: dict) -> None:
+    """The event also to the run's own trackers (`[monitor] report_to`), continuing their runs as a resume
+    does; a tracker that fails is one line, the event stays in events.jsonl (`dswb runs export` later)."""
+    from dswb.cli.runs_export import run_config
+    from dswb.config.load import SINK_LIBRARIES
+    from dswb.rundir.layout import RunPaths
+
+    config = run_config(RunPaths(run_root))
+    names = [n for n in (config.get("monitor") or {}).get("report_to") or [] if n in SINK_LIBRARIES]
+    if not names:
+        return
+    from dswb.engine.telemetry.sinks import export_events, make_sinks
+
+    for sink in make_sinks(names, continue_run=True):
+        try:
+            export_events(sink, run_root, config, [event])
+            typer.echo(f"sent to  {sink.name}: {sink.where}")
+        except Exception as exc:   # the tracker's own error: the event is safe in events.jsonl
+            typer.echo(f"sink     {sink.name} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
 
 
 def append_eval_event(events_path: Path, stage: str, step: int, metrics: dict, source: dict) -> dict:

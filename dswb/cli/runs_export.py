@@ -23,7 +23,7 @@ from dswb.errors import UserError
 from dswb.rundir import read_events, resolve_run
 
 
-def _config(paths) -> dict:
+def run_config(paths) -> dict:
     """The resolved config: the last `run_start` event's, else config.toml's tables."""
     starts = [e for e in read_events(paths.events, ("run_start",)) if isinstance(e.get("config"), dict)]
     if starts:
@@ -54,7 +54,7 @@ def export(run: RunRef,
     paths = resolve_run(run, runs_root)
     if not paths.events.exists():
         raise UserError(f"{paths.root}: no events.jsonl to export")
-    config = _config(paths)
+    config = run_config(paths)
     if out is None:
         config = {**config, "monitor": {**(config.get("monitor") or {}), "report_dir": ""}}
         if to == "tensorboard" and any((paths.root / "tensorboard").rglob("events.out.tfevents*")):

@@ -69,7 +69,8 @@ class MlflowSink(Sink):
             self.run_id = run.info.run_id
             if self.continue_run:
                 write_atomic(self.run_dir / RUN_ID_FILE, json.dumps({"tracking_uri": uri, "run_id": self.run_id}))
-        else:
+        else:   # an ended run given more events (`dswb eval RUN --tasks`) ends as it was, unless a run_end comes
+            self.was = self.client.get_run(self.run_id).info.status
             self.client.update_run(self.run_id, status="RUNNING")
         self.where = f"{uri} (run {self.run_id})"
         self.key = file_store_key if uri.startswith("file:") else str
@@ -130,4 +131,6 @@ class MlflowSink(Sink):
 
     def _close(self) -> None:
         if getattr(self, "run_id", None) is not None:
-            self.client.set_terminated(self.run_id, status=END_STATUS.get(self.state or "", "KILLED"))
+            was = getattr(self, "was", None)
+            before = was if was in END_STATUS.values() else "KILLED"
+            self.client.set_terminated(self.run_id, status=END_STATUS.get(self.state or "", before))
