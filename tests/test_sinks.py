@@ -56,16 +56,6 @@ def weights(run_dir: Path) -> bytes:
     return (run_dir / "final" / "pretrain" / "model.safetensors").read_bytes()
 
 
-@pytest.fixture(scope="module")
-def plain_run(tmp_path_factory):
-    """A run without sinks (its cwd a fresh directory too)."""
-    base = tmp_path_factory.mktemp("plain")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        assert run_in_process(tiny_config(), base / "run") == 0
-    return base / "run"
-
-
 def test_live_sinks_match_events_jsonl_and_write_nothing_in_the_cwd(tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()

@@ -51,15 +51,6 @@ def clean_cwd(tmp_path, monkeypatch):
     yield cwd
 
 
-@pytest.fixture(scope="module")
-def plain_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("plain")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(base)
-        assert run_in_process(tiny_config(), base / "run") == 0
-    return base / "run"
-
-
 def scalar_rows(events: list[dict]) -> list[dict]:
     """What the W&B sink logs for the scalar events: `{<stage>/step: step, <stage>/<name>: value...}`."""
     rows = []
