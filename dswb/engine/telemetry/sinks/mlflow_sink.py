@@ -61,6 +61,7 @@ class MlflowSink(Sink):
         self.client = MlflowClient(tracking_uri=uri)
         self.alerts: list[str] = []
         self.run_id = self._continued(uri) if self.continue_run else None
+        self.continued = self.run_id is not None
         if self.run_id is None:
             experiment = self.client.get_experiment_by_name(EXPERIMENT)
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(EXPERIMENT)
@@ -104,7 +105,7 @@ class MlflowSink(Sink):
         kind, step, stage = event.get("kind"), step_of(event), stage_name(event)
         t = event.get("t")
         millis = int(t * 1000) if isinstance(t, (int, float)) else 0
-        if kind == "stage_start" and self.continue_run:
+        if kind == "stage_start" and self.continued:   # a new MLflow run holds no steps to skip
             self._read_logged(stage)
         if kind in SCALAR_KINDS:
             metrics = [Metric(key, value, millis, step) for key, value in ((self.key(t), v) for t, v in scalars(event))

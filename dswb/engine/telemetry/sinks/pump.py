@@ -63,9 +63,9 @@ class SinkPump:
             self.dropped += 1
         self._where = (event.get("stage"), event.get("step") or 0)
         if self._failures or self._notes:
-            self.report_failures()
+            self.report_pending()
 
-    def report_failures(self) -> None:
+    def report_pending(self) -> None:
         """Each sink's opening as one log line, each sink failure so far as one `sink_failed` alert
         (through `log` and `alert`, on this thread)."""
         while self._notes:
@@ -89,7 +89,7 @@ class SinkPump:
                 ok = done.wait(timeout)
             except queue.Full:
                 pass
-        self.report_failures()
+        self.report_pending()
         return ok
 
     def close(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
@@ -103,7 +103,7 @@ class SinkPump:
             except queue.Full:
                 pass
             self._thread.join(timeout)
-        self.report_failures()
+        self.report_pending()
 
     # -- sink thread ---------------------------------------------------------------------
     def _loop(self, run_dir: Path, config: dict) -> None:

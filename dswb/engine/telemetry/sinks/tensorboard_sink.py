@@ -57,11 +57,17 @@ class TensorBoardSink(Sink):
     def _stage_dir(self, stage: str) -> Path:
         return self.logdir if stage == RUN_LEVEL else self.logdir / stage
 
+    def _had_events(self, stage: str) -> bool:
+        """Whether the stage's directory held events before this sink wrote there (looked at once)."""
+        if stage not in self._earlier:
+            self._earlier[stage] = has_event_files(self._stage_dir(stage))
+        return self._earlier[stage]
+
     def _writer(self, stage: str, purge_step: int | None = None):
         """The stage's writer, opened on first use (again, with `purge_step`, when resuming the stage)."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self._earlier.setdefault(stage, has_event_files(self._stage_dir(stage)))
+        self._had_events(stage)
         writer = self._writers.get(stage)
         if writer is None or purge_step is not None:
             if writer is not None:
@@ -74,7 +80,7 @@ class TensorBoardSink(Sink):
         kind, step, stage = event.get("kind"), step_of(event), stage_name(event)
         wall = event.get("t") if isinstance(event.get("t"), (int, float)) else None
         if kind == "stage_start" and self.continue_run and stage != RUN_LEVEL \
-                and self._earlier.setdefault(stage, has_event_files(self._stage_dir(stage))):
+                and self._had_events(stage):
             self._earlier[stage] = False          # purge once, at the stage's (re)start
             self._writer(stage, purge_step=step + 1)
         if kind in SCALAR_KINDS:
@@ -90,7 +96,7 @@ class TensorBoardSink(Sink):
         elif kind == "run_start" and isinstance(event.get("config"), dict):
             w = self._writer(RUN_LEVEL)
             w.add_text("config", "```\n" + dumps(event["config"]) + "\n```", 0, walltime=wall)
-            if not self._earlier[RUN_LEVEL]:   # the HParams tab: one session per run directory
+            if not self._had_events(RUN_LEVEL):   # the HParams tab: one session per run directory
                 from torch.utils.tensorboard.summary import hparams
 
                 for summary in hparams(hparam_values(event["config"]), {}):
